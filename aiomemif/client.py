@@ -1,0 +1,362 @@
+"""The client (slave) role: connect, build shared memory, handshake; reconnect on loss."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import AsyncIterator, Generator
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from . import _wire as w
+from ._channel import ControlChannel, connect_socket, format_address, parse_address
+from .config import InterfaceConfig
+from .connection import Connection
+from .errors import (
+    ClosedResourceError,
+    ConfigurationError,
+    DisconnectedError,
+    HandshakeTimeoutError,
+    MemifError,
+    RemoteProtocolError,
+)
+from .handshake import ClientHandshake, Established, HelloReceived, SendMessage
+from .layout import ClientLayout, plan_client_layout
+from .messages import Disconnect, decode_untrusted, encode
+from .queues import RxMode, RxQueue, TxQueue
+from .ring import QueueCounters, Ring, SlaveRx, SlaveTx, init_ring, pristine_descriptors
+from .shm import EventFd, Region, close_fd, create_region
+
+__all__ = ["Client", "ReconnectPolicy", "connect"]
+
+
+def _config(config: InterfaceConfig | None, kwargs: dict[str, Any]) -> InterfaceConfig:
+    if config is not None and kwargs:
+        raise ConfigurationError("pass either config= or keyword settings, not both")
+    try:
+        return config if config is not None else InterfaceConfig(**kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+class _Memory:
+    """The client's shared resources for one connection attempt (closed on failure)."""
+
+    def __init__(self, layout: ClientLayout) -> None:
+        self.layout = layout
+        self.region: Region | None = None
+        self.efds: list[EventFd] = []
+        self.pristine: list[bytes] = []
+        self.region = create_region(0, layout.region_size)
+        try:
+            view = self.region.view
+            assert view is not None
+            n, bsize = layout.ring_size, layout.buffer_size
+            for ring in layout.rings:
+                self.efds.append(EventFd())
+                descs = pristine_descriptors(n, 0, ring.buffers, bsize, bsize)
+                self.pristine.append(descs)
+                init_ring(view, ring.offset, layout.cacheline, descs)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for efd in self.efds:
+            efd.close()
+        if self.region is not None:
+            self.region.close()
+
+
+async def _handshake(
+    address: str | bytes, config: InterfaceConfig, rx_mode: RxMode
+) -> Connection:
+    addr = parse_address(address)
+    channel = ControlChannel(await connect_socket(addr))
+    machine = ClientHandshake(config)
+    memory: _Memory | None = None
+    conn: Connection | None = None
+    try:
+        async with asyncio.timeout(config.handshake_timeout):
+            while True:
+                data, fds = await channel.recv()
+                for fd in fds:
+                    close_fd(fd)
+                if fds:
+                    raise RemoteProtocolError("Unexpected fd")
+                outputs = machine.receive(decode_untrusted(data))
+                while outputs:
+                    out = outputs.pop(0)
+                    if isinstance(out, HelloReceived):
+                        layout = plan_client_layout(
+                            out.n_s2m, out.n_m2s, out.log2_ring_size,
+                            config.buffer_size, config.cacheline,
+                        )  # fmt: skip
+                        memory = _Memory(layout)
+                        assert memory.region is not None
+                        outputs += machine.begin(
+                            layout, [memory.region.fd], [e.fd for e in memory.efds]
+                        )
+                    elif isinstance(out, SendMessage):
+                        await channel.send(encode(out.message), out.fd)
+                    elif isinstance(out, Established):
+                        assert memory is not None
+                        conn = _build(addr, config, channel, machine, memory, rx_mode)
+                        return conn
+    except RemoteProtocolError as exc:
+        with contextlib.suppress(MemifError, OSError):
+            channel.send_nowait(encode(Disconnect(exc.reason)))
+        raise
+    except TimeoutError:
+        with contextlib.suppress(MemifError, OSError):
+            channel.send_nowait(encode(Disconnect("Handshake timeout")))
+        raise HandshakeTimeoutError(
+            f"no handshake with {format_address(addr)} within {config.handshake_timeout} s"
+        ) from None
+    finally:
+        if conn is None:
+            if memory is not None:
+                memory.close()
+            channel.close()
+
+
+def _build(
+    addr: str | bytes,
+    config: InterfaceConfig,
+    channel: ControlChannel,
+    machine: ClientHandshake,
+    memory: _Memory,
+    rx_mode: RxMode,
+) -> Connection:
+    layout = memory.layout
+    region = memory.region
+    assert region is not None and region.view is not None and machine.hello is not None
+    loop = asyncio.get_running_loop()
+    conn = Connection(
+        role=w.Role.CLIENT,
+        config=config,
+        address=format_address(addr),
+        channel=channel,
+        regions=[region],
+        peer_app_name=machine.hello.name,
+        peer_if_name=machine.peer_if_name,
+        loop=loop,
+    )
+    view = region.view
+    for k, (place, efd) in enumerate(zip(layout.rings, memory.efds, strict=True)):
+        ring = Ring(view, place.offset, layout.log2_ring_size, layout.cacheline)
+        conn._own(ring, efd)
+        ring.set_head(0)  # the peer may have zeroed tail too; start from a clean slate
+        counters = QueueCounters()
+        if place.ring_type is w.RingType.S2M:
+            tx = SlaveTx(ring, view, place.buffers, layout.buffer_size, counters)
+            conn.tx_queues.append(TxQueue(conn, place.index, tx, efd))
+        else:
+            rx = SlaveRx(ring, [view], counters, memory.pristine[k])
+            conn.rx_queues.append(RxQueue(conn, place.index, rx, efd, rx_mode, loop))
+            rx.refill()  # stock the M2S ring with empty buffers
+    conn._start()
+    return conn
+
+
+class _ConnectContext:
+    """What :func:`connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, address: str | bytes, config: InterfaceConfig, rx_mode: RxMode) -> None:
+        self._args = (address, config, rx_mode)
+        self._conn: Connection | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return _handshake(*self._args).__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await _handshake(*self._args)
+        return self._conn
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._conn is not None:
+            await self._conn.aclose()
+
+
+def connect(
+    address: str | bytes | os.PathLike[str],
+    config: InterfaceConfig | None = None,
+    *,
+    rx_mode: RxMode = RxMode.INTERRUPT,
+    **settings: Any,
+) -> _ConnectContext:
+    """Connect once as a client (slave): ``async with connect(path, interface_id=1) as conn``.
+
+    ``settings`` are :class:`InterfaceConfig` fields (when ``config`` is not given). The
+    address is a filesystem path or ``@name`` for the abstract namespace.
+
+    Raises (when awaited or entered):
+        MemifOSError: the socket could not be reached (no such file, connection refused, ...).
+        HandshakeRefusedError: the server answered DISCONNECT (``.reason`` has its text).
+        RemoteProtocolError: the server broke the protocol (we sent DISCONNECT).
+        ConnectionLostError: the server closed the socket mid-handshake.
+        HandshakeTimeoutError: the server stopped answering.
+        ConfigurationError: invalid settings or address.
+    """
+    cfg = _config(config, settings)
+    return _ConnectContext(os.fspath(address) if isinstance(address, os.PathLike) else address,
+                           cfg, RxMode(rx_mode))
+
+
+@attrs.frozen(kw_only=True)
+class ReconnectPolicy:
+    """Back-off between connection attempts: ``initial * factor**n``, capped, with jitter."""
+
+    initial: float = 0.5
+    maximum: float = 3.0
+    factor: float = 2.0
+    #: Fraction of random spread added to each delay (0.1 = up to +10%).
+    jitter: float = 0.1
+    #: Give up after this many consecutive failed attempts (None: never).
+    attempts: int | None = None
+
+    def delay(self, failures: int) -> float:
+        base = min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
+        return base * (1 + random.uniform(0, self.jitter))
+
+
+class Client:
+    """A client interface that keeps (re)connecting until closed.
+
+    ::
+
+        async with aiomemif.Client("/run/vpp/memif.sock", interface_id=0) as client:
+            async for conn in client.connections():
+                async with conn:
+                    ...   # runs until the link goes down; then the next connection comes
+
+    ``connections()`` ends when the client is closed; if ``reconnect.attempts`` runs out it
+    raises the last connection error.
+    """
+
+    def __init__(
+        self,
+        address: str | bytes | os.PathLike[str],
+        config: InterfaceConfig | None = None,
+        *,
+        reconnect: ReconnectPolicy | None = None,
+        rx_mode: RxMode = RxMode.INTERRUPT,
+        **settings: Any,
+    ) -> None:
+        self.address = os.fspath(address) if isinstance(address, os.PathLike) else address
+        parse_address(self.address)
+        self.config = _config(config, settings)
+        self.policy = reconnect or ReconnectPolicy()
+        self.rx_mode = RxMode(rx_mode)
+        self.last_error: MemifError | None = None
+        self.connection: Connection | None = None
+        self._queue: asyncio.Queue[Connection | MemifError | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Client:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    conn = await _handshake(self.address, self.config, self.rx_mode)
+                except (MemifError, OSError) as exc:
+                    if isinstance(exc, ConfigurationError):
+                        raise
+                    failures += 1
+                    self.last_error = exc if isinstance(exc, MemifError) else None
+                    if self.policy.attempts is not None and failures >= self.policy.attempts:
+                        self._queue.put_nowait(
+                            exc if isinstance(exc, MemifError) else ClosedResourceError(str(exc))
+                        )
+                        return
+                    await asyncio.sleep(self.policy.delay(failures))
+                    continue
+                failures = 0
+                self.connection = conn
+                self._queue.put_nowait(conn)
+                err = await conn.wait_closed()
+                self.connection = None
+                if isinstance(err, DisconnectedError):
+                    self.last_error = err
+                await asyncio.sleep(self.policy.delay(1))
+        except MemifError as exc:
+            self._queue.put_nowait(exc)
+
+    def connections(self) -> AsyncIterator[Connection]:
+        """Each new connection as it comes up (see the class docstring)."""
+        return _Connections(self)
+
+    async def wait_connected(self) -> Connection:
+        """Return the live connection, waiting for the next one if the link is down.
+
+        Raises:
+            ClosedResourceError: the client is closed.
+            MemifError: the last connection error, once ``attempts`` ran out.
+        """
+        while True:
+            if self.connection is not None and self.connection.is_up:
+                return self.connection
+            item = await self._next()
+            if isinstance(item, Connection) and item.is_up:
+                return item
+
+    async def _next(self) -> Connection:
+        if self._closed:
+            raise ClosedResourceError("client closed")
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)
+            raise ClosedResourceError("client closed")
+        if isinstance(item, MemifError):
+            self._queue.put_nowait(item)
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        """Stop reconnecting and close the live connection (DISCONNECT sent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, Connection):
+                await item.aclose()
+        if self.connection is not None:
+            await self.connection.aclose()
+            self.connection = None
+        self._queue.put_nowait(None)
+
+
+class _Connections:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _Connections:
+        return self
+
+    async def __anext__(self) -> Connection:
+        try:
+            return await self._client._next()
+        except ClosedResourceError:
+            raise StopAsyncIteration from None
+

@@ -1,0 +1,124 @@
+"""Interface configuration: one frozen, validated value per memif interface."""
+
+from __future__ import annotations
+
+import attrs
+
+from . import _wire as w
+from .errors import ConfigurationError
+
+__all__ = ["InterfaceConfig", "Mode", "secret_bytes"]
+
+Mode = w.Mode
+
+
+def secret_bytes(secret: str | bytes | None) -> bytes:
+    """Normalise a secret to the bytes sent in INIT (empty for no secret).
+
+    Raises:
+        ConfigurationError: longer than 23 bytes or containing a NUL byte.
+    """
+    if secret is None:
+        return b""
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if b"\0" in raw:
+        raise ConfigurationError("secret must not contain NUL bytes")
+    if len(raw) > w.SECRET_MAX_CHARS:
+        raise ConfigurationError(f"secret is {len(raw)} bytes; memif allows at most 23")
+    return raw
+
+
+def _name(max_len: int) -> object:
+    def check(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+        raw = value.encode()
+        if b"\0" in raw or len(raw) > max_len:
+            raise ConfigurationError(
+                f"{attr.name} must be at most {max_len} bytes of UTF-8 without NUL"
+            )
+
+    return check
+
+
+def _int_range(lo: int, hi: int) -> object:
+    def check(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigurationError(f"{attr.name} must be an integer in {lo}..{hi}, got {value!r}")
+
+    return check
+
+
+def _ring_size(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+    if (
+        not isinstance(value, int)
+        or value < 2
+        or value > (1 << w.MAX_LOG2_RING_SIZE)
+        or value & (value - 1)
+    ):
+        raise ConfigurationError(f"ring_size must be a power of two in 2..16384, got {value!r}")
+
+
+def _cacheline(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+    if value not in (64, 128):
+        raise ConfigurationError(f"cacheline must be 64 or 128, got {value!r}")
+
+
+def _secret(_inst: object, _attr: attrs.Attribute[bytes | None], value: bytes | None) -> None:
+    secret_bytes(value)
+
+
+def _mode(value: int | w.Mode) -> w.Mode:
+    try:
+        return w.Mode(value)
+    except ValueError:
+        raise ConfigurationError(f"mode must be 0, 1 or 2, got {value!r}") from None
+
+
+@attrs.frozen(kw_only=True)
+class InterfaceConfig:
+    """Configuration of one memif interface, for either role.
+
+    Queue counts are from this side's point of view: a client's ``tx_queues`` are S2M rings,
+    a server's ``tx_queues`` are M2S rings. A client asks for these counts (clamped to what
+    the server's HELLO allows); a server accepts at most these many rings each way.
+
+    Raises:
+        ConfigurationError: any value out of range (see each field).
+    """
+
+    #: Interface id (u32); selects the interface on a shared socket.
+    interface_id: int = attrs.field(default=0, validator=_int_range(0, 0xFFFFFFFF))
+    #: Optional shared secret, at most 23 bytes.
+    secret: bytes | None = attrs.field(
+        default=None,
+        converter=lambda s: None if s is None else (s.encode() if isinstance(s, str) else s),
+        validator=_secret,
+    )
+    mode: w.Mode = attrs.field(default=w.Mode.ETHERNET, converter=_mode)
+    rx_queues: int = attrs.field(default=1, validator=_int_range(1, 256))
+    tx_queues: int = attrs.field(default=1, validator=_int_range(1, 256))
+    #: Descriptors per ring (client only: the client builds the rings).
+    ring_size: int = attrs.field(default=1 << w.DEFAULT_LOG2_RING_SIZE, validator=_ring_size)
+    #: Bytes per packet buffer (client only: the client builds the buffers).
+    buffer_size: int = attrs.field(default=w.DEFAULT_BUFFER_SIZE, validator=_int_range(1, 65535))
+    #: Cacheline size that lays out ring headers; must match the peer's (64 on x86-64).
+    cacheline: int = attrs.field(default=w.DEFAULT_CACHELINE, validator=_cacheline)
+    #: Application (instance) name sent in HELLO or INIT.
+    app_name: str = attrs.field(default="aiomemif", validator=_name(31))
+    #: Interface name sent in CONNECT or CONNECTED; defaults to ``memif<id>``.
+    interface_name: str = attrs.field(default="", validator=_name(31))
+    #: Seconds the peer gets to complete the handshake.
+    handshake_timeout: float = attrs.field(default=5.0)
+    #: Server only: the most bytes of shared memory one client may hand us.
+    max_region_bytes: int = attrs.field(default=1 << 34, validator=_int_range(1, 1 << 48))
+
+    @property
+    def log2_ring_size(self) -> int:
+        return self.ring_size.bit_length() - 1
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return secret_bytes(self.secret)
+
+    @property
+    def if_name(self) -> str:
+        return self.interface_name or f"memif{self.interface_id}"[:31]

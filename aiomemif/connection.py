@@ -1,0 +1,219 @@
+"""A live memif connection (either role): queues, details, graceful close and abort."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from . import _loopio
+from . import _wire as w
+from ._channel import ControlChannel
+from .config import InterfaceConfig
+from .details import ConnectionDetails, QueueDetails, RegionDetails
+from .errors import (
+    ClosedResourceError,
+    DisconnectedError,
+    MemifError,
+    PeerDisconnectedError,
+    RemoteProtocolError,
+)
+from .messages import Disconnect, decode_untrusted, encode
+from .queues import RxQueue, TxQueue
+from .ring import Ring
+from .shm import EventFd, Region, close_fd
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("aiomemif")
+
+
+class Connection:
+    """One established memif link.
+
+    Use it as an async context manager: leaving the block closes it gracefully (a
+    DISCONNECT with a reason goes to the peer). ``rx_queues``/``tx_queues`` are lists indexed
+    by queue id. When the link goes down, pending and later queue operations raise
+    :class:`~aiomemif.errors.DisconnectedError` (peer side) or
+    :class:`~aiomemif.errors.ClosedResourceError` (this side).
+    """
+
+    def __init__(
+        self,
+        *,
+        role: w.Role,
+        config: InterfaceConfig,
+        address: str,
+        channel: ControlChannel,
+        regions: Sequence[Region],
+        peer_app_name: str,
+        peer_if_name: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.role = role
+        self.config = config
+        self.address = address
+        self.peer_app_name = peer_app_name
+        self.peer_interface_name = peer_if_name
+        self._channel = channel
+        self._regions = list(regions)
+        self._loop = loop
+        self._rings: list[Ring] = []
+        self._efds: list[EventFd] = []
+        self.rx_queues: list[RxQueue] = []
+        self.tx_queues: list[TxQueue] = []
+        self._error: MemifError | None = None
+        self._closed: asyncio.Future[MemifError] = loop.create_future()
+        self._on_closed: list[Callable[[Connection], None]] = []
+
+    # -- set-up (used by the client and server modules) -----------------------------------
+    def _own(self, ring: Ring, efd: EventFd) -> None:
+        self._rings.append(ring)
+        self._efds.append(efd)
+
+    def _start(self, on_closed: Callable[[Connection], None] | None = None) -> None:
+        if on_closed is not None:
+            self._on_closed.append(on_closed)
+        _loopio.add_reader(self._loop, self._channel.fd, self._on_control, "control")
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def interface_id(self) -> int:
+        return self.config.interface_id
+
+    @property
+    def is_up(self) -> bool:
+        return self._error is None
+
+    @property
+    def close_reason(self) -> MemifError | None:
+        """Why the link went down (None while it is up)."""
+        return self._error
+
+    async def wait_closed(self) -> MemifError:
+        """Wait until the link is down; return the error describing why (never raises it)."""
+        return await asyncio.shield(self._closed)
+
+    # -- control socket -----------------------------------------------------------------
+    def _on_control(self) -> None:
+        while self._error is None:
+            try:
+                got = self._channel.recv_nowait()
+                if got is None:
+                    return
+                data, fds = got
+                for fd in fds:
+                    close_fd(fd)
+                if fds:
+                    raise RemoteProtocolError("Unexpected fd")
+                msg = decode_untrusted(data)
+                if isinstance(msg, Disconnect):
+                    self._teardown(PeerDisconnectedError(msg.reason))
+                    return
+                raise RemoteProtocolError("Unexpected message")
+            except RemoteProtocolError as exc:
+                self._fail(exc)
+            except DisconnectedError as exc:
+                self._teardown(exc)
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        """The peer broke the protocol: tell it why, then tear down."""
+        if self._error is not None:
+            return
+        log.warning("memif %s: protocol error: %s", self.config.if_name, exc.reason)
+        self._send_disconnect(exc.reason)
+        err = DisconnectedError(f"protocol error: {exc.reason}")
+        err.__cause__ = exc
+        self._teardown(err)
+
+    def _send_disconnect(self, reason: str) -> None:
+        with contextlib.suppress(MemifError, OSError):
+            self._channel.send_nowait(encode(Disconnect(reason[: w.REASON_SIZE - 1])))
+
+    # -- closing ---------------------------------------------------------------------------
+    async def aclose(self, reason: str = "closed by peer application") -> None:
+        """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises)."""
+        if self._error is None:
+            self._send_disconnect(reason)
+            self._teardown(ClosedResourceError("connection closed"))
+        await asyncio.sleep(0)
+
+    def abort(self) -> None:
+        """Tear down at once, without telling the peer (idempotent)."""
+        self._teardown(ClosedResourceError("connection aborted"))
+
+    def _teardown(self, error: MemifError) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        if isinstance(error, DisconnectedError):
+            log.info("memif %s down: %s", self.config.if_name, error.reason)
+        _loopio.remove_reader(self._loop, self._channel.fd)
+        self._channel.close()
+        for q in self.rx_queues:
+            q._shutdown(error)
+        for tq in self.tx_queues:
+            tq._shutdown(error)
+        for ring in self._rings:
+            ring.release()
+        for efd in self._efds:
+            efd.close()
+        for region in self._regions:
+            region.close()
+        if not self._closed.done():
+            self._closed.set_result(error)
+        callbacks, self._on_closed = self._on_closed, []
+        for cb in callbacks:
+            cb(self)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- details -------------------------------------------------------------------------
+    def details(self) -> ConnectionDetails:
+        """A snapshot of names, queues (with head/tail and counters) and regions."""
+        up = self._error is None
+        cfg = self.config
+
+        def queue(q: RxQueue | TxQueue) -> QueueDetails:
+            ring = q._endpoint.ring
+            c = q.counters
+            head = ring.head if up else 0
+            tail = ring.tail if up else 0
+            flags = ring.flags if up else 0
+            bsize = cfg.buffer_size if self.role is w.Role.CLIENT else None
+            return QueueDetails(
+                q.qid, ring.size, flags, head, tail, bsize, c.packets, c.bytes,
+                c.bad_descriptors, c.ring_full, c.interrupts_sent, c.interrupts_received,
+            )  # fmt: skip
+
+        return ConnectionDetails(
+            interface_name=cfg.if_name,
+            app_name=cfg.app_name,
+            peer_interface_name=self.peer_interface_name,
+            peer_app_name=self.peer_app_name,
+            interface_id=cfg.interface_id,
+            secret_set=bool(cfg.secret),
+            role=self.role,
+            mode=cfg.mode,
+            socket_address=self.address,
+            rx_queues=tuple(queue(q) for q in self.rx_queues),
+            tx_queues=tuple(queue(q) for q in self.tx_queues),
+            regions=tuple(RegionDetails(r.index, r.size) for r in self._regions),
+            link_up=up,
+        )
+
+    def __repr__(self) -> str:
+        state = "up" if self._error is None else "down"
+        return (
+            f"<Connection {self.role.name.lower()} id={self.interface_id} "
+            f"peer={self.peer_interface_name!r} {state}>"
+        )
+

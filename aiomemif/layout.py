@@ -1,0 +1,81 @@
+"""Where rings, descriptors and buffers sit in shared memory (pure arithmetic).
+
+The client lays out one region like DPDK's copy mode: all ring headers back to back from
+offset 0 (S2M rings first, then M2S), then one buffer per slot of every ring. Ring stride
+is ``2·CL + 16·N``.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from . import _wire as w
+
+__all__ = ["ClientLayout", "RingPlacement", "plan_client_layout", "ring_bytes"]
+
+
+def ring_bytes(log2_ring_size: int, cacheline: int) -> int:
+    """Bytes one ring occupies: a two-cacheline header plus the descriptor array."""
+    return 2 * cacheline + w.DESC_SIZE * (1 << log2_ring_size)
+
+
+@attrs.frozen
+class RingPlacement:
+    """One ring of the client's layout: where its header is and where its buffers start."""
+
+    ring_type: w.RingType
+    index: int
+    region: int
+    offset: int
+    #: Offset of the buffer that serves slot 0; slot ``s`` is at ``buffers + s * buffer_size``.
+    buffers: int
+
+
+@attrs.frozen
+class ClientLayout:
+    """A complete client layout for one connection."""
+
+    region_size: int
+    log2_ring_size: int
+    buffer_size: int
+    cacheline: int
+    s2m: tuple[RingPlacement, ...]
+    m2s: tuple[RingPlacement, ...]
+
+    @property
+    def ring_size(self) -> int:
+        return 1 << self.log2_ring_size
+
+    @property
+    def rings(self) -> tuple[RingPlacement, ...]:
+        """All rings in the order the client announces them (S2M first, then M2S)."""
+        return self.s2m + self.m2s
+
+
+def plan_client_layout(
+    n_s2m: int, n_m2s: int, log2_ring_size: int, buffer_size: int, cacheline: int
+) -> ClientLayout:
+    """Plan the single-region copy-mode layout (DPDK/VPP style).
+
+    With ``n`` S2M and ``m`` M2S rings of ``N`` slots and buffers of ``B`` bytes, S2M ring
+    ``i`` is at ``i·S`` and M2S ring ``j`` at ``(n + j)·S``; buffer ``k = ring·N + slot`` is at
+    ``R + k·B`` where ``R = (n + m)·S``. The region is exactly ``R + (n + m)·N·B`` bytes.
+    """
+    stride = ring_bytes(log2_ring_size, cacheline)
+    n = 1 << log2_ring_size
+    total_rings = n_s2m + n_m2s
+    rings_end = total_rings * stride
+    placements = []
+    for k in range(total_rings):
+        rtype, idx = (w.RingType.S2M, k) if k < n_s2m else (w.RingType.M2S, k - n_s2m)
+        placements.append(
+            RingPlacement(rtype, idx, 0, k * stride, rings_end + k * n * buffer_size)
+        )
+    return ClientLayout(
+        region_size=rings_end + total_rings * n * buffer_size,
+        log2_ring_size=log2_ring_size,
+        buffer_size=buffer_size,
+        cacheline=cacheline,
+        s2m=tuple(placements[:n_s2m]),
+        m2s=tuple(placements[n_s2m:]),
+    )

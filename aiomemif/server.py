@@ -1,0 +1,326 @@
+"""The server (master) role: listen, run handshakes, hand out connections."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+from collections.abc import Iterable
+from types import TracebackType
+
+import attrs
+
+from . import _loopio
+from . import _wire as w
+from ._channel import ControlChannel, Listener, format_address, parse_address
+from .config import InterfaceConfig
+from .connection import Connection
+from .errors import (
+    ClosedResourceError,
+    ConfigurationError,
+    DisconnectedError,
+    MemifError,
+    RemoteProtocolError,
+)
+from .handshake import Established, MapRegions, SendMessage, ServerHandshake
+from .messages import Disconnect, decode_untrusted, encode
+from .queues import RxMode, RxQueue, TxQueue
+from .ring import MasterRx, MasterTx, QueueCounters, Ring, ring_cookie_ok
+from .shm import EventFd, Region, close_fd, describe_fd, map_region
+
+__all__ = ["HandshakeFailure", "Server", "serve"]
+
+log = logging.getLogger("aiomemif")
+
+
+@attrs.frozen
+class HandshakeFailure:
+    """A refused or failed handshake, as the server saw it."""
+
+    interface_id: int | None
+    reason: str
+
+
+class Server:
+    """A memif server (master) on one socket, serving one or more interface ids.
+
+    ::
+
+        async with aiomemif.serve("/tmp/app.sock", [InterfaceConfig(interface_id=0)]) as srv:
+            async for conn in srv.connections():
+                ...
+
+    Each id has its own configuration (secret, mode, queue counts). A client naming an id
+    that is already connected or handshaking is refused with "Already connected"; the live
+    connection is not disturbed. Refusals are recorded in ``failures``.
+    """
+
+    def __init__(
+        self,
+        address: str | bytes | os.PathLike[str],
+        interfaces: Iterable[InterfaceConfig] = (),
+        *,
+        app_name: str = "aiomemif",
+        rx_mode: RxMode = RxMode.INTERRUPT,
+        backlog: int = 64,
+    ) -> None:
+        self._address = parse_address(
+            os.fspath(address) if isinstance(address, os.PathLike) else address
+        )
+        self._interfaces: dict[int, InterfaceConfig] = {}
+        for cfg in interfaces:
+            if cfg.interface_id in self._interfaces:
+                raise ConfigurationError(f"interface id {cfg.interface_id} configured twice")
+            self._interfaces[cfg.interface_id] = cfg
+        if not self._interfaces:
+            self._interfaces[0] = InterfaceConfig()
+        if len(app_name.encode()) > 31:
+            raise ConfigurationError("app_name must be at most 31 bytes")
+        self.app_name = app_name
+        self.rx_mode = RxMode(rx_mode)
+        self._backlog = backlog
+        self._listener: Listener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bound: dict[int, Connection | None] = {}
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._ready: asyncio.Queue[Connection | None] = asyncio.Queue()
+        self._closed = False
+        #: The most recent refused or failed handshakes (newest last).
+        self.failures: collections.deque[HandshakeFailure] = collections.deque(maxlen=64)
+
+    @property
+    def address(self) -> str:
+        return format_address(self._address)
+
+    @property
+    def connections_by_id(self) -> dict[int, Connection]:
+        """Live connections keyed by interface id."""
+        return {i: c for i, c in self._bound.items() if c is not None}
+
+    async def start(self) -> None:
+        """Bind and listen (replacing a stale socket file, never a live one).
+
+        Raises:
+            AddressInUseError: a live listener or a non-socket file holds the address.
+            MemifOSError: bind or listen failed otherwise.
+        """
+        if self._listener is not None or self._closed:
+            raise ClosedResourceError("server already started or closed")
+        self._loop = asyncio.get_running_loop()
+        self._listener = Listener(self._address, self._backlog)
+        _loopio.add_reader(self._loop, self._listener.fd, self._on_accept, "listener")
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def _on_accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        while (sock := self._listener.accept_nowait()) is not None:
+            task = self._loop.create_task(self._session(ControlChannel(sock)))
+            self._sessions.add(task)
+            task.add_done_callback(self._sessions.discard)
+
+    def _is_busy(self, interface_id: int) -> bool:
+        return interface_id in self._bound
+
+    async def _session(self, channel: ControlChannel) -> None:
+        machine = ServerHandshake(self._interfaces.get, self._is_busy, self.app_name)
+        regions: list[Region] = []
+        conn: Connection | None = None
+        claimed: int | None = None
+        try:
+            timeout = max(c.handshake_timeout for c in self._interfaces.values())
+            async with asyncio.timeout(timeout):
+                await channel.send(encode(machine.hello().message))
+                while conn is None:
+                    data, fds = await channel.recv()
+                    if len(fds) > 1:
+                        for fd in fds:
+                            close_fd(fd)
+                        raise RemoteProtocolError("Too many file descriptors")
+                    fd = fds[0] if fds else None
+                    try:
+                        msg = decode_untrusted(data)
+                        outputs = machine.receive(msg, fd, describe_fd(fd) if fd is not None else None)
+                    except BaseException:
+                        if fd is not None:
+                            close_fd(fd)
+                        raise
+                    if claimed is None and machine.interface_id is not None:
+                        claimed = machine.interface_id
+                        self._bound[claimed] = None
+                    while outputs:
+                        out = outputs.pop(0)
+                        if isinstance(out, SendMessage):
+                            await channel.send(encode(out.message), out.fd)
+                        elif isinstance(out, MapRegions):
+                            regions = self._map(machine)
+                            outputs += machine.mapped()
+                        elif isinstance(out, Established):
+                            conn = self._build(channel, machine, regions)
+        except RemoteProtocolError as exc:
+            self._record(machine.interface_id, exc.reason)
+            with contextlib.suppress(MemifError, OSError):
+                channel.send_nowait(encode(Disconnect(exc.reason)))
+        except TimeoutError:
+            self._record(machine.interface_id, "Handshake timeout")
+            with contextlib.suppress(MemifError, OSError):
+                channel.send_nowait(encode(Disconnect("Handshake timeout")))
+        except DisconnectedError as exc:
+            self._record(machine.interface_id, exc.reason)
+        finally:
+            if conn is None:
+                owned = {r.fd for r in regions}
+                for fd in machine.received_fds:
+                    if fd not in owned:
+                        close_fd(fd)
+                for region in regions:
+                    region.close()
+                channel.close()
+                if claimed is not None:
+                    self._bound.pop(claimed, None)
+        if conn is not None:
+            if self._closed:
+                await conn.aclose("server closed")
+            else:
+                self._ready.put_nowait(conn)
+
+    def _record(self, interface_id: int | None, reason: str) -> None:
+        log.info("memif server %s: handshake failed (id %s): %s", self.address, interface_id, reason)
+        self.failures.append(HandshakeFailure(interface_id, reason))
+
+    def _map(self, machine: ServerHandshake) -> list[Region]:
+        regions: list[Region] = []
+        try:
+            for rec in machine.regions:
+                regions.append(map_region(rec.index, rec.size, rec.fd))
+            for ring in machine.rings:
+                view = regions[ring.region].view
+                assert view is not None
+                if not ring_cookie_ok(view, ring.offset):
+                    kind = "rx" if ring.ring_type is w.RingType.S2M else "tx"
+                    raise RemoteProtocolError(f"Wrong cookie on {kind} ring {ring.index}")
+        except BaseException:
+            for region in regions:
+                region.fd = -1  # the caller closes the machine's fds
+                region.close()
+            raise
+        return regions
+
+    def _build(self, channel: ControlChannel, machine: ServerHandshake, regions: list[Region]) -> Connection:
+        assert self._loop is not None and machine.config is not None and machine.init is not None
+        cfg = machine.config
+        conn = Connection(
+            role=w.Role.SERVER,
+            config=cfg,
+            address=self.address,
+            channel=channel,
+            regions=regions,
+            peer_app_name=machine.init.name,
+            peer_if_name=machine.peer_if_name,
+            loop=self._loop,
+        )
+        views = [r.view for r in regions]
+        assert all(v is not None for v in views)
+        mvs: list[memoryview] = [v for v in views if v is not None]
+        for rec in machine.rings:
+            ring = Ring(mvs[rec.region], rec.offset, rec.log2_ring_size, cfg.cacheline)
+            efd = EventFd(rec.fd)
+            conn._own(ring, efd)
+            counters = QueueCounters()
+            if rec.ring_type is w.RingType.S2M:
+                rx = MasterRx(ring, mvs, counters)
+                rx.reset()
+                conn.rx_queues.append(RxQueue(conn, rec.index, rx, efd, self.rx_mode, self._loop))
+            else:
+                tx = MasterTx(ring, mvs, counters)
+                tx.reset()
+                conn.tx_queues.append(TxQueue(conn, rec.index, tx, efd))
+        conn._start(self._on_conn_closed)
+        self._bound[cfg.interface_id] = conn
+        return conn
+
+    def _on_conn_closed(self, conn: Connection) -> None:
+        if self._bound.get(conn.interface_id) is conn:
+            del self._bound[conn.interface_id]
+
+    async def accept(self) -> Connection:
+        """Wait for the next client to complete its handshake.
+
+        Raises:
+            ClosedResourceError: the server is (or gets) closed.
+        """
+        if self._closed:
+            raise ClosedResourceError("server closed")
+        conn = await self._ready.get()
+        if conn is None:
+            self._ready.put_nowait(None)
+            raise ClosedResourceError("server closed")
+        return conn
+
+    def connections(self) -> _Accepting:
+        """Async iterator over new connections; ends when the server closes."""
+        return _Accepting(self)
+
+    async def aclose(self) -> None:
+        """Stop listening, abandon handshakes, close every connection (DISCONNECT sent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener is not None:
+            assert self._loop is not None
+            _loopio.remove_reader(self._loop, self._listener.fd)
+            self._listener.close()
+        for task in list(self._sessions):
+            task.cancel()
+        for task in list(self._sessions):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in list(self.connections_by_id.values()):
+            await conn.aclose("server closed")
+        while not self._ready.empty():
+            pending = self._ready.get_nowait()
+            if pending is not None:
+                await pending.aclose("server closed")
+        self._ready.put_nowait(None)
+
+
+class _Accepting:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def __aiter__(self) -> _Accepting:
+        return self
+
+    async def __anext__(self) -> Connection:
+        try:
+            return await self._server.accept()
+        except ClosedResourceError:
+            raise StopAsyncIteration from None
+
+
+def serve(
+    address: str | bytes | os.PathLike[str],
+    interfaces: Iterable[InterfaceConfig] = (),
+    *,
+    app_name: str = "aiomemif",
+    rx_mode: RxMode = RxMode.INTERRUPT,
+) -> Server:
+    """Create a server; use it with ``async with`` (or call ``await server.start()``).
+
+    With no ``interfaces``, one default interface (id 0, no secret, ethernet) is served.
+
+    Raises:
+        ConfigurationError: duplicate interface ids or a bad address.
+        AddressInUseError, MemifOSError: when started (see :meth:`Server.start`).
+    """
+    return Server(address, interfaces, app_name=app_name, rx_mode=rx_mode)
+

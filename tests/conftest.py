@@ -1,0 +1,124 @@
+"""Test-suite wiring: both event loops, and leak checks around every test.
+
+- Every async test runs on the default asyncio loop and on uvloop (pytest-asyncio's
+  ``pytest_asyncio_loop_factories`` hook).
+- An autouse fixture fails a test that leaves new fds open, memfd mappings in place, or fds
+  registered with the loop by aiomemif.
+- Async tests are wrapped so that a task still running when the test body returns fails it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from aiomemif import _loopio
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def _checked(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Coroutine[Any, Any, None]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> None:
+        await fn(*args, **kwargs)
+        me = asyncio.current_task()
+        for _ in range(5):
+            left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not left:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"tasks still running after the test: {left}")
+
+    return wrapper
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if inspect.iscoroutinefunction(fn) and not item.get_closest_marker("allow_tasks"):
+            item.obj = _checked(fn)  # type: ignore[attr-defined]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_tasks: do not fail on tasks left running")
+    # libuv opens process-wide fds (its signal pipe) with the first loop; make them part of
+    # every test's baseline instead of a "leak" of whichever test ran first on uvloop.
+    uvloop.new_event_loop().close()
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open fds and what they point at."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the fd listdir itself used
+    return out
+
+
+def memfd_mappings() -> list[str]:
+    with open("/proc/self/maps") as f:
+        return [line.rstrip() for line in f if "/memfd:" in line]
+
+
+def _leaks(before_fds: dict[int, str], before_maps: list[str]) -> list[str]:
+    problems = []
+    fds = open_fds()
+    new = {fd: what for fd, what in fds.items() if before_fds.get(fd) != what}
+    if new:
+        problems.append(f"fds left open: {new}")
+    maps = memfd_mappings()
+    if len(maps) > len(before_maps):
+        problems.append(f"memfd mappings left: {sorted(set(maps) - set(before_maps))}")
+    readers = _loopio.active_readers()
+    if readers:
+        problems.append(f"fds still registered with the loop: {readers}")
+    return problems
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaked fds, memfd mappings or loop readers."""
+    before_fds = open_fds()
+    before_maps = memfd_mappings()
+    yield
+    # Give garbage (released views, closed loops) a moment to go away before judging.
+    deadline = time.monotonic() + 1.0
+    while True:
+        problems = _leaks(before_fds, before_maps)
+        if not problems or time.monotonic() > deadline:
+            break
+        import gc
+
+        gc.collect()
+        time.sleep(0.02)
+    _loopio._active.clear()
+    assert not problems, "; ".join(problems)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A private temporary directory for Unix socket files (short path)."""
+    with tempfile.TemporaryDirectory(prefix="memif-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def sock_path(sock_dir: Path) -> str:
+    """A fresh socket path in a private temporary directory."""
+    return str(sock_dir / "memif.sock")
