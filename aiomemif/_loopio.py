@@ -14,7 +14,9 @@ __all__ = ["active_readers", "add_reader", "remove_reader", "wait_readable", "wa
 _active: dict[tuple[int, int], str] = {}
 
 
-def add_reader(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None], what: str) -> None:
+def add_reader(
+    loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None], what: str
+) -> None:
     """Register ``callback`` for readability of ``fd`` (replacing any earlier one)."""
     loop.add_reader(fd, callback)
     _active[(id(loop), fd)] = what

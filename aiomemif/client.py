@@ -72,9 +72,7 @@ class _Memory:
             self.region.close()
 
 
-async def _handshake(
-    address: str | bytes, config: InterfaceConfig, rx_mode: RxMode
-) -> Connection:
+async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxMode) -> Connection:
     addr = parse_address(address)
     channel = ControlChannel(await connect_socket(addr))
     machine = ClientHandshake(config)
@@ -205,8 +203,9 @@ def connect(
         ConfigurationError: invalid settings or address.
     """
     cfg = _config(config, settings)
-    return _ConnectContext(os.fspath(address) if isinstance(address, os.PathLike) else address,
-                           cfg, RxMode(rx_mode))
+    addr = os.fspath(address) if isinstance(address, os.PathLike) else address
+    parse_address(addr)
+    return _ConnectContext(addr, cfg, RxMode(rx_mode))
 
 
 @attrs.frozen(kw_only=True)
@@ -359,4 +358,3 @@ class _Connections:
             return await self._client._next()
         except ClosedResourceError:
             raise StopAsyncIteration from None
-

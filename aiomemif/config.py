@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 from . import _wire as w
@@ -28,7 +31,10 @@ def secret_bytes(secret: str | bytes | None) -> bytes:
     return raw
 
 
-def _name(max_len: int) -> object:
+_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _name(max_len: int) -> _Validator:
     def check(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
         raw = value.encode()
         if b"\0" in raw or len(raw) > max_len:
@@ -39,7 +45,7 @@ def _name(max_len: int) -> object:
     return check
 
 
-def _int_range(lo: int, hi: int) -> object:
+def _int_range(lo: int, hi: int) -> _Validator:
     def check(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigurationError(f"{attr.name} must be an integer in {lo}..{hi}, got {value!r}")
@@ -66,6 +72,10 @@ def _secret(_inst: object, _attr: attrs.Attribute[bytes | None], value: bytes | 
     secret_bytes(value)
 
 
+def _to_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
 def _mode(value: int | w.Mode) -> w.Mode:
     try:
         return w.Mode(value)
@@ -90,7 +100,7 @@ class InterfaceConfig:
     #: Optional shared secret, at most 23 bytes.
     secret: bytes | None = attrs.field(
         default=None,
-        converter=lambda s: None if s is None else (s.encode() if isinstance(s, str) else s),
+        converter=_to_bytes,
         validator=_secret,
     )
     mode: w.Mode = attrs.field(default=w.Mode.ETHERNET, converter=_mode)

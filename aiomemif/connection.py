@@ -216,4 +216,3 @@ class Connection:
             f"<Connection {self.role.name.lower()} id={self.interface_id} "
             f"peer={self.peer_interface_name!r} {state}>"
         )
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hmac
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 import attrs
 
@@ -146,12 +146,14 @@ def check_secret(received: bytes, configured: bytes) -> bool:
 class _Machine:
     """Shared dispatch: table lookup, DISCONNECT handling, fd-on-wrong-message checks."""
 
-    _table: dict[tuple[enum.Enum, w.MsgType], Callable[..., list[Output]]]
+    _table: ClassVar[dict[tuple[enum.Enum, w.MsgType], Callable[..., list[Output]]]]
     state: enum.Enum
     _closed_state: enum.Enum
     _connected_state: enum.Enum
 
-    def receive(self, msg: Message, fd: int | None = None, info: FdInfo | None = None) -> list[Output]:
+    def receive(
+        self, msg: Message, fd: int | None = None, info: FdInfo | None = None
+    ) -> list[Output]:
         """Feed one decoded message from the peer.
 
         Raises:
@@ -224,7 +226,9 @@ class ClientHandshake(_Machine):
             )
         ]
 
-    def begin(self, layout: ClientLayout, region_fds: list[int], ring_fds: list[int]) -> list[Output]:
+    def begin(
+        self, layout: ClientLayout, region_fds: list[int], ring_fds: list[int]
+    ) -> list[Output]:
         """Start the exchange once memory exists. ``ring_fds`` follow ``layout.rings`` order.
 
         Raises:
@@ -247,7 +251,9 @@ class ClientHandshake(_Machine):
             SendMessage(AddRegion(0, layout.region_size), region_fds[0]),
         ]
         for ring, fd in zip(layout.rings, ring_fds, strict=True):
-            msg = AddRing(ring.ring_type, ring.index, ring.region, ring.offset, layout.log2_ring_size)
+            msg = AddRing(
+                ring.ring_type, ring.index, ring.region, ring.offset, layout.log2_ring_size
+            )
             self._queue.append(SendMessage(msg, fd))
         self._queue.append(SendMessage(Connect(cfg.if_name)))
         self.state = ClientState.AWAIT_ACK
@@ -264,7 +270,7 @@ class ClientHandshake(_Machine):
         self.state = ClientState.CONNECTED
         return [Established(msg.if_name)]
 
-    _table = {
+    _table: ClassVar[dict[tuple[enum.Enum, w.MsgType], Callable[..., list[Output]]]] = {
         (ClientState.AWAIT_HELLO, w.MsgType.HELLO): _on_hello,
         (ClientState.AWAIT_ACK, w.MsgType.ACK): _on_ack,
         (ClientState.AWAIT_CONNECTED, w.MsgType.CONNECTED): _on_connected,
@@ -407,7 +413,7 @@ class ServerHandshake(_Machine):
         self.state = ServerState.CONNECTED
         return [SendMessage(Connected(self.config.if_name)), Established(self.peer_if_name)]
 
-    _table = {
+    _table: ClassVar[dict[tuple[enum.Enum, w.MsgType], Callable[..., list[Output]]]] = {
         (ServerState.AWAIT_INIT, w.MsgType.INIT): _on_init,
         (ServerState.CONFIGURING, w.MsgType.ADD_REGION): _on_add_region,
         (ServerState.CONFIGURING, w.MsgType.ADD_RING): _on_add_ring,

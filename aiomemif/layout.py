@@ -68,9 +68,7 @@ def plan_client_layout(
     placements = []
     for k in range(total_rings):
         rtype, idx = (w.RingType.S2M, k) if k < n_s2m else (w.RingType.M2S, k - n_s2m)
-        placements.append(
-            RingPlacement(rtype, idx, 0, k * stride, rings_end + k * n * buffer_size)
-        )
+        placements.append(RingPlacement(rtype, idx, 0, k * stride, rings_end + k * n * buffer_size))
     return ClientLayout(
         region_size=rings_end + total_rings * n * buffer_size,
         log2_ring_size=log2_ring_size,

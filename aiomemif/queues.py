@@ -114,7 +114,9 @@ class Batch(Sequence[memoryview]):
 class _Interrupt:
     """A persistent reader on a ring eventfd that drains it and wakes one waiter."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, efd: EventFd, counters: QueueCounters) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, efd: EventFd, counters: QueueCounters
+    ) -> None:
         self._loop = loop
         self._efd = efd
         self._counters = counters
@@ -320,7 +322,9 @@ class RxQueue(_Queue):
 class TxQueue(_Queue):
     """One transmit ring (S2M on a client, M2S on a server)."""
 
-    def __init__(self, conn: Connection, qid: int, endpoint: SlaveTx | MasterTx, efd: EventFd) -> None:
+    def __init__(
+        self, conn: Connection, qid: int, endpoint: SlaveTx | MasterTx, efd: EventFd
+    ) -> None:
         super().__init__(conn, qid, efd, endpoint.counters)
         self._endpoint = endpoint
 

@@ -85,7 +85,7 @@ def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
         view = memoryview(packet)  # type: ignore[arg-type]
     except TypeError:
         if hasattr(packet, "__bytes__"):
-            return bytes(packet)  # type: ignore[call-overload]
+            return bytes(packet)
         raise TypeError(f"cannot send {type(packet).__name__}: not bytes-like") from None
     if view.format == "B" and view.ndim == 1:
         return view
@@ -95,8 +95,14 @@ def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
 class QueueCounters:
     """Mutable per-queue counters (snapshotted into ``QueueDetails`` for users)."""
 
-    __slots__ = ("bad_descriptors", "bytes", "interrupts_received", "interrupts_sent",
-                 "packets", "ring_full")
+    __slots__ = (
+        "bad_descriptors",
+        "bytes",
+        "interrupts_received",
+        "interrupts_sent",
+        "packets",
+        "ring_full",
+    )
 
     def __init__(self) -> None:
         self.packets = 0
@@ -110,7 +116,9 @@ class QueueCounters:
 class Ring:
     """Views of one ring header and its descriptors inside a region's memoryview."""
 
-    def __init__(self, region: memoryview, offset: int, log2_ring_size: int, cacheline: int) -> None:
+    def __init__(
+        self, region: memoryview, offset: int, log2_ring_size: int, cacheline: int
+    ) -> None:
         self.size = 1 << log2_ring_size
         self.mask = self.size - 1
         self.offset = offset
@@ -163,7 +171,9 @@ class Ring:
         first = min(count, self.size - s)
         words, halves = self.words, self.halves
         words[4 * s + 1 : 4 * (s + first) : 4] = lengths[:first]
-        halves[8 * s : 8 * (s + first) : 8] = _ZERO_FLAGS[:first] if flags is None else flags[:first]
+        halves[8 * s : 8 * (s + first) : 8] = (
+            _ZERO_FLAGS[:first] if flags is None else flags[:first]
+        )
         if first < count:
             rest = count - first
             words[1 : 4 * rest : 4] = lengths[first:]
@@ -375,13 +385,13 @@ class SlaveTx:
             p = packets[i]
             if type(p) is not bytes:
                 p = as_wire_buffer(p)
-            n = len(p)  # type: ignore[arg-type]
+            n = len(p)
             if not 0 < n <= bsize:
                 raise PacketTooLargeError(
                     f"packet of {n} bytes does not fit one {bsize}-byte buffer"
                 )
             off = base + ((head + i - start) & mask) * bsize
-            region[off : off + n] = p  # type: ignore[assignment]
+            region[off : off + n] = p
             append(n)
             nbytes += n
         ring.write_lengths(head, lengths, None)
@@ -453,12 +463,12 @@ class MasterTx:
             p = packets[i]
             if type(p) is not bytes:
                 p = as_wire_buffer(p)
-            n = len(p)  # type: ignore[arg-type]
+            n = len(p)
             if not 0 < n <= cap:
                 raise PacketTooLargeError(
                     f"packet of {n} bytes does not fit the {cap}-byte buffer the peer offered"
                 )
-            regions[reg][off : off + n] = p  # type: ignore[assignment]
+            regions[reg][off : off + n] = p
             append(n)
             nbytes += n
             i += 1

@@ -143,13 +143,15 @@ class Server:
                 while conn is None:
                     data, fds = await channel.recv()
                     if len(fds) > 1:
-                        for fd in fds:
-                            close_fd(fd)
+                        for stray in fds:
+                            close_fd(stray)
                         raise RemoteProtocolError("Too many file descriptors")
                     fd = fds[0] if fds else None
                     try:
                         msg = decode_untrusted(data)
-                        outputs = machine.receive(msg, fd, describe_fd(fd) if fd is not None else None)
+                        outputs = machine.receive(
+                            msg, fd, describe_fd(fd) if fd is not None else None
+                        )
                     except BaseException:
                         if fd is not None:
                             close_fd(fd)
@@ -194,7 +196,9 @@ class Server:
                 self._ready.put_nowait(conn)
 
     def _record(self, interface_id: int | None, reason: str) -> None:
-        log.info("memif server %s: handshake failed (id %s): %s", self.address, interface_id, reason)
+        log.info(
+            "memif server %s: handshake failed (id %s): %s", self.address, interface_id, reason
+        )
         self.failures.append(HandshakeFailure(interface_id, reason))
 
     def _map(self, machine: ServerHandshake) -> list[Region]:
@@ -215,7 +219,9 @@ class Server:
             raise
         return regions
 
-    def _build(self, channel: ControlChannel, machine: ServerHandshake, regions: list[Region]) -> Connection:
+    def _build(
+        self, channel: ControlChannel, machine: ServerHandshake, regions: list[Region]
+    ) -> Connection:
         assert self._loop is not None and machine.config is not None and machine.init is not None
         cfg = machine.config
         conn = Connection(
@@ -253,18 +259,20 @@ class Server:
             del self._bound[conn.interface_id]
 
     async def accept(self) -> Connection:
-        """Wait for the next client to complete its handshake.
+        """Wait for the next client to complete its handshake (live connections only).
 
         Raises:
             ClosedResourceError: the server is (or gets) closed.
         """
-        if self._closed:
-            raise ClosedResourceError("server closed")
-        conn = await self._ready.get()
-        if conn is None:
-            self._ready.put_nowait(None)
-            raise ClosedResourceError("server closed")
-        return conn
+        while True:
+            if self._closed:
+                raise ClosedResourceError("server closed")
+            conn = await self._ready.get()
+            if conn is None:
+                self._ready.put_nowait(None)
+                raise ClosedResourceError("server closed")
+            if conn.is_up:  # skip links that went down while waiting to be accepted
+                return conn
 
     def connections(self) -> _Accepting:
         """Async iterator over new connections; ends when the server closes."""
@@ -323,4 +331,3 @@ def serve(
         AddressInUseError, MemifOSError: when started (see :meth:`Server.start`).
     """
     return Server(address, interfaces, app_name=app_name, rx_mode=rx_mode)
-

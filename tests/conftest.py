@@ -31,7 +31,9 @@ def pytest_asyncio_loop_factories(
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-def _checked(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Coroutine[Any, Any, None]]:
+def _checked(
+    fn: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., Coroutine[Any, Any, None]]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> None:
         await fn(*args, **kwargs)
