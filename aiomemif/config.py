@@ -23,7 +23,10 @@ def secret_bytes(secret: str | bytes | None) -> bytes:
     """
     if secret is None:
         return b""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    try:
+        raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    except UnicodeEncodeError:
+        raise ConfigurationError("secret is not encodable as UTF-8") from None
     if b"\0" in raw:
         raise ConfigurationError("secret must not contain NUL bytes")
     if len(raw) > w.SECRET_MAX_CHARS:
@@ -36,7 +39,10 @@ _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 def _name(max_len: int) -> _Validator:
     def check(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-        raw = value.encode()
+        try:
+            raw = value.encode()
+        except (UnicodeEncodeError, AttributeError):
+            raw = b"\0"  # not text, or not encodable: reported below
         if b"\0" in raw or len(raw) > max_len:
             raise ConfigurationError(
                 f"{attr.name} must be at most {max_len} bytes of UTF-8 without NUL"
@@ -73,7 +79,12 @@ def _secret(_inst: object, _attr: attrs.Attribute[bytes | None], value: bytes | 
 
 
 def _to_bytes(value: str | bytes | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            raise ConfigurationError("secret is not encodable as UTF-8") from None
+    return value
 
 
 def _mode(value: int | w.Mode) -> w.Mode:

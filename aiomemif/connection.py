@@ -130,7 +130,8 @@ class Connection:
 
     def _send_disconnect(self, reason: str) -> None:
         with contextlib.suppress(MemifError, OSError):
-            self._channel.send_nowait(encode(Disconnect(reason[: w.REASON_SIZE - 1])))
+            text = reason.encode("utf-8", "replace").decode("utf-8", "replace")
+            self._channel.send_nowait(encode(Disconnect(text)))
 
     # -- closing ---------------------------------------------------------------------------
     async def aclose(self, reason: str = "closed by peer application") -> None:

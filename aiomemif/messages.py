@@ -43,10 +43,18 @@ def _text(raw: bytes) -> str:
 
 def _field(value: str | bytes, size: int, what: str) -> bytes:
     """Encode a NUL-terminated field of ``size`` bytes; at most size - 1 bytes are kept."""
-    data = value.encode() if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        try:
+            data = value.encode()
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"{what} is not encodable as UTF-8: {exc}") from exc
+        if len(data) >= size:  # cut on a character boundary, not inside one
+            data = data[: size - 1].decode("utf-8", "ignore").encode()
+    else:
+        data = bytes(value)[: size - 1]
     if b"\0" in data:
         raise LocalProtocolError(f"{what} must not contain NUL bytes")
-    return data[: size - 1]
+    return data
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ from . import _wire as w
 from .errors import (
     BusyResourceError,
     ClosedResourceError,
+    ConfigurationError,
     MemifError,
     RemoteProtocolError,
     StaleBatchError,
@@ -236,6 +237,8 @@ class RxQueue(_Queue):
             self._interrupt.disarm()
 
     def _poll(self, limit: int) -> list[memoryview]:
+        if limit < 1:
+            raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
         self._check()
         if self._batch is not None:
             self._batch.release()
@@ -256,6 +259,7 @@ class RxQueue(_Queue):
             DisconnectedError: the link went down (``PeerDisconnectedError`` with the peer's
                 reason, ``ConnectionLostError``, or a protocol error's reason).
             BusyResourceError: another task is already receiving on this queue.
+            ConfigurationError: ``max_packets`` is below 1.
         """
         if self._busy:
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")

@@ -269,7 +269,7 @@ class MasterRx(_Receiver):
         if published > ring.size:
             raise RemoteProtocolError("Ring head out of range")
         count = published - self.held
-        if count <= 0:
+        if count <= 0 or limit <= 0:
             return []
         return self._collect(self.read, count, limit)
 
@@ -323,7 +323,7 @@ class SlaveRx(_Receiver):
         if published > ((self.head - consumed_tail) & _MASK):
             raise RemoteProtocolError("Ring tail out of range")
         count = published - self.held
-        if count <= 0:
+        if count <= 0 or limit <= 0:
             return []
         return self._collect(self.read, count, limit)
 
