@@ -155,11 +155,10 @@ async def connect_socket(address: Address) -> socket.socket:
     try:
         try:
             sock.connect(address)
-        except BlockingIOError:  # listener backlog full: wait until the kernel accepts us
-            await _loopio.wait_writable(sock.fileno())
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err)) from None
+        except BlockingIOError:
+            # For AF_UNIX, EAGAIN means the listener's backlog is full: nothing is in
+            # progress (unlike TCP), so report it; a Client retries later.
+            raise OSError(errno.EAGAIN, "the listener's backlog is full") from None
     except OSError as exc:
         sock.close()
         raise wrap_os_error(exc, f"connecting to {format_address(address)}") from exc

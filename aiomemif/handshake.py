@@ -385,8 +385,10 @@ class ServerHandshake(_Machine):
             raise RemoteProtocolError("Ring size too large")
         if msg.region >= len(self.regions):
             raise RemoteProtocolError("Invalid ring region")
+        if msg.offset % 8:
+            raise RemoteProtocolError("Misaligned ring offset")
         end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
-        if msg.offset % 8 or end > self.regions[msg.region].size:
+        if end > self.regions[msg.region].size:
             raise RemoteProtocolError("Ring outside its region")
         self.rings.append(
             RingRecord(msg.ring_type, msg.index, msg.region, msg.offset, msg.log2_ring_size, fd)
@@ -400,6 +402,9 @@ class ServerHandshake(_Machine):
         self.peer_if_name = msg.if_name
         self.state = ServerState.MAPPING
         return [MapRegions(msg.if_name)]
+
+    def _on_stray_ack(self, _msg: Ack, _fd: int | None, _info: FdInfo | None) -> list[Output]:
+        return []  # reference masters ignore an extra ACK from a slave
 
     def mapped(self) -> list[Output]:
         """The regions are mapped and every cookie checked: answer CONNECTED, link up.
@@ -418,4 +423,5 @@ class ServerHandshake(_Machine):
         (ServerState.CONFIGURING, w.MsgType.ADD_REGION): _on_add_region,
         (ServerState.CONFIGURING, w.MsgType.ADD_RING): _on_add_ring,
         (ServerState.CONFIGURING, w.MsgType.CONNECT): _on_connect,
+        (ServerState.CONFIGURING, w.MsgType.ACK): _on_stray_ack,
     }

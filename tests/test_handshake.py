@@ -547,7 +547,7 @@ SERVER_FAILURES: list[tuple[str, list[Step], Step, type[RemoteProtocolError], st
     ("ring in region 1", [init(), REGION0], ring(RingType.S2M, 0, region=1), R,
      "Invalid ring region"),
     ("misaligned ring", [init(), REGION0], ring(RingType.S2M, 0, offset=4), R,
-     "Ring outside its region"),
+     "Misaligned ring offset"),
     ("ring past region end", [init(), REGION0],
      ring(RingType.S2M, 0, offset=MiB - ring_bytes(10, 64) + 8), R, "Ring outside its region"),
     ("ring offset beyond region", [init(), REGION0], ring(RingType.S2M, 0, offset=2 * MiB), R,
@@ -656,7 +656,17 @@ SERVER_TABLE = {
     (ServerState.CONFIGURING, MsgType.ADD_REGION),
     (ServerState.CONFIGURING, MsgType.ADD_RING),
     (ServerState.CONFIGURING, MsgType.CONNECT),
+    (ServerState.CONFIGURING, MsgType.ACK),  # a stray ACK is ignored, as reference masters do
 }
+
+
+def test_server_ignores_a_stray_ack_while_configuring() -> None:
+    server = server_in(ServerState.CONFIGURING)
+    assert server.receive(Ack()) == []
+    assert server.state is ServerState.CONFIGURING
+    with pytest.raises(RemoteProtocolError, match="Unexpected fd"):
+        server.receive(Ack(), 99)
+    assert server.state is ServerState.CLOSED
 
 
 def test_tables_are_what_the_protocol_allows() -> None:

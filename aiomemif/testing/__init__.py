@@ -1,0 +1,1 @@
+"""Helpers for testing code that uses aiomemif (and for aiomemif's own tests)."""
