@@ -124,3 +124,18 @@ def sock_dir() -> Iterator[Path]:
 def sock_path(sock_dir: Path) -> str:
     """A fresh socket path in a private temporary directory."""
     return str(sock_dir / "memif.sock")
+
+
+@pytest.fixture
+def need_testpmd() -> None:
+    """Skip (or, with CI=true, fail) when dpdk-testpmd with net_memif is not installed."""
+    from aiomemif.testing.testpmd import find_testpmd, pmd_dir
+
+    if find_testpmd() is None or pmd_dir() is None:
+        reason = (
+            "dpdk-testpmd with the net_memif driver is not installed "
+            "(apt-get install -y dpdk-dev librte-net-memif23)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; with CI=true the interop tests must run", pytrace=False)
+        pytest.skip(reason)

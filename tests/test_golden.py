@@ -1,8 +1,11 @@
-"""Golden 128-byte control messages transcribed from real peers (see tests/data/README.md).
+"""Golden 128-byte control messages from real peers (see tests/data/README.md).
 
-Each file is decoded and every field checked; where the file's padding is zero, ``encode``
-of the decoded value must give the file back byte for byte. The client handshake, fed the
-DPDK HELLO, must emit exactly the bytes the Python probe sent to testpmd in §9.1.
+Most files are transcribed from the protocol doc; ``testpmd_*.bin`` are raw live captures
+from dpdk-testpmd 22.11.11 (``tests/data/capture_testpmd.py``, not run by the suite). Each
+file is decoded and every field checked; where the file's padding is zero (it is in every
+testpmd capture), ``encode`` of the decoded value must give the file back byte for byte.
+The client handshake, fed the DPDK HELLO, must emit exactly the bytes the Python probe sent
+to testpmd in §9.1.
 """
 
 from __future__ import annotations
@@ -70,9 +73,45 @@ GOLDEN: dict[str, Message] = {
 }
 
 
+#: Live captures from dpdk-testpmd 22.11.11 as server (tests/data/capture_testpmd.py):
+#: file -> the value it must decode to. Every DISCONNECT carries code 0.
+TESTPMD: dict[str, Message] = {
+    "testpmd_hello.bin": Hello(
+        name="DPDK 22.11.11",
+        min_version=0x0200,
+        max_version=0x0200,
+        max_region=255,
+        max_m2s_ring=255,
+        max_s2m_ring=255,
+        max_log2_ring_size=14,
+    ),
+    "testpmd_ack.bin": Ack(),
+    "testpmd_connected.bin": Connected(if_name="net_memif0"),
+    **{
+        f"testpmd_disconnect_{name}.bin": Disconnect(reason=reason, code=0)
+        for name, reason in [
+            ("id_not_found", "ID not found"),
+            ("incompatible_version", "Incompatible memif version"),
+            ("only_ethernet_mode", "Only ethernet mode supported"),
+            ("incorrect_secret", "Incorrect secret"),
+            ("secret_required", "Secret required"),
+            ("unexpected_message", "Unexpected message"),
+            ("invalid_message_size", "Invalid message size"),
+            ("unknown_message_type", "Unknown message type"),
+            ("missing_region_fd", "Missing region fd"),
+            ("missing_interrupt_fd", "Missing interrupt fd"),
+            ("already_connected", "Already connected"),
+        ]
+    },
+}
+
+#: Where each message's defined fields end; everything after is padding.
+FIELDS_END = {Ack: 2, Hello: 45, Connected: 34, Disconnect: 102}
+
+
 def test_every_data_file_is_covered() -> None:
     files = {p.name for p in DATA.glob("*.bin")}
-    assert files == set(GOLDEN) | {"ack_libmemif_junk.bin"}
+    assert files == set(GOLDEN) | set(TESTPMD) | {"ack_libmemif_junk.bin"}
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
@@ -193,3 +232,79 @@ def test_client_handshake_reproduces_the_probe_bytes() -> None:
     (up,) = client.receive(decode_untrusted(load("connected_net_memif0.bin")))
     assert up == Established("net_memif0")
     assert client.peer_if_name == "net_memif0"
+
+
+# -- live captures from dpdk-testpmd 22.11.11 (server role) -----------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TESTPMD))
+def test_testpmd_capture_decodes_to_expected_fields(name: str) -> None:
+    msg = decode_untrusted(load(name))
+    expected = TESTPMD[name]
+    assert type(msg) is type(expected)
+    assert msg == expected
+
+
+@pytest.mark.parametrize("name", sorted(TESTPMD))
+def test_testpmd_capture_padding_is_zero(name: str) -> None:
+    """testpmd zero-fills its messages: nothing after the defined fields is set."""
+    end = FIELDS_END[type(TESTPMD[name])]
+    assert load(name)[end:] == bytes(128 - end)
+
+
+@pytest.mark.parametrize("name", sorted(TESTPMD))
+def test_testpmd_capture_reencodes_byte_for_byte(name: str) -> None:
+    data = load(name)
+    assert encode(decode_untrusted(data)) == data
+    assert encode(TESTPMD[name]) == data
+
+
+def test_testpmd_hello_fields_individually() -> None:
+    data = load("testpmd_hello.bin")
+    assert data[:2] == b"\x02\x00"
+    assert data[2:34] == b"DPDK 22.11.11".ljust(32, b"\0")
+    msg = decode_untrusted(data)
+    assert isinstance(msg, Hello)
+    assert msg.name == "DPDK 22.11.11"
+    assert (msg.min_version, msg.max_version) == (0x0200, 0x0200)
+    assert (msg.max_region, msg.max_m2s_ring, msg.max_s2m_ring) == (255, 255, 255)
+    assert msg.max_log2_ring_size == 14
+
+
+def test_testpmd_ack_and_connected_fields() -> None:
+    ack = load("testpmd_ack.bin")
+    assert ack == b"\x01\x00" + bytes(126)
+    assert decode_untrusted(ack) == Ack()
+    connected = load("testpmd_connected.bin")
+    assert connected[:2] == b"\x07\x00"
+    msg = decode_untrusted(connected)
+    assert isinstance(msg, Connected)
+    assert msg.if_name == "net_memif0"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in TESTPMD if "_disconnect_" in n))
+def test_testpmd_disconnect_code_and_reason(name: str) -> None:
+    expected = TESTPMD[name]
+    assert isinstance(expected, Disconnect)
+    data = load(name)
+    assert data[:2] == b"\x08\x00"
+    assert data[2:6] == bytes(4)  # code: u32 0
+    reason = expected.reason.encode()
+    assert data[6 : 6 + len(reason) + 1] == reason + b"\0"  # NUL-terminated at offset 6
+    msg = decode_untrusted(data)
+    assert isinstance(msg, Disconnect)
+    assert msg.code == 0
+    assert msg.reason == expected.reason
+
+
+@pytest.mark.parametrize(
+    ("captured", "transcribed"),
+    [
+        ("testpmd_hello.bin", "hello_dpdk_22.11.11.bin"),
+        ("testpmd_ack.bin", "ack.bin"),
+        ("testpmd_connected.bin", "connected_net_memif0.bin"),
+    ],
+)
+def test_testpmd_capture_matches_the_doc_transcription(captured: str, transcribed: str) -> None:
+    """The live captures confirm the vectors transcribed from memif-protocol.md §9.1."""
+    assert load(captured) == load(transcribed)

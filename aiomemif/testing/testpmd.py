@@ -99,8 +99,9 @@ class TestPmd:
         if role not in ("server", "client"):
             raise ValueError("role must be 'server' or 'client'")
         self.role = role
-        self.socket = socket
         self.prefix = f"aiomemif-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if socket.startswith("@"):  # aiomemif's spelling of the abstract namespace
+            socket, abstract = socket[1:], True
         vdev = [f"net_memif0,role={role}", f"socket={socket}",
                 f"socket-abstract={'yes' if abstract else 'no'}", f"id={interface_id}"]  # fmt: skip
         if secret is not None:
@@ -111,11 +112,17 @@ class TestPmd:
             vdev.append(f"rsize={rsize}")
         if extra_vdev:
             vdev.append(extra_vdev)
+        self.socket = socket
+        self.abstract = abstract
         exe = find_testpmd()
         pmds = pmd_dir()
         if exe is None or pmds is None:
             raise TestPmdError("dpdk-testpmd with net_memif is not installed")
+        # testpmd prints command output with stdio, fully buffered on a pipe, while its
+        # prompt is written directly: line-buffer stdout so output precedes the prompt.
+        stdbuf = shutil.which("stdbuf")
         self.argv = [
+            *([stdbuf, "-oL", "-eL"] if stdbuf else []),
             exe, "-l", lcores, "--no-huge", "-m", "1024", "--no-pci",
             f"--file-prefix={self.prefix}", "--log-level=pmd.net.memif:info",
             "-d", f"{pmds}/librte_net_memif.so", "-d", f"{pmds}/librte_mempool_ring.so",
@@ -129,8 +136,12 @@ class TestPmd:
         self._forwarding = False
 
     # -- process ---------------------------------------------------------------------
-    async def start(self, forward: bool = True) -> TestPmd:
-        """Start testpmd, wait for its prompt, and (by default) start forwarding.
+    async def start(self, forward: bool = False) -> TestPmd:
+        """Start testpmd and wait for its prompt (and start forwarding if ``forward``).
+
+        Forwarding is best started with :meth:`start_forwarding` once the memif link is up:
+        testpmd's first transmit can race its own ring reset at connect time (a chained
+        first frame was seen with NEXT missing on its first descriptor).
 
         Raises:
             TestPmdError: it exited or did not show its prompt in time.
@@ -157,7 +168,7 @@ class TestPmd:
         start = len(self.log)
         try:
             async with asyncio.timeout(timeout):
-                while not self.log.endswith(PROMPT):
+                while len(self.log) == start or not self.log.endswith(PROMPT):
                     chunk = await self.proc.stdout.read(65536)
                     if not chunk:
                         raise TestPmdError(f"testpmd exited:\n{self.tail()}")
@@ -210,6 +221,14 @@ class TestPmd:
             while await self.link_up(port) != up:  # noqa: ASYNC110 - polling another process
                 await asyncio.sleep(0.05)
 
+    async def start_forwarding(self, wait_link: bool = True) -> None:
+        """Wait for the memif link to come up (by default), then start forwarding."""
+        if wait_link:
+            await self.wait_link(True)
+        if not self._forwarding:
+            await self.command("start")
+            self._forwarding = True
+
     async def stop_forwarding(self) -> None:
         if self._forwarding:
             self._forwarding = False
@@ -249,7 +268,7 @@ class TestPmd:
             await asyncio.sleep(0)
         runtime = Path("/var/run/dpdk") / self.prefix
         shutil.rmtree(runtime, ignore_errors=True)
-        if self.role == "server" and not self.socket.startswith("@"):
+        if self.role == "server" and not self.abstract:
             with contextlib.suppress(OSError):
                 os.unlink(self.socket)
 
