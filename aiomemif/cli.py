@@ -18,8 +18,9 @@ from .client import connect
 from .config import InterfaceConfig
 from .connection import Connection
 from .errors import MemifError
-from .queues import RxQueue, TxQueue
+from .queues import RxQueue
 from .server import serve
+from .txqueue import TxQueue
 
 __all__ = ["main"]
 
@@ -33,10 +34,13 @@ examples:
 """
 
 
+_PATTERN = bytes(range(256)) * 260  # 66560 bytes: any start below 256 plus 65535 fits
+
+
 def _payload(seq: int, size: int) -> bytes:
     """Packet ``seq``: a 4-byte sequence number, then a pattern that depends on it."""
-    fill = bytes((seq + i) & 0xFF for i in range(max(0, size - 4)))
-    return (_SEQ.pack(seq) + fill)[:size]
+    start = seq & 0xFF
+    return (_SEQ.pack(seq) + _PATTERN[start : start + max(0, size - 4)])[:size]
 
 
 async def _pump(tx: TxQueue, rx: RxQueue, seqs: range, size: int) -> tuple[int, int]:
@@ -59,8 +63,9 @@ async def _pump(tx: TxQueue, rx: RxQueue, seqs: range, size: int) -> tuple[int, 
         while received < len(seqs):
             batch = await rx.receive()
             for pkt in batch:
-                seq = _SEQ.unpack_from(pkt)[0] if len(pkt) >= 4 else -1
-                if expected.get(seq) != bytes(pkt):
+                data = bytes(pkt)
+                seq = _SEQ.unpack_from(data)[0] if len(data) >= 4 else -1
+                if expected.get(seq) != data:
                     bad += 1
                 received += 1
             batch.release()
@@ -190,9 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 failure, 2 usage)."""
     args = build_parser().parse_args(argv)
-    if args.command == "loopback" and args.size > args.buffer_size:
-        print("aiomemif: --size must not exceed --buffer-size (chained buffers come later)",
-              file=sys.stderr)  # fmt: skip
+    if args.command == "loopback" and args.size > 65535:
+        print("aiomemif: --size must be at most 65535 (the largest memif packet)", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_loopback(args))
@@ -201,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. piped into head(1): not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

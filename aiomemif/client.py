@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import random
+from array import array
 from collections.abc import AsyncIterator, Generator
 from types import TracebackType
 from typing import Any
@@ -27,11 +28,13 @@ from .errors import (
 from .handshake import ClientHandshake, Established, HelloReceived, SendMessage
 from .layout import ClientLayout, plan_client_layout
 from .messages import Disconnect, decode_untrusted, encode
-from .queues import RxMode, RxQueue, TxQueue
-from .ring import QueueCounters, Ring, SlaveRx, SlaveTx, init_ring, pristine_descriptors
+from .queues import RxMode, RxQueue
+from .ring import QueueCounters, Ring, SlaveRx, descriptor_table, init_ring
+from .ring_tx import SlaveTx
 from .shm import EventFd, Region, close_fd, create_region
+from .txqueue import TxQueue
 
-__all__ = ["Client", "ReconnectPolicy", "connect"]
+__all__ = ["Client", "LinkEvent", "ReconnectPolicy", "connect"]
 
 
 def _config(config: InterfaceConfig | None, kwargs: dict[str, Any]) -> InterfaceConfig:
@@ -48,19 +51,22 @@ class _Memory:
 
     def __init__(self, layout: ClientLayout) -> None:
         self.layout = layout
-        self.region: Region | None = None
+        self.regions: list[Region] = []
         self.efds: list[EventFd] = []
-        self.pristine: list[bytes] = []
-        self.region = create_region(0, layout.region_size)
+        #: Per ring, the buffer offset behind each slot (mutable: forwarding swaps them).
+        self.buffers: list[array[int]] = []
         try:
-            view = self.region.view
-            assert view is not None
+            for index, size in enumerate(layout.region_sizes):
+                self.regions.append(create_region(index, size))
+            rings_view = self.regions[0].view
+            assert rings_view is not None
             n, bsize = layout.ring_size, layout.buffer_size
             for ring in layout.rings:
                 self.efds.append(EventFd())
-                descs = pristine_descriptors(n, 0, ring.buffers, bsize, bsize)
-                self.pristine.append(descs)
-                init_ring(view, ring.offset, layout.cacheline, descs)
+                table = array("I", range(ring.buffers, ring.buffers + n * bsize, bsize))
+                self.buffers.append(table)
+                descs = descriptor_table(table, layout.buffer_region, 0, bsize)
+                init_ring(rings_view, ring.offset, layout.cacheline, bytes(descs))
         except BaseException:
             self.close()
             raise
@@ -68,8 +74,8 @@ class _Memory:
     def close(self) -> None:
         for efd in self.efds:
             efd.close()
-        if self.region is not None:
-            self.region.close()
+        for region in self.regions:
+            region.close()
 
 
 async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxMode) -> Connection:
@@ -92,12 +98,11 @@ async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxM
                     if isinstance(out, HelloReceived):
                         layout = plan_client_layout(
                             out.n_s2m, out.n_m2s, out.log2_ring_size,
-                            config.buffer_size, config.cacheline,
+                            config.buffer_size, config.cacheline, config.layout,
                         )  # fmt: skip
                         memory = _Memory(layout)
-                        assert memory.region is not None
                         outputs += machine.begin(
-                            layout, [memory.region.fd], [e.fd for e in memory.efds]
+                            layout, [r.fd for r in memory.regions], [e.fd for e in memory.efds]
                         )
                     elif isinstance(out, SendMessage):
                         await channel.send(encode(out.message), out.fd)
@@ -131,30 +136,33 @@ def _build(
     rx_mode: RxMode,
 ) -> Connection:
     layout = memory.layout
-    region = memory.region
-    assert region is not None and region.view is not None and machine.hello is not None
+    assert machine.hello is not None
     loop = asyncio.get_running_loop()
     conn = Connection(
         role=w.Role.CLIENT,
         config=config,
         address=format_address(addr),
         channel=channel,
-        regions=[region],
+        regions=memory.regions,
         peer_app_name=machine.hello.name,
         peer_if_name=machine.peer_if_name,
         loop=loop,
     )
-    view = region.view
-    for k, (place, efd) in enumerate(zip(layout.rings, memory.efds, strict=True)):
-        ring = Ring(view, place.offset, layout.log2_ring_size, layout.cacheline)
+    views = [r.view for r in memory.regions]
+    rings_view, buf_view = views[0], views[layout.buffer_region]
+    assert rings_view is not None and buf_view is not None
+    bsize, breg = layout.buffer_size, layout.buffer_region
+    for place, efd, table in zip(layout.rings, memory.efds, memory.buffers, strict=True):
+        ring = Ring(rings_view, place.offset, layout.log2_ring_size, layout.cacheline)
         conn._own(ring, efd)
         ring.set_head(0)  # the peer may have zeroed tail too; start from a clean slate
         counters = QueueCounters()
         if place.ring_type is w.RingType.S2M:
-            tx = SlaveTx(ring, view, place.buffers, layout.buffer_size, counters)
+            tx = SlaveTx(ring, buf_view, breg, table, bsize, config.tx_headroom, counters)
             conn.tx_queues.append(TxQueue(conn, place.index, tx, efd))
         else:
-            rx = SlaveRx(ring, [view], counters, memory.pristine[k])
+            mvs = [v for v in views if v is not None]
+            rx = SlaveRx(ring, mvs, counters, breg, table, bsize, config.rx_headroom)
             conn.rx_queues.append(RxQueue(conn, place.index, rx, efd, rx_mode, loop))
             rx.refill()  # stock the M2S ring with empty buffers
     conn._start()
@@ -225,6 +233,17 @@ class ReconnectPolicy:
         return base * (1 + random.uniform(0, self.jitter))
 
 
+@attrs.frozen
+class LinkEvent:
+    """A change of a client's link: up (with the new connection) or down (with why)."""
+
+    up: bool
+    connection: Connection | None = None
+    #: Why the link went down (the peer's DISCONNECT reason, or what was lost).
+    reason: str | None = None
+    error: MemifError | None = None
+
+
 class Client:
     """A client interface that keeps (re)connecting until closed.
 
@@ -258,6 +277,7 @@ class Client:
         self._queue: asyncio.Queue[Connection | MemifError | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._subscribers: list[asyncio.Queue[LinkEvent | None]] = []
 
     async def __aenter__(self) -> Client:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -289,13 +309,40 @@ class Client:
                 failures = 0
                 self.connection = conn
                 self._queue.put_nowait(conn)
+                self._publish(LinkEvent(True, conn))
                 err = await conn.wait_closed()
                 self.connection = None
+                reason = err.reason if isinstance(err, DisconnectedError) else str(err)
+                self._publish(LinkEvent(False, conn, reason, err))
                 if isinstance(err, DisconnectedError):
                     self.last_error = err
                 await asyncio.sleep(self.policy.delay(1))
         except MemifError as exc:
             self._queue.put_nowait(exc)
+
+    def _publish(self, event: LinkEvent | None) -> None:
+        for q in self._subscribers:
+            q.put_nowait(event)
+
+    async def link_events(self) -> AsyncIterator[LinkEvent]:
+        """Link changes from now on: ``async for ev in client.link_events()``.
+
+        Each ``LinkEvent`` is up (``.connection`` is the new link) or down (``.reason``
+        says why). Iteration ends when the client is closed.
+        """
+        q: asyncio.Queue[LinkEvent | None] = asyncio.Queue()
+        self._subscribers.append(q)
+        try:
+            if self._closed:
+                return
+            while (event := await q.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.remove(q)
+
+    async def wait_link_up(self) -> Connection:
+        """Alias of :meth:`wait_connected`: the live connection, once the link is up."""
+        return await self.wait_connected()
 
     def connections(self) -> AsyncIterator[Connection]:
         """Each new connection as it comes up (see the class docstring)."""
@@ -344,6 +391,7 @@ class Client:
             await self.connection.aclose()
             self.connection = None
         self._queue.put_nowait(None)
+        self._publish(None)
 
 
 class _Connections:

@@ -9,8 +9,9 @@ import attrs
 
 from . import _wire as w
 from .errors import ConfigurationError
+from .layout import RegionLayout
 
-__all__ = ["InterfaceConfig", "Mode", "secret_bytes"]
+__all__ = ["InterfaceConfig", "Mode", "RegionLayout", "secret_bytes"]
 
 Mode = w.Mode
 
@@ -121,6 +122,13 @@ class InterfaceConfig:
     ring_size: int = attrs.field(default=1 << w.DEFAULT_LOG2_RING_SIZE, validator=_ring_size)
     #: Bytes per packet buffer (client only: the client builds the buffers).
     buffer_size: int = attrs.field(default=w.DEFAULT_BUFFER_SIZE, validator=_int_range(1, 65535))
+    #: Client only: bytes kept free in front of the data in the buffers offered for
+    #: receiving (the data view starts after them), like ``memif_refill_queue(headroom)``.
+    rx_headroom: int = attrs.field(default=0, validator=_int_range(0, 65534))
+    #: Client only: bytes kept free in front of the data in transmitted buffers.
+    tx_headroom: int = attrs.field(default=0, validator=_int_range(0, 65534))
+    #: Client only: one region (DPDK style) or rings and buffers in two (libmemif 4.0).
+    layout: RegionLayout = attrs.field(default=RegionLayout.SINGLE, converter=RegionLayout)
     #: Cacheline size that lays out ring headers; must match the peer's (64 on x86-64).
     cacheline: int = attrs.field(default=w.DEFAULT_CACHELINE, validator=_cacheline)
     #: Application (instance) name sent in HELLO or INIT.
@@ -131,6 +139,11 @@ class InterfaceConfig:
     handshake_timeout: float = attrs.field(default=5.0)
     #: Server only: the most bytes of shared memory one client may hand us.
     max_region_bytes: int = attrs.field(default=1 << 34, validator=_int_range(1, 1 << 48))
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("rx_headroom", "tx_headroom"):
+            if getattr(self, name) >= self.buffer_size:
+                raise ConfigurationError(f"{name} must be smaller than buffer_size")
 
     @property
     def log2_ring_size(self) -> int:

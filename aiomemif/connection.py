@@ -21,9 +21,10 @@ from .errors import (
     RemoteProtocolError,
 )
 from .messages import Disconnect, decode_untrusted, encode
-from .queues import RxQueue, TxQueue
+from .queues import RxQueue
 from .ring import Ring
 from .shm import EventFd, Region, close_fd
+from .txqueue import TxQueue
 
 __all__ = ["Connection"]
 
@@ -193,6 +194,7 @@ class Connection:
             return QueueDetails(
                 q.qid, ring.size, flags, head, tail, bsize, c.packets, c.bytes,
                 c.bad_descriptors, c.ring_full, c.interrupts_sent, c.interrupts_received,
+                c.chained,
             )  # fmt: skip
 
         return ConnectionDetails(

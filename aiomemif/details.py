@@ -30,6 +30,8 @@ class QueueDetails:
     ring_full: int
     interrupts_sent: int
     interrupts_received: int
+    #: Packets that took more than one buffer (NEXT chains).
+    chained: int
 
 
 @attrs.frozen

@@ -236,7 +236,7 @@ class ClientHandshake(_Machine):
         """
         if self.state is not ClientState.PREPARING:
             raise LocalProtocolError(f"begin() in state {self.state.name}")
-        if len(ring_fds) != len(layout.rings) or len(region_fds) != 1:
+        if len(ring_fds) != len(layout.rings) or len(region_fds) != len(layout.region_sizes):
             raise LocalProtocolError("fd counts do not match the layout")
         cfg = self.config
         self._queue = [
@@ -248,8 +248,9 @@ class ClientHandshake(_Machine):
                     name=cfg.app_name,
                 )
             ),
-            SendMessage(AddRegion(0, layout.region_size), region_fds[0]),
         ]
+        for index, (size, fd) in enumerate(zip(layout.region_sizes, region_fds, strict=True)):
+            self._queue.append(SendMessage(AddRegion(index, size), fd))
         for ring, fd in zip(layout.rings, ring_fds, strict=True):
             msg = AddRing(
                 ring.ring_type, ring.index, ring.region, ring.offset, layout.log2_ring_size
@@ -390,6 +391,11 @@ class ServerHandshake(_Machine):
         end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
         if end > self.regions[msg.region].size:
             raise RemoteProtocolError("Ring outside its region")
+        for other in self.rings:  # with a cacheline mismatch, peer rings overlap ours
+            if other.region == msg.region:
+                other_end = other.offset + ring_bytes(other.log2_ring_size, cfg.cacheline)
+                if msg.offset < other_end and other.offset < end:
+                    raise RemoteProtocolError("Rings overlap (cacheline size mismatch?)")
         self.rings.append(
             RingRecord(msg.ring_type, msg.index, msg.region, msg.offset, msg.log2_ring_size, fd)
         )

@@ -7,11 +7,13 @@ is ``2·CL + 16·N``.
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
 from . import _wire as w
 
-__all__ = ["ClientLayout", "RingPlacement", "plan_client_layout", "ring_bytes"]
+__all__ = ["ClientLayout", "RegionLayout", "RingPlacement", "plan_client_layout", "ring_bytes"]
 
 
 def ring_bytes(log2_ring_size: int, cacheline: int) -> int:
@@ -27,20 +29,37 @@ class RingPlacement:
     index: int
     region: int
     offset: int
-    #: Offset of the buffer that serves slot 0; slot ``s`` is at ``buffers + s * buffer_size``.
+    #: Offset (in the buffer region) of the buffer that serves slot 0; slot ``s`` is at
+    #: ``buffers + s * buffer_size``.
     buffers: int
+
+
+class RegionLayout(enum.Enum):
+    """How the client arranges its shared memory."""
+
+    #: Rings then buffers in region 0 (DPDK and VPP copy mode; the default).
+    SINGLE = "single"
+    #: Rings in region 0, buffers in region 1 (libmemif 4.0).
+    SPLIT = "split"
 
 
 @attrs.frozen
 class ClientLayout:
     """A complete client layout for one connection."""
 
-    region_size: int
+    region_sizes: tuple[int, ...]
+    #: Index of the region holding the packet buffers.
+    buffer_region: int
     log2_ring_size: int
     buffer_size: int
     cacheline: int
     s2m: tuple[RingPlacement, ...]
     m2s: tuple[RingPlacement, ...]
+
+    @property
+    def region_size(self) -> int:
+        """Total bytes over all regions."""
+        return sum(self.region_sizes)
 
     @property
     def ring_size(self) -> int:
@@ -53,24 +72,37 @@ class ClientLayout:
 
 
 def plan_client_layout(
-    n_s2m: int, n_m2s: int, log2_ring_size: int, buffer_size: int, cacheline: int
+    n_s2m: int,
+    n_m2s: int,
+    log2_ring_size: int,
+    buffer_size: int,
+    cacheline: int,
+    layout: RegionLayout = RegionLayout.SINGLE,
 ) -> ClientLayout:
-    """Plan the single-region copy-mode layout (DPDK/VPP style).
+    """Plan the client's copy-mode layout.
 
     With ``n`` S2M and ``m`` M2S rings of ``N`` slots and buffers of ``B`` bytes, S2M ring
-    ``i`` is at ``i·S`` and M2S ring ``j`` at ``(n + j)·S``; buffer ``k = ring·N + slot`` is at
-    ``R + k·B`` where ``R = (n + m)·S``. The region is exactly ``R + (n + m)·N·B`` bytes.
+    ``i`` is at ``i·S`` and M2S ring ``j`` at ``(n + j)·S`` of region 0, where ``S = 2·CL +
+    16·N`` and ``R = (n + m)·S``. Buffer ``k = ring·N + slot`` is at ``R + k·B`` of region 0
+    (SINGLE: one region of exactly ``R + (n + m)·N·B`` bytes) or at ``k·B`` of region 1
+    (SPLIT: regions of ``R`` and ``(n + m)·N·B`` bytes).
     """
     stride = ring_bytes(log2_ring_size, cacheline)
     n = 1 << log2_ring_size
     total_rings = n_s2m + n_m2s
     rings_end = total_rings * stride
+    buffers_size = total_rings * n * buffer_size
+    split = layout is RegionLayout.SPLIT
+    first_buffer = 0 if split else rings_end
     placements = []
     for k in range(total_rings):
         rtype, idx = (w.RingType.S2M, k) if k < n_s2m else (w.RingType.M2S, k - n_s2m)
-        placements.append(RingPlacement(rtype, idx, 0, k * stride, rings_end + k * n * buffer_size))
+        placements.append(
+            RingPlacement(rtype, idx, 0, k * stride, first_buffer + k * n * buffer_size)
+        )
     return ClientLayout(
-        region_size=rings_end + total_rings * n * buffer_size,
+        region_sizes=(rings_end, buffers_size) if split else (rings_end + buffers_size,),
+        buffer_region=1 if split else 0,
         log2_ring_size=log2_ring_size,
         buffer_size=buffer_size,
         cacheline=cacheline,

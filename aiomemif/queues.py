@@ -1,16 +1,17 @@
-"""Receive and transmit queues of a live connection (asyncio layer).
+"""Receive queues of a live connection (asyncio layer); transmit queues are in txqueue.py.
 
-- :class:`RxQueue` is an async iterator of :class:`Batch` objects: zero-copy views into
-  shared memory, valid until the next iteration or ``batch.release()``.
-- :class:`TxQueue` sends bytes-like packets (or anything with ``__bytes__``); ``send``
-  waits for ring space, ``send_nowait`` raises :class:`~aiomemif.errors.WouldBlockError`.
+:class:`RxQueue` is an async iterator of :class:`Batch` objects: zero-copy packets in
+shared memory, valid until the next receive or ``batch.release()``, which is exactly when
+their buffers go back to the ring.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Final, overload
 
 from . import _loopio
@@ -24,63 +25,84 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .ring import MasterRx, MasterTx, QueueCounters, SlaveRx, SlaveTx
+from .ring import ChainedPacket, MasterRx, Packet, QueueCounters, SlaveRx
 from .shm import EventFd
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Batch", "RxMode", "RxQueue", "TxQueue"]
+__all__ = ["Batch", "ChainedPacket", "Packet", "RxMode", "RxQueue"]
 
 #: Default most packets one receive returns.
 DEFAULT_BATCH: Final = 256
-#: A full transmit ring is retried this many times by yielding to the loop, then on a timer
-#: (there is no "space available" signal in memif).
-_SPIN_RETRIES: Final = 64
-_RETRY_DELAY: Final = 0.001
+#: Default time a polling or adaptive queue keeps spinning (yielding to the loop between
+#: scans) after its last packet before it slows down (polling) or sleeps (adaptive).
+DEFAULT_SPIN_BUDGET: Final = 100e-6
+#: Default scan interval of a polling queue once its spin budget is spent.
+DEFAULT_POLL_INTERVAL: Final = 0.001
+#: An adaptive queue that unmasked its interrupt re-scans after this long even without a
+#: signal: pure Python has no store-load fence, so a wake-up can (very rarely) be missed.
+_ADAPTIVE_SAFETY: Final = 0.01
 
 
 class RxMode(enum.Enum):
-    """How a receive queue waits for packets."""
+    """How a receive queue waits for packets (switchable at run time)."""
 
     #: Sleep on the ring's eventfd; the peer signals after publishing (MASK_INT clear).
     INTERRUPT = "interrupt"
-    #: Ask the peer not to signal (MASK_INT set) and poll the ring cooperatively.
+    #: Ask the peer not to signal (MASK_INT set); spin for the spin budget after traffic,
+    #: then scan every ``poll_interval``. Never sleeps on the eventfd.
     POLLING = "polling"
+    #: Like polling while traffic flows; once the spin budget passes without packets,
+    #: clear MASK_INT, scan once more and sleep on the eventfd.
+    ADAPTIVE = "adaptive"
 
 
-class Batch(Sequence[memoryview]):
-    """Packets received in one go: read-only-by-convention views into shared memory.
+_STALE = "this batch was released; its buffers are back in the ring"
 
-    The views are valid until the batch is released: explicitly (``release()``, or leaving
-    ``with batch:``), or implicitly by the next receive on the same queue. Releasing gives
-    the buffers back to the ring; afterwards the views raise ``ValueError`` on use and the
-    batch raises :class:`StaleBatchError`. Keep a packet with ``bytes(pkt)``.
+
+class Batch(Sequence[Packet]):
+    """Packets received in one go: zero-copy views into shared memory.
+
+    Each packet is a ``memoryview`` of one buffer, or a :class:`ChainedPacket` when it
+    arrived in several (its ``segments`` are views; ``bytes()`` joins a copy). The packets
+    are valid until the batch is released: explicitly (``release()``, or leaving
+    ``with batch:``), or by the next receive on the same queue. Releasing gives the buffers
+    back to the ring; afterwards the batch raises :class:`StaleBatchError` and the views
+    raise ``ValueError``. Keep a packet with :meth:`keep`, :meth:`copy_into` or ``bytes()``.
     """
 
-    __slots__ = ("_queue", "_released", "_views")
+    __slots__ = ("_packets", "_queue", "_released", "_slots", "_start")
 
-    def __init__(self, views: list[memoryview], queue: RxQueue | None) -> None:
-        self._views = views
+    def __init__(
+        self,
+        packets: list[Packet],
+        queue: RxQueue | None,
+        start: int = 0,
+        slots: list[int] | None = None,
+    ) -> None:
+        self._packets = packets
         self._queue = queue
         self._released = False
+        self._start = start
+        self._slots = slots
 
     def __len__(self) -> int:
-        return len(self._views)
+        return len(self._packets)
 
     @overload
-    def __getitem__(self, index: int) -> memoryview: ...
+    def __getitem__(self, index: int) -> Packet: ...
     @overload
-    def __getitem__(self, index: slice) -> list[memoryview]: ...
-    def __getitem__(self, index: int | slice) -> memoryview | list[memoryview]:
+    def __getitem__(self, index: slice) -> list[Packet]: ...
+    def __getitem__(self, index: int | slice) -> Packet | list[Packet]:
         if self._released:
-            raise StaleBatchError("this batch was released; its buffers are back in the ring")
-        return self._views[index]
+            raise StaleBatchError(_STALE)
+        return self._packets[index]
 
-    def __iter__(self) -> Iterator[memoryview]:
+    def __iter__(self) -> Iterator[Packet]:
         if self._released:
-            raise StaleBatchError("this batch was released; its buffers are back in the ring")
-        return iter(self._views)
+            raise StaleBatchError(_STALE)
+        return iter(self._packets)
 
     @property
     def released(self) -> bool:
@@ -89,18 +111,50 @@ class Batch(Sequence[memoryview]):
     @property
     def nbytes(self) -> int:
         """Total payload bytes in the batch."""
-        return sum(len(v) for v in self._views)
+        return sum(len(p) for p in self._packets)
+
+    def keep(self, index: int) -> bytes:
+        """A copy of packet ``index`` that outlives the batch.
+
+        Raises:
+            StaleBatchError: the batch was released.
+        """
+        packet = self[index]
+        return packet.tobytes() if isinstance(packet, ChainedPacket) else bytes(packet)
+
+    def copy_into(self, index: int, buffer: memoryview | bytearray, offset: int = 0) -> int:
+        """Copy packet ``index`` into ``buffer`` at ``offset``; return its length.
+
+        Raises:
+            StaleBatchError: the batch was released.
+            ValueError: the buffer is too small.
+        """
+        packet = self[index]
+        if isinstance(packet, ChainedPacket):
+            return packet.copy_into(buffer, offset)
+        out = memoryview(buffer).cast("B")
+        if offset < 0 or offset + len(packet) > len(out):
+            raise ValueError(f"buffer too small for a {len(packet)}-byte packet")
+        out[offset : offset + len(packet)] = packet
+        return len(packet)
+
+    def slot_of(self, index: int) -> int:
+        """Free-running ring index of the first slot of packet ``index`` (for forwarding)."""
+        return self._start + index if self._slots is None else self._slots[index]
+
+    def _invalidate(self) -> None:
+        for packet in self._packets:
+            try:
+                packet.release()
+            except BufferError:
+                pass  # the caller exported it further (e.g. to numpy); it stays readable
 
     def release(self) -> None:
-        """Invalidate every view and return the buffers to the ring (idempotent)."""
+        """Invalidate every packet and return the buffers to the ring (idempotent)."""
         if self._released:
             return
         self._released = True
-        for view in self._views:
-            try:
-                view.release()
-            except BufferError:
-                pass  # the caller exported it further (e.g. to numpy); it stays readable
+        self._invalidate()
         queue, self._queue = self._queue, None
         if queue is not None:
             queue._batch_released(self)
@@ -140,8 +194,7 @@ class _Interrupt:
         # Drain first, then wake the receiver, which scans the ring afterwards.
         if self._efd.drain():
             self._counters.interrupts_received += 1
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self.wake()
 
     async def wait(self) -> None:
         self.sleeps += 1
@@ -156,15 +209,21 @@ class _Interrupt:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def fail(self, error: BaseException) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(error)
 
-def _fresh(exc: MemifError) -> MemifError:
+
+def fresh(exc: MemifError) -> MemifError:
     """A new exception like ``exc`` (so concurrent raisers do not share tracebacks)."""
     new = type(exc)(*exc.args)
     new.__cause__ = exc.__cause__
     return new
 
 
-class _Queue:
+class QueueBase:
+    """What receive and transmit queues share: identity, counters, the link's error."""
+
     def __init__(self, conn: Connection, qid: int, efd: EventFd, counters: QueueCounters) -> None:
         self._conn = conn
         self.qid = qid
@@ -174,15 +233,15 @@ class _Queue:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise _fresh(self._error)
+            raise fresh(self._error)
 
     def _protocol_failure(self, exc: RemoteProtocolError) -> MemifError:
         self._conn._fail(exc)
         assert self._error is not None
-        return _fresh(self._error)
+        return fresh(self._error)
 
 
-class RxQueue(_Queue):
+class RxQueue(QueueBase):
     """One receive ring (M2S on a client, S2M on a server)."""
 
     def __init__(
@@ -200,7 +259,9 @@ class RxQueue(_Queue):
         self._batch: Batch | None = None
         self._busy = False
         self._mode = mode
-        self.poll_interval = 0.0
+        self.spin_budget = DEFAULT_SPIN_BUDGET
+        self.poll_interval = DEFAULT_POLL_INTERVAL
+        self._last_packet = 0.0
         self._apply_mode()
 
     @property
@@ -212,31 +273,59 @@ class RxQueue(_Queue):
         """How many times a receive slept on the eventfd (rather than finding packets)."""
         return self._interrupt.sleeps
 
-    def set_mode(self, mode: RxMode, poll_interval: float = 0.0) -> None:
-        """Switch between interrupt and polling mode at run time.
+    def set_mode(
+        self,
+        mode: RxMode,
+        *,
+        spin_budget: float = DEFAULT_SPIN_BUDGET,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        """Switch the receive mode at run time (a waiting receive re-scans at once).
 
-        In polling mode a waiting receive yields to the loop (``poll_interval`` 0) or sleeps
-        ``poll_interval`` seconds between scans, so it never starves other tasks.
+        ``spin_budget`` bounds how long a polling or adaptive queue keeps scanning without
+        pause after its last packet; ``poll_interval`` is how often a polling queue scans
+        after that. Neither mode can hold a core while no traffic flows.
 
         Raises:
+            ConfigurationError: a negative budget or interval.
             ClosedResourceError / DisconnectedError: the connection is down.
         """
+        if spin_budget < 0 or poll_interval < 0:
+            raise ConfigurationError("spin_budget and poll_interval must not be negative")
         self._check()
         self._mode = RxMode(mode)
+        self.spin_budget = spin_budget
         self.poll_interval = poll_interval
         self._apply_mode()
-        self._interrupt.wake()  # a waiting receive re-scans under the new mode
+        self._interrupt.wake()
+
+    def _mask(self, masked: bool) -> None:
+        ring = self._endpoint.ring
+        flags = ring.flags
+        ring.set_flags(flags | w.RING_FLAG_MASK_INT if masked else flags & ~w.RING_FLAG_MASK_INT)
 
     def _apply_mode(self) -> None:
-        ring = self._endpoint.ring
-        if self._mode is RxMode.INTERRUPT:
-            ring.set_flags(ring.flags & ~w.RING_FLAG_MASK_INT)
-            self._interrupt.arm()
-        else:
-            ring.set_flags(ring.flags | w.RING_FLAG_MASK_INT)
+        self._mask(self._mode is not RxMode.INTERRUPT)
+        if self._mode is RxMode.POLLING:
             self._interrupt.disarm()
+        else:
+            self._interrupt.arm()
 
-    def _poll(self, limit: int) -> list[memoryview]:
+    def set_headroom(self, headroom: int) -> None:
+        """Client only: keep ``headroom`` bytes free in front of received data (from the
+        next refill on), like ``memif_refill_queue(..., headroom)``.
+
+        Raises:
+            ConfigurationError: not a client queue, or headroom not below the buffer size.
+        """
+        ep = self._endpoint
+        if not isinstance(ep, SlaveRx):
+            raise ConfigurationError("only a client offers receive buffers (and headroom)")
+        if not 0 <= headroom < ep.buffer_size:
+            raise ConfigurationError(f"headroom must be in 0..{ep.buffer_size - 1}")
+        ep.set_headroom(headroom)
+
+    def _poll(self, limit: int) -> list[Packet]:
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
         self._check()
@@ -244,12 +333,17 @@ class RxQueue(_Queue):
             self._batch.release()
         ep = self._endpoint
         try:
-            views = ep.poll(limit)
+            packets = ep.poll(limit)
         except RemoteProtocolError as exc:
             raise self._protocol_failure(exc) from exc
-        if not views and ep.held:
+        if not packets and ep.held:
             ep.release()  # only bad descriptors: give their slots back now
-        return views
+        return packets
+
+    def _batch_of(self, packets: list[Packet]) -> Batch:
+        ep = self._endpoint
+        batch = self._batch = Batch(packets, self, ep.last_start, ep.last_slots)
+        return batch
 
     async def receive(self, max_packets: int = DEFAULT_BATCH) -> Batch:
         """Wait for packets and return them as a batch (releasing the previous batch).
@@ -266,18 +360,46 @@ class RxQueue(_Queue):
         self._busy = True
         try:
             while True:
-                views = self._poll(max_packets)
-                if views:
-                    batch = self._batch = Batch(views, self)
-                    return batch
-                if self._mode is RxMode.INTERRUPT:
-                    await self._interrupt.wait()
-                elif self.poll_interval:
-                    await asyncio.sleep(self.poll_interval)
-                else:
-                    await asyncio.sleep(0)
+                packets = self._poll(max_packets)
+                if packets:
+                    if self._mode is not RxMode.INTERRUPT:
+                        self._last_packet = time.perf_counter()
+                    return self._batch_of(packets)
+                await self._wait(max_packets)
         finally:
             self._busy = False
+
+    async def _wait(self, limit: int) -> None:
+        mode = self._mode
+        if mode is RxMode.INTERRUPT:
+            await self._interrupt.wait()
+            return
+        if time.perf_counter() - self._last_packet < self.spin_budget:
+            await asyncio.sleep(0)  # still spinning: scan again on the next loop pass
+            return
+        if mode is RxMode.POLLING:
+            await asyncio.sleep(self.poll_interval)
+            return
+        # ADAPTIVE, idle: ask to be signalled, re-check (a packet may have been published
+        # before the peer saw the flag change), then sleep until signalled.
+        self._mask(False)
+        try:
+            if self._pending():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ADAPTIVE_SAFETY):
+                    await self._interrupt.wait()
+        finally:
+            if self._error is None and self._mode is RxMode.ADAPTIVE:
+                self._mask(True)
+        self._last_packet = time.perf_counter()  # woken: spin again for the next packets
+
+    def _pending(self) -> bool:
+        """True if the peer has published slots we have not read (no side effects)."""
+        ep = self._endpoint
+        ring = ep.ring
+        index = ring.header[ring.tail_index] if isinstance(ep, SlaveRx) else ring.head
+        return index != ep.read
 
     def receive_nowait(self, max_packets: int = DEFAULT_BATCH) -> Batch:
         """Return the packets waiting now.
@@ -287,11 +409,10 @@ class RxQueue(_Queue):
         """
         if self._busy:
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
-        views = self._poll(max_packets)
-        if not views:
+        packets = self._poll(max_packets)
+        if not packets:
             raise WouldBlockError(f"rx queue {self.qid} is empty")
-        batch = self._batch = Batch(views, self)
-        return batch
+        return self._batch_of(packets)
 
     def __aiter__(self) -> RxQueue:
         return self
@@ -318,91 +439,4 @@ class RxQueue(_Queue):
         if self._batch is not None:
             self._batch.release()
         self._interrupt.disarm()
-        waiter = self._interrupt._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(_fresh(error))
-
-
-class TxQueue(_Queue):
-    """One transmit ring (S2M on a client, M2S on a server)."""
-
-    def __init__(
-        self, conn: Connection, qid: int, endpoint: SlaveTx | MasterTx, efd: EventFd
-    ) -> None:
-        super().__init__(conn, qid, efd, endpoint.counters)
-        self._endpoint = endpoint
-
-    def free_slots(self) -> int:
-        """Slots available for packets right now.
-
-        Raises:
-            ClosedResourceError / DisconnectedError: the connection is down.
-        """
-        self._check()
-        try:
-            return self._endpoint.free()
-        except RemoteProtocolError as exc:
-            raise self._protocol_failure(exc) from exc
-
-    def _write(self, packets: Sequence[object], start: int) -> int:
-        self._check()
-        ep = self._endpoint
-        try:
-            n = ep.write(packets, start)
-        except RemoteProtocolError as exc:
-            raise self._protocol_failure(exc) from exc
-        if n and ep.ring.wants_signal():
-            self._efd.signal()
-            self.counters.interrupts_sent += 1
-        return n
-
-    def send_batch_nowait(self, packets: Iterable[object]) -> int:
-        """Send as many packets as fit now, in order; return how many were sent.
-
-        Raises:
-            WouldBlockError: the ring had room for none of them.
-            PacketTooLargeError: a packet is empty or larger than a buffer.
-            TypeError: a packet is not bytes-like.
-            ClosedResourceError / DisconnectedError: the connection is down.
-        """
-        seq = packets if isinstance(packets, list | tuple) else list(packets)
-        n = self._write(seq, 0)
-        if n == 0 and seq:
-            self.counters.ring_full += 1
-            raise WouldBlockError(f"tx queue {self.qid} is full")
-        return n
-
-    def send_nowait(self, packet: object) -> None:
-        """Send one packet now. Raises as :meth:`send_batch_nowait`."""
-        self.send_batch_nowait((packet,))
-
-    async def send_batch(self, packets: Iterable[object]) -> int:
-        """Send every packet, in order, waiting for ring space when the ring is full.
-
-        Returns the number of packets sent (all of them). If cancelled while waiting, the
-        packets published so far stay sent (``counters.packets`` tells how many).
-
-        Raises:
-            PacketTooLargeError, TypeError, ClosedResourceError, DisconnectedError: as
-            :meth:`send_batch_nowait`.
-        """
-        seq = packets if isinstance(packets, list | tuple) else list(packets)
-        total = len(seq)
-        sent = self._write(seq, 0)
-        retries = 0
-        while sent < total:
-            if retries == 0:
-                self.counters.ring_full += 1
-            await asyncio.sleep(0 if retries < _SPIN_RETRIES else _RETRY_DELAY)
-            n = self._write(seq, sent)
-            sent += n
-            retries = 0 if n else retries + 1
-        return total
-
-    async def send(self, packet: object) -> None:
-        """Send one packet, waiting for ring space. Raises as :meth:`send_batch`."""
-        if not self._write((packet,), 0):
-            await self.send_batch((packet,))
-
-    def _shutdown(self, error: MemifError) -> None:
-        self._error = error
+        self._interrupt.fail(fresh(error))

@@ -1,7 +1,8 @@
 """Rings in shared memory: u16 cursors, batch receive and transmit, validation (pure).
 
 A :class:`Ring` is a typed view of one ring header plus its descriptor array inside a mapped
-region. The four endpoint classes implement the four roles of §6 of the protocol:
+region. The four endpoint classes implement the four roles of §6 of the protocol (the two
+transmitters live in :mod:`aiomemif.ring_tx`):
 
 ============== ============ ===================================================
 class          ring / role  writes
@@ -26,16 +27,16 @@ from array import array
 from collections.abc import Iterator, Sequence
 
 from . import _wire as w
-from .errors import PacketTooLargeError, RemoteProtocolError
+from .errors import RemoteProtocolError
 
 __all__ = [
+    "ChainedPacket",
     "MasterRx",
-    "MasterTx",
     "QueueCounters",
     "Ring",
     "SlaveRx",
-    "SlaveTx",
     "as_wire_buffer",
+    "descriptor_table",
     "init_ring",
     "ring_cookie_ok",
 ]
@@ -62,12 +63,15 @@ def init_ring(region: memoryview, offset: int, cacheline: int, descriptors: byte
     region[start : start + len(descriptors)] = descriptors
 
 
-def pristine_descriptors(n: int, region: int, first_offset: int, stride: int, length: int) -> bytes:
-    """Descriptors ``{flags 0, region, length, first_offset + k·stride, metadata 0}``."""
-    out = bytearray(n * w.DESC_SIZE)
-    for k in range(n):
-        _DESC.pack_into(out, k * w.DESC_SIZE, 0, region, length, first_offset + k * stride, 0)
-    return bytes(out)
+def descriptor_table(
+    buffers: Sequence[int], region: int, headroom: int, buffer_size: int
+) -> bytearray:
+    """Descriptors ``{flags 0, region, length B - headroom, offset buffer + headroom}``."""
+    out = bytearray(len(buffers) * w.DESC_SIZE)
+    length = buffer_size - headroom
+    for k, base in enumerate(buffers):
+        _DESC.pack_into(out, k * w.DESC_SIZE, 0, region, length, base + headroom, 0)
+    return out
 
 
 def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
@@ -98,6 +102,7 @@ class QueueCounters:
     __slots__ = (
         "bad_descriptors",
         "bytes",
+        "chained",
         "interrupts_received",
         "interrupts_sent",
         "packets",
@@ -108,6 +113,7 @@ class QueueCounters:
         self.packets = 0
         self.bytes = 0
         self.bad_descriptors = 0
+        self.chained = 0
         self.ring_full = 0
         self.interrupts_sent = 0
         self.interrupts_received = 0
@@ -164,25 +170,80 @@ class Ring:
             return it
         return itertools.chain(it, _DESC.iter_unpack(self.desc[: (count - first) * 16]))
 
-    def write_lengths(self, start: int, lengths: array[int], flags: array[int] | None) -> None:
-        """Store ``lengths`` (and flags, zero if None) into consecutive slots from ``start``."""
+    def write_descriptors(
+        self,
+        start: int,
+        lengths: array[int],
+        flags: array[int] | None,
+        offsets: array[int] | None,
+    ) -> None:
+        """Store lengths, flags (zero if None) and offsets (unchanged if None) into
+        consecutive slots from free-running index ``start``, wrapping once."""
         count = len(lengths)
         s = start & self.mask
         first = min(count, self.size - s)
         words, halves = self.words, self.halves
-        words[4 * s + 1 : 4 * (s + first) : 4] = lengths[:first]
-        halves[8 * s : 8 * (s + first) : 8] = (
-            _ZERO_FLAGS[:first] if flags is None else flags[:first]
-        )
-        if first < count:
-            rest = count - first
-            words[1 : 4 * rest : 4] = lengths[first:]
-            halves[0 : 8 * rest : 8] = _ZERO_FLAGS[:rest] if flags is None else flags[first:]
+        for lo, n, a, b in ((s, first, 0, first), (0, count - first, first, count)):
+            if n <= 0:
+                continue
+            words[4 * lo + 1 : 4 * (lo + n) : 4] = lengths[a:b]
+            halves[8 * lo : 8 * (lo + n) : 8] = _ZERO_FLAGS[:n] if flags is None else flags[a:b]
+            if offsets is not None:
+                words[4 * lo + 2 : 4 * (lo + n) : 4] = offsets[a:b]
 
     def release(self) -> None:
         """Release every view into the region (required before the region is unmapped)."""
         for view in (self.words, self.halves, self.desc, self.header):
             view.release()
+
+
+class ChainedPacket:
+    """A packet that arrived in several buffers (a NEXT chain), without copying.
+
+    ``segments`` are views into shared memory, valid as long as the batch that holds the
+    packet. ``len()`` is the total size; ``bytes()`` (or :meth:`tobytes`) joins a copy.
+    """
+
+    __slots__ = ("_length", "segments")
+
+    def __init__(self, segments: Sequence[memoryview]) -> None:
+        self.segments = tuple(segments)
+        self._length = sum(len(s) for s in self.segments)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.segments)
+
+    def tobytes(self) -> bytes:
+        """A copy of the whole packet."""
+        return b"".join(self.segments)
+
+    def copy_into(self, buffer: memoryview | bytearray, offset: int = 0) -> int:
+        """Copy the packet into ``buffer`` at ``offset``; return its length.
+
+        Raises:
+            ValueError: the buffer is too small.
+        """
+        out = memoryview(buffer).cast("B")
+        if offset < 0 or offset + self._length > len(out):
+            raise ValueError(f"buffer too small for a {self._length}-byte packet")
+        for seg in self.segments:
+            out[offset : offset + len(seg)] = seg
+            offset += len(seg)
+        return self._length
+
+    def release(self) -> None:
+        for seg in self.segments:
+            seg.release()
+
+    def __repr__(self) -> str:
+        return f"<ChainedPacket {self._length} bytes in {len(self.segments)} buffers>"
+
+
+#: One received packet: a view of one buffer, or a chain of them.
+Packet = memoryview | ChainedPacket
 
 
 class _Receiver:
@@ -196,17 +257,26 @@ class _Receiver:
         #: Next slot to read (free-running) and slots read but not yet given back.
         self.read = 0
         self.held = 0
+        self.last_start = 0
+        self.last_slots: list[int] | None = None
 
-    def _collect(self, start: int, count: int, limit: int) -> list[memoryview]:
-        """Read up to ``count`` published slots; stop at a packet boundary after ``limit``."""
+    def _collect(self, start: int, count: int, limit: int) -> list[Packet]:
+        """Read up to ``count`` published slots; stop at a packet boundary after ``limit``.
+
+        Sets ``last_start`` and ``last_slots`` (the first slot of each packet, or None when
+        packet ``i`` simply sits in slot ``last_start + i``).
+        """
         regions, sizes = self.regions, self.sizes
         n_regions = len(regions)
-        views: list[memoryview] = []
-        append = views.append
-        used = bad = nbytes = 0
+        pkts: list[Packet] = []
+        append = pkts.append
+        used = bad = nbytes = chained = 0
+        slots: list[int] | None = None
         chain: list[memoryview] | None = None
         chain_bad = False
+        chain_start = 0
         for flags, reg, length, off, _meta in self.ring.descriptor_runs(start, count):
+            slot = start + used
             used += 1
             if reg >= n_regions or length == 0 or off + length > sizes[reg]:
                 bad += 1
@@ -215,37 +285,51 @@ class _Receiver:
                 view = regions[reg][off : off + length]
             if flags & _NEXT:
                 if chain is None:
-                    chain, chain_bad = [], False
+                    chain, chain_bad, chain_start = [], False, slot
                 if view is None:
                     chain_bad = True
                 else:
                     chain.append(view)
                 continue
+            if (chain is not None or view is None) and slots is None:
+                slots = list(range(start, start + len(pkts)))  # no longer one per slot
             if chain is not None:
                 if view is not None and not chain_bad:
                     chain.append(view)
-                    joined = memoryview(b"".join(chain))
-                    nbytes += len(joined)
-                    append(joined)
-                for v in chain:
-                    v.release()
+                    packet = ChainedPacket(chain)
+                    nbytes += len(packet)
+                    chained += 1
+                    slots.append(chain_start)  # type: ignore[union-attr]
+                    append(packet)
+                else:
+                    for v in chain:
+                        v.release()
+                    if view is not None:
+                        view.release()
                 chain = None
             elif view is not None:
                 nbytes += length
+                if slots is not None:
+                    slots.append(slot)
                 append(view)
-            if len(views) >= limit:
+            if len(pkts) >= limit:
                 break
         if chain is not None:  # a chain that runs past the published slots
             bad += 1
             for v in chain:
                 v.release()
+            if slots is None:
+                slots = list(range(start, start + len(pkts)))
+        self.last_start = start
+        self.last_slots = slots
         self.read = (start + used) & _MASK
         self.held += used
         c = self.counters
-        c.packets += len(views)
+        c.packets += len(pkts)
         c.bytes += nbytes
         c.bad_descriptors += bad
-        return views
+        c.chained += chained
+        return pkts
 
 
 class MasterRx(_Receiver):
@@ -257,7 +341,7 @@ class MasterRx(_Receiver):
         self.read = 0
         self.held = 0
 
-    def poll(self, limit: int) -> list[memoryview]:
+    def poll(self, limit: int) -> list[Packet]:
         """Return views of up to ``limit`` newly published packets (possibly none).
 
         Raises:
@@ -288,11 +372,35 @@ class SlaveRx(_Receiver):
         ring: Ring,
         regions: Sequence[memoryview],
         counters: QueueCounters,
-        pristine: bytes,
+        region_index: int,
+        buffers: array[int],
+        buffer_size: int,
+        headroom: int = 0,
     ) -> None:
         super().__init__(ring, regions, counters)
-        self.pristine = pristine
+        self.region_index = region_index
+        #: Offset of the buffer behind each slot (rewritten by zero-copy forwarding).
+        self.buffers = buffers
+        self.buffer_size = buffer_size
+        self.headroom = headroom
+        self.pristine = descriptor_table(buffers, region_index, headroom, buffer_size)
         self.head = 0
+
+    def set_headroom(self, headroom: int) -> None:
+        """Offer buffers with ``headroom`` bytes kept free in front (from the next refill)."""
+        self.headroom = headroom
+        self.pristine = descriptor_table(
+            self.buffers, self.region_index, headroom, self.buffer_size
+        )
+
+    def retable(self, slots: Sequence[int]) -> None:
+        """Rebuild the refill descriptors of ``slots`` after their buffers changed."""
+        mask, h, length = self.ring.mask, self.headroom, self.buffer_size - self.headroom
+        for slot in slots:
+            k = slot & mask
+            _DESC.pack_into(
+                self.pristine, k * 16, 0, self.region_index, length, self.buffers[k] + h, 0
+            )
 
     def refill(self) -> None:
         """Offer every free slot again with its own buffer (publishes head; no signal)."""
@@ -311,7 +419,7 @@ class SlaveRx(_Receiver):
         self.head = target
         ring.header[_HEAD] = target
 
-    def poll(self, limit: int) -> list[memoryview]:
+    def poll(self, limit: int) -> list[Packet]:
         """Return views of up to ``limit`` packets the master published (possibly none).
 
         Raises:
@@ -332,152 +440,3 @@ class SlaveRx(_Receiver):
         if self.held:
             self.held = 0
             self.refill()
-
-
-class SlaveTx:
-    """Slave side of an S2M ring: copy packets into its fixed buffers and publish head."""
-
-    def __init__(
-        self,
-        ring: Ring,
-        region: memoryview,
-        buffers: int,
-        buffer_size: int,
-        counters: QueueCounters,
-    ) -> None:
-        self.ring = ring
-        self.region = region
-        self.buffers = buffers
-        self.buffer_size = buffer_size
-        self.counters = counters
-        self.head = 0
-
-    def free(self) -> int:
-        """Slots free for new packets.
-
-        Raises:
-            RemoteProtocolError: tail is ahead of head or more than a ring behind it.
-        """
-        ring = self.ring
-        used = (self.head - ring.header[ring.tail_index]) & _MASK
-        if used > ring.size:
-            raise RemoteProtocolError("Ring tail out of range")
-        return ring.size - used
-
-    def write(self, packets: Sequence[object], start: int = 0) -> int:
-        """Copy as many of ``packets[start:]`` as fit and publish them; return how many.
-
-        Raises:
-            PacketTooLargeError: a packet is empty or larger than one buffer (nothing of this
-                call is published).
-            TypeError: a packet is not bytes-like.
-            RemoteProtocolError: see :meth:`free`.
-        """
-        k = min(self.free(), len(packets) - start)
-        if k <= 0:
-            return 0
-        ring, region, bsize = self.ring, self.region, self.buffer_size
-        mask, head, base = ring.mask, self.head, self.buffers
-        lengths = array("I")
-        append = lengths.append
-        nbytes = 0
-        for i in range(start, start + k):
-            p = packets[i]
-            if type(p) is not bytes:
-                p = as_wire_buffer(p)
-            n = len(p)
-            if not 0 < n <= bsize:
-                raise PacketTooLargeError(
-                    f"packet of {n} bytes does not fit one {bsize}-byte buffer"
-                )
-            off = base + ((head + i - start) & mask) * bsize
-            region[off : off + n] = p
-            append(n)
-            nbytes += n
-        ring.write_lengths(head, lengths, None)
-        self.head = (head + k) & _MASK
-        ring.header[_HEAD] = self.head
-        c = self.counters
-        c.packets += k
-        c.bytes += nbytes
-        return k
-
-
-class MasterTx:
-    """Master side of an M2S ring: fill the buffers the slave offered and publish tail."""
-
-    def __init__(self, ring: Ring, regions: Sequence[memoryview], counters: QueueCounters) -> None:
-        self.ring = ring
-        self.regions = list(regions)
-        self.sizes = [len(r) for r in regions]
-        self.counters = counters
-        self.tail = 0
-
-    def reset(self) -> None:
-        """At CONNECT: tail = 0."""
-        self.ring.set_tail(0)
-        self.tail = 0
-
-    def free(self) -> int:
-        """Slots the slave has offered and we have not filled.
-
-        Raises:
-            RemoteProtocolError: head claims more than the ring size.
-        """
-        ring = self.ring
-        offered = (ring.header[_HEAD] - self.tail) & _MASK
-        if offered > ring.size:
-            raise RemoteProtocolError("Ring head out of range")
-        return offered
-
-    def write(self, packets: Sequence[object], start: int = 0) -> int:
-        """Copy as many of ``packets[start:]`` as fit into offered buffers; return how many.
-
-        A slot whose descriptor names a buffer outside the slave's regions is counted as a
-        bad descriptor and published empty (length 0); the packet goes to the next slot.
-
-        Raises:
-            PacketTooLargeError: a packet is empty or larger than the buffer offered for it
-                (nothing of this call is published).
-            TypeError: a packet is not bytes-like.
-            RemoteProtocolError: see :meth:`free`.
-        """
-        avail = self.free()
-        remaining = len(packets) - start
-        if avail <= 0 or remaining <= 0:
-            return 0
-        regions, sizes = self.regions, self.sizes
-        n_regions = len(regions)
-        lengths = array("I")
-        append = lengths.append
-        i = start
-        end = len(packets)
-        bad = nbytes = 0
-        for _flags, reg, cap, off, _meta in self.ring.descriptor_runs(self.tail, avail):
-            if i == end:
-                break
-            if reg >= n_regions or cap == 0 or off + cap > sizes[reg]:
-                bad += 1
-                append(0)
-                continue
-            p = packets[i]
-            if type(p) is not bytes:
-                p = as_wire_buffer(p)
-            n = len(p)
-            if not 0 < n <= cap:
-                raise PacketTooLargeError(
-                    f"packet of {n} bytes does not fit the {cap}-byte buffer the peer offered"
-                )
-            regions[reg][off : off + n] = p
-            append(n)
-            nbytes += n
-            i += 1
-        used = len(lengths)
-        self.ring.write_lengths(self.tail, lengths, None)
-        self.tail = (self.tail + used) & _MASK
-        self.ring.header[self.ring.tail_index] = self.tail
-        c = self.counters
-        c.packets += i - start
-        c.bytes += nbytes
-        c.bad_descriptors += bad
-        return i - start

@@ -26,9 +26,11 @@ from .errors import (
 )
 from .handshake import Established, MapRegions, SendMessage, ServerHandshake
 from .messages import Disconnect, decode_untrusted, encode
-from .queues import RxMode, RxQueue, TxQueue
-from .ring import MasterRx, MasterTx, QueueCounters, Ring, ring_cookie_ok
+from .queues import RxMode, RxQueue
+from .ring import MasterRx, QueueCounters, Ring, ring_cookie_ok
+from .ring_tx import MasterTx
 from .shm import EventFd, Region, close_fd, describe_fd, map_region
+from .txqueue import TxQueue
 
 __all__ = ["HandshakeFailure", "Server", "serve"]
 

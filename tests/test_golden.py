@@ -10,6 +10,7 @@ to testpmd in §9.1.
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from aiomemif.messages import (
     decode_untrusted,
     encode,
 )
-from aiomemif.ring import pristine_descriptors
+from aiomemif.ring import descriptor_table
 
 DATA = Path(__file__).parent / "data"
 
@@ -184,8 +185,14 @@ def test_dpdk_layout_from_observed_offsets() -> None:
 def test_dpdk_descriptors_from_observed_offsets() -> None:
     """§9.2: S2M desc[0] at 33024 and desc[1023] at 2128128; M2S 2130176 .. 4225280."""
     layout = plan_client_layout(1, 1, 10, 2048, 64)
-    s2m = pristine_descriptors(1024, 0, layout.s2m[0].buffers, 2048, 2048)
-    m2s = pristine_descriptors(1024, 0, layout.m2s[0].buffers, 2048, 2048)
+
+    def table(first: int) -> bytes:
+        return bytes(
+            descriptor_table(array("I", range(first, first + 1024 * 2048, 2048)), 0, 0, 2048)
+        )
+
+    s2m = table(layout.s2m[0].buffers)
+    m2s = table(layout.m2s[0].buffers)
 
     def desc(table: bytes, k: int) -> tuple[int, int, int, int, int]:
         raw = table[16 * k : 16 * k + 16]

@@ -257,13 +257,13 @@ async def test_packet_size_and_type_errors(sock_path: str) -> None:
     ):
         server = await srv.accept()
         with pytest.raises(aiomemif.PacketTooLargeError):
-            await client.tx_queues[0].send(b"x" * 129)
+            await client.tx_queues[0].send(b"x" * 65536)
         with pytest.raises(aiomemif.PacketTooLargeError):
             await client.tx_queues[0].send(b"")
         with pytest.raises(TypeError):
             await client.tx_queues[0].send(12345)
         with pytest.raises(aiomemif.PacketTooLargeError):
-            await server.tx_queues[0].send(b"y" * 129)
+            await server.tx_queues[0].send(b"y" * 65536)
         assert client.tx_queues[0].counters.packets == 0
 
 

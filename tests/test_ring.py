@@ -13,6 +13,7 @@ hand (bad region, out-of-bounds offset, zero length, chains) with its own ``stru
 from __future__ import annotations
 
 import struct
+from array import array
 from collections import deque
 from collections.abc import Iterator
 
@@ -32,15 +33,20 @@ from aiomemif.errors import PacketTooLargeError, RemoteProtocolError
 from aiomemif.layout import plan_client_layout
 from aiomemif.ring import (
     MasterRx,
-    MasterTx,
     QueueCounters,
     Ring,
     SlaveRx,
-    SlaveTx,
+    descriptor_table,
     init_ring,
-    pristine_descriptors,
     ring_cookie_ok,
 )
+from aiomemif.ring_tx import MasterTx, SlaveTx
+
+
+def buffer_table(first: int, n: int, bsize: int) -> array[int]:
+    """The slot -> buffer table client._Memory builds: slot k at ``first + k * bsize``."""
+    return array("I", range(first, first + n * bsize, bsize))
+
 
 MASK = 0xFFFF
 NEXT = 0x0001
@@ -62,8 +68,11 @@ class Rig:
         self.master_view = memoryview(self.mem)  # ... and the master's
         # As client._Memory: fresh rings, pristine descriptors, each slot its own buffer.
         self.pristine: list[bytes] = []
+        self.tables = []
         for place in layout.rings:
-            descs = pristine_descriptors(self.size, 0, place.buffers, bsize, bsize)
+            table = buffer_table(place.buffers, self.size, bsize)
+            self.tables.append(table)
+            descs = bytes(descriptor_table(table, 0, 0, bsize))
             self.pristine.append(descs)
             init_ring(self.slave_view, place.offset, CL, descs)
         s2m, m2s = layout.s2m[0], layout.m2s[0]
@@ -74,11 +83,11 @@ class Rig:
         self.m2s_slave = Ring(self.slave_view, m2s.offset, log2, CL)
         self.m2s_master = Ring(self.master_view, m2s.offset, log2, CL)
         self.slave_tx = SlaveTx(
-            self.s2m_slave, self.slave_view, s2m.buffers, bsize, QueueCounters()
+            self.s2m_slave, self.slave_view, 0, self.tables[0], bsize, 0, QueueCounters()
         )
         self.master_rx = MasterRx(self.s2m_master, [self.master_view], QueueCounters())
         self.slave_rx = SlaveRx(
-            self.m2s_slave, [self.slave_view], QueueCounters(), self.pristine[1]
+            self.m2s_slave, [self.slave_view], QueueCounters(), 0, self.tables[1], bsize, 0
         )
         self.master_tx = MasterTx(self.m2s_master, [self.master_view], QueueCounters())
         # CONNECT as server.py and client.py do it ...
@@ -814,7 +823,7 @@ def test_m2s_chain_running_past_published_slots_is_bad(rig: Rig) -> None:
 # --------------------------------------------------------------------------- transmit errors
 
 
-@pytest.mark.parametrize("bad", [b"", b"x" * 65], ids=["empty", "too large"])
+@pytest.mark.parametrize("bad", [b"", b"x" * 65536], ids=["empty", "over 65535"])
 def test_slave_tx_refuses_unfit_packets_and_publishes_nothing(rig: Rig, bad: bytes) -> None:
     r = rig
     head = r.s2m_slave.head
@@ -825,7 +834,7 @@ def test_slave_tx_refuses_unfit_packets_and_publishes_nothing(rig: Rig, bad: byt
     assert r.master_rx.poll(10) == []
 
 
-@pytest.mark.parametrize("bad", [b"", b"x" * 65], ids=["empty", "too large"])
+@pytest.mark.parametrize("bad", [b"", b"x" * 65536], ids=["empty", "over 65535"])
 def test_master_tx_refuses_unfit_packets_and_publishes_nothing(rig: Rig, bad: bytes) -> None:
     r = rig
     tail = r.m2s_master.tail
@@ -841,11 +850,24 @@ def test_master_tx_honours_offered_capacity(rig: Rig) -> None:
     tail = r.master_tx.tail
     _, region, _, offset, _ = r.get(r.m2s_slave, tail)
     r.put(r.m2s_slave, tail, 0, region, 16, offset + 48)
-    with pytest.raises(PacketTooLargeError):
-        r.master_tx.write([b"y" * 17])
     assert r.master_tx.write([b"y" * 16]) == 1
     assert r.mem[offset + 48 : offset + 64] == b"y" * 16
     assert take(r.slave_rx.poll(1)) == [b"y" * 16]
+
+
+def test_master_tx_chains_past_a_small_offered_buffer(rig: Rig) -> None:
+    """A packet larger than the offered capacity is split: 16 bytes there, the rest next."""
+    r = rig
+    tail = r.master_tx.tail
+    _, region, _, offset, _ = r.get(r.m2s_slave, tail)
+    r.put(r.m2s_slave, tail, 0, region, 16, offset + 48)
+    packet = bytes(range(40))
+    assert r.master_tx.write([packet]) == 1
+    assert r.mem[offset + 48 : offset + 64] == packet[:16]
+    flags, _, length, _, _ = r.get(r.m2s_slave, tail)
+    assert (flags, length) == (NEXT, 16)
+    assert take(r.slave_rx.poll(1)) == [packet]
+    assert r.master_tx.counters.chained == 1
 
 
 class WithBytes:

@@ -1,0 +1,361 @@
+"""Transmit queues of a live connection (asyncio layer).
+
+Three ways to send:
+
+- copy: ``await tx.send(pkt)`` / ``send_batch(pkts)`` (waits for ring space; the
+  ``*_nowait`` forms raise :class:`~aiomemif.errors.WouldBlockError`);
+- zero-copy: ``bufs = await tx.alloc(count, size)``, write into ``bufs[i]`` in place, then
+  ``tx.commit(bufs)`` (libmemif's ``memif_buffer_alloc`` + ``memif_tx_burst``);
+- forwarding (client only): ``tx.forward(batch)`` sends received packets by moving their
+  buffers from the receive ring to this ring (libmemif's ``memif_buffer_enq_tx``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Final, overload
+
+from . import _wire as w
+from .errors import (
+    BusyResourceError,
+    LocalProtocolError,
+    MemifError,
+    RemoteProtocolError,
+    StaleBatchError,
+    WouldBlockError,
+)
+from .queues import Batch, QueueBase, RxQueue
+from .ring import ChainedPacket, SlaveRx
+from .ring_tx import MasterTx, Reservation, SlaveTx
+from .shm import EventFd
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["TxBuffer", "TxBuffers", "TxQueue"]
+
+#: A full transmit ring is retried this many times by yielding to the loop, then on a timer
+#: (memif has no "space available" signal).
+_SPIN_RETRIES: Final = 64
+_RETRY_DELAY: Final = 0.001
+
+
+class TxBuffer:
+    """One packet's reserved transmit buffer(s): write the packet in place.
+
+    ``segments`` are writable views (several when the packet is larger than one buffer).
+    ``len()`` is the reserved size; :meth:`set_length` shrinks what gets sent.
+    """
+
+    __slots__ = ("length", "segments", "size")
+
+    def __init__(self, segments: list[memoryview], size: int) -> None:
+        self.segments = segments
+        self.size = size
+        self.length = size
+
+    @property
+    def view(self) -> memoryview:
+        """The first (for an unchained packet, the only) segment."""
+        return self.segments[0]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+        """Copy ``data`` into the buffer(s) at ``offset``; return the bytes written.
+
+        Raises:
+            ValueError: it does not fit, or the buffers were committed or cancelled.
+        """
+        src = memoryview(data).cast("B")
+        if offset < 0 or offset + len(src) > self.size:
+            raise ValueError(f"{len(src)} bytes at {offset} do not fit {self.size} bytes")
+        at = 0
+        for seg in self.segments:
+            n = len(seg)
+            if offset >= n:
+                offset -= n
+                continue
+            take = min(n - offset, len(src) - at)
+            seg[offset : offset + take] = src[at : at + take]
+            at += take
+            offset = 0
+            if at == len(src):
+                break
+        return len(src)
+
+    def set_length(self, length: int) -> None:
+        """Send only the first ``length`` bytes (for a chain, within its last buffer)."""
+        self.length = length
+
+
+class TxBuffers(Sequence[TxBuffer]):
+    """Buffers reserved by :meth:`TxQueue.alloc`, published by :meth:`TxQueue.commit`."""
+
+    __slots__ = ("_buffers", "_queue", "_reservation")
+
+    def __init__(self, queue: TxQueue, reservation: Reservation, size: int) -> None:
+        self._queue = queue
+        self._reservation: Reservation | None = reservation
+        self._buffers = [TxBuffer(segs, size) for segs in reservation.segments]
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    @overload
+    def __getitem__(self, index: int) -> TxBuffer: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TxBuffer]: ...
+    def __getitem__(self, index: int | slice) -> TxBuffer | list[TxBuffer]:
+        return self._buffers[index]
+
+    def __iter__(self) -> Iterator[TxBuffer]:
+        return iter(self._buffers)
+
+
+class TxQueue(QueueBase):
+    """One transmit ring (S2M on a client, M2S on a server)."""
+
+    def __init__(
+        self, conn: Connection, qid: int, endpoint: SlaveTx | MasterTx, efd: EventFd
+    ) -> None:
+        super().__init__(conn, qid, efd, endpoint.counters)
+        self._endpoint = endpoint
+
+    def free_slots(self) -> int:
+        """Slots available for packets right now.
+
+        Raises:
+            ClosedResourceError / DisconnectedError: the connection is down.
+        """
+        self._check()
+        try:
+            return self._endpoint.free()
+        except RemoteProtocolError as exc:
+            raise self._protocol_failure(exc) from exc
+
+    def _signal(self) -> None:
+        if self._endpoint.ring.wants_signal():
+            self._efd.signal()
+            self.counters.interrupts_sent += 1
+
+    def _write(self, packets: Sequence[object], start: int) -> int:
+        self._check()
+        ep = self._endpoint
+        if ep.reservation is not None:
+            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+        try:
+            n = ep.write(packets, start)
+        except RemoteProtocolError as exc:
+            raise self._protocol_failure(exc) from exc
+        if n:
+            self._signal()
+        return n
+
+    # -- copying ---------------------------------------------------------------------
+    def send_batch_nowait(self, packets: Iterable[object]) -> int:
+        """Send as many whole packets as fit now, in order; return how many were sent.
+
+        Raises:
+            WouldBlockError: the ring had room for none of them.
+            PacketTooLargeError: a packet is empty, over 65535 bytes or needs more buffers
+                than the ring has.
+            TypeError: a packet is not bytes-like.
+            BusyResourceError: ``alloc()`` buffers are waiting for ``commit()``.
+            ClosedResourceError / DisconnectedError: the connection is down.
+        """
+        seq = packets if isinstance(packets, list | tuple) else list(packets)
+        n = self._write(seq, 0)
+        if n == 0 and seq:
+            self.counters.ring_full += 1
+            raise WouldBlockError(f"tx queue {self.qid} is full")
+        return n
+
+    def send_nowait(self, packet: object) -> None:
+        """Send one packet now. Raises as :meth:`send_batch_nowait`."""
+        self.send_batch_nowait((packet,))
+
+    async def _backoff(self, retries: int) -> None:
+        await asyncio.sleep(0 if retries < _SPIN_RETRIES else _RETRY_DELAY)
+
+    async def send_batch(self, packets: Iterable[object]) -> int:
+        """Send every packet, in order, waiting for ring space when the ring is full.
+
+        Returns the number of packets sent (all of them). If cancelled while waiting, the
+        packets published so far stay sent (``counters.packets`` tells how many).
+
+        Raises:
+            As :meth:`send_batch_nowait`, except that a full ring is waited for.
+        """
+        seq = packets if isinstance(packets, list | tuple) else list(packets)
+        total = len(seq)
+        sent = self._write(seq, 0)
+        retries = 0
+        while sent < total:
+            if retries == 0:
+                self.counters.ring_full += 1
+            await self._backoff(retries)
+            n = self._write(seq, sent)
+            sent += n
+            retries = 0 if n else retries + 1
+        return total
+
+    async def send(self, packet: object) -> None:
+        """Send one packet, waiting for ring space. Raises as :meth:`send_batch`."""
+        if not self._write((packet,), 0):
+            await self.send_batch((packet,))
+
+    # -- zero-copy transmit ----------------------------------------------------------
+    def alloc_nowait(self, count: int, size: int) -> TxBuffers:
+        """Reserve ``count`` packets of ``size`` bytes for writing in place.
+
+        A size above one buffer reserves a chain. Nothing is sent until :meth:`commit`;
+        until then the queue accepts no other sends.
+
+        Raises:
+            WouldBlockError: they do not all fit now.
+            PacketTooLargeError: ``size`` is 0, over 65535 or needs more than the ring.
+            BusyResourceError: an earlier allocation is not committed or cancelled.
+            ClosedResourceError / DisconnectedError: the connection is down.
+        """
+        self._check()
+        ep = self._endpoint
+        if ep.reservation is not None:
+            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+        try:
+            res = ep.reserve(count, size)
+        except RemoteProtocolError as exc:
+            raise self._protocol_failure(exc) from exc
+        if res is None:
+            self.counters.ring_full += 1
+            raise WouldBlockError(f"tx queue {self.qid} has no room for {count} x {size} bytes")
+        return TxBuffers(self, res, size)
+
+    async def alloc(self, count: int, size: int) -> TxBuffers:
+        """Like :meth:`alloc_nowait`, but wait for ring space."""
+        retries = 0
+        while True:
+            try:
+                return self.alloc_nowait(count, size)
+            except WouldBlockError:
+                await self._backoff(retries)
+                retries += 1
+
+    def commit(self, buffers: TxBuffers) -> int:
+        """Publish allocated buffers (with each ``TxBuffer.length``); return packets sent.
+
+        Raises:
+            LocalProtocolError: the buffers were already committed or cancelled, or a
+                length leaves a reserved buffer of a chain empty.
+            ClosedResourceError / DisconnectedError: the connection is down.
+        """
+        self._check()
+        res = buffers._reservation
+        if res is None or buffers._queue is not self:
+            raise LocalProtocolError("these buffers were already committed or cancelled")
+        n = self._endpoint.commit(res, [b.length for b in buffers])
+        buffers._reservation = None
+        self._signal()
+        return n
+
+    def cancel(self, buffers: TxBuffers) -> None:
+        """Give allocated buffers back without sending anything (idempotent)."""
+        res = buffers._reservation
+        if res is not None and buffers._queue is self:
+            buffers._reservation = None
+            self._endpoint.cancel(res)
+
+    # -- zero-copy forwarding --------------------------------------------------------
+    def forward(self, batch: Batch, indices: Iterable[int] | None = None) -> int:
+        """Send received packets without copying them (client only).
+
+        The packets' buffers move from the receive ring to this ring, and this ring's free
+        buffers take their place in the receive ring, so no buffer is ever in two rings.
+        Forwarded packets are invalidated in ``batch`` (their views raise ``ValueError``).
+        Packets that do not fit (whole) are not forwarded; the return value says how many
+        were, in order. A packet whose descriptor the peer rewrote outside its buffer is
+        skipped and counted as a bad descriptor.
+
+        Raises:
+            LocalProtocolError: this is a server queue (a server owns no buffers), or the
+                batch comes from another connection.
+            StaleBatchError: the batch was released.
+            BusyResourceError: ``alloc()`` buffers are waiting for ``commit()``.
+            ClosedResourceError / DisconnectedError: the connection is down.
+        """
+        self._check()
+        ep = self._endpoint
+        if not isinstance(ep, SlaveTx):
+            raise LocalProtocolError(
+                "zero-copy forwarding needs the client role: a server owns no buffers"
+            )
+        rxq = batch._queue
+        if batch.released or rxq is None:
+            raise StaleBatchError("this batch was released; its buffers are back in the ring")
+        if not isinstance(rxq, RxQueue) or rxq._conn is not self._conn:
+            raise LocalProtocolError("a batch can only be forwarded on its own connection")
+        if ep.reservation is not None:
+            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+        rx = rxq._endpoint
+        assert isinstance(rx, SlaveRx)
+        try:
+            room = ep.free()
+        except RemoteProtocolError as exc:
+            raise self._protocol_failure(exc) from exc
+        chosen = range(len(batch)) if indices is None else indices
+        segments: list[tuple[int, int, int]] = []
+        flags = array("H")
+        moved: list[int] = []
+        nbytes = bad = 0
+        for i in chosen:
+            packet = batch._packets[i]
+            nseg = len(packet.segments) if isinstance(packet, ChainedPacket) else 1
+            if len(segments) + nseg > room:
+                break
+            segs = _checked_segments(rx, batch.slot_of(i), nseg)
+            if segs is None:
+                bad += 1
+                continue
+            segments.extend(segs)
+            flags.extend([w.DESC_FLAG_NEXT] * (nseg - 1) + [0])
+            nbytes += sum(length for _, length, _ in segs)
+            moved.append(i)
+        if segments:
+            ep.forward(segments, rx.buffers, flags)
+            rx.retable([slot for _, _, slot in segments])
+            for i in moved:
+                batch._packets[i].release()
+            self._signal()
+        c = self.counters
+        c.packets += len(moved)
+        c.bytes += nbytes
+        c.bad_descriptors += bad
+        return len(moved)
+
+    def _shutdown(self, error: MemifError) -> None:
+        self._error = error
+        res = self._endpoint.reservation
+        if res is not None:  # its views must go before the region is unmapped
+            self._endpoint.cancel(res)
+
+
+def _checked_segments(rx: SlaveRx, first: int, nseg: int) -> list[tuple[int, int, int]] | None:
+    """(offset, length, slot) of a received packet's segments, re-read and checked to lie
+    inside the buffers of their own slots (the peer may have rewritten the descriptors)."""
+    ring = rx.ring
+    out = []
+    for k in range(nseg):
+        slot = first + k
+        _flags, region, length, offset, _meta = w.DESC.unpack_from(
+            ring.desc, (slot & ring.mask) * 16
+        )
+        base = rx.buffers[slot & ring.mask]
+        if region != rx.region_index or length == 0 or offset < base:
+            return None
+        if offset + length > base + rx.buffer_size:
+            return None
+        out.append((offset, length, slot))
+    return out
