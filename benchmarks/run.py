@@ -86,9 +86,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--rx-mode",
-        choices=["interrupt", "polling"],
+        choices=["interrupt", "polling", "adaptive"],
         default="interrupt",
-        help="aiomemif receive mode (interrupt: eventfd wakeups; polling: MASK_INT set)",
+        help="aiomemif receive mode (interrupt: eventfd wakeups; polling: MASK_INT set; "
+        "adaptive: spin briefly after traffic, then sleep on the eventfd)",
+    )
+    p.add_argument(
+        "--shared-core",
+        action="store_true",
+        help="pin receiver and sender to the SAME cpu (shows a receiver does not starve a "
+        "peer it shares a core with)",
     )
     p.add_argument(
         "--transports", default="memif,socket", help="which transports (default memif,socket)"
@@ -178,9 +185,11 @@ def background_load(cpus: Sequence[int], seconds: float = 0.5) -> dict[int, floa
     return load
 
 
-def plan_pinning() -> tuple[int | None, int | None]:
-    """Receiver and sender CPUs: two different allowed CPUs, or none with fewer than two."""
+def plan_pinning(shared: bool = False) -> tuple[int | None, int | None]:
+    """Receiver and sender CPUs: two different allowed CPUs (or one shared CPU), or none."""
     allowed = sorted(os.sched_getaffinity(0))
+    if shared:
+        return allowed[0], allowed[0]
     if len(allowed) < 2:
         return None, None
     return allowed[0], allowed[1]
@@ -376,7 +385,7 @@ def table(cases: Sequence[Json]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = mp.get_context("spawn")
-    pins = plan_pinning()
+    pins = plan_pinning(args.shared_core)
     info = machine_info(args.loops)
     print(
         f"cpu: {info['cpu_model']} ({info['cpus_online']} online, allowed {info['cpus_allowed']})"
