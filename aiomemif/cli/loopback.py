@@ -1,4 +1,4 @@
-"""The ``aiomemif`` command (console script and ``python -m aiomemif``)."""
+"""``aiomemif loopback``: a server and a client in one process, traffic checked both ways."""
 
 from __future__ import annotations
 
@@ -6,23 +6,21 @@ import argparse
 import asyncio
 import json
 import struct
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .client import connect
-from .config import InterfaceConfig
-from .connection import Connection
-from .errors import MemifError
-from .queues import RxQueue
-from .server import serve
-from .txqueue import TxQueue
+from .. import __version__
+from ..client import connect
+from ..config import InterfaceConfig
+from ..connection import Connection
+from ..queues import RxQueue
+from ..server import serve
+from ..txqueue import TxQueue
+from .common import packet_size, positive
 
-__all__ = ["main"]
+__all__ = ["register", "run"]
 
 _SEQ = struct.Struct("<I")
 
@@ -160,20 +158,8 @@ def _print_loopback(result: dict[str, Any], args: argparse.Namespace) -> None:
     print("OK: every byte arrived" if result["ok"] else "FAILED: packets lost or corrupted")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aiomemif",
-        description="asyncio-native memif (shared-memory packet interface) tools",
-    )
-    parser.add_argument("--version", action="version", version=f"aiomemif {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``loopback`` subcommand."""
     lb = sub.add_parser(
         "loopback",
         help="connect a server and a client in this process and check traffic both ways",
@@ -182,33 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=LOOPBACK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lb.add_argument("--count", type=_positive, default=1000, help="packets each way (1000)")
-    lb.add_argument("--size", type=_positive, default=64, help="packet size in bytes (64)")
-    lb.add_argument("--queues", type=_positive, default=1, help="queues each way (1)")
+    lb.add_argument("--count", type=positive, default=1000, help="packets each way (1000)")
+    lb.add_argument("--size", type=packet_size, default=64, help="packet size in bytes (64)")
+    lb.add_argument("--queues", type=positive, default=1, help="queues each way (1)")
     lb.add_argument("--id", type=int, default=0, help="interface id (0)")
-    lb.add_argument("--ring-size", type=_positive, default=1024, help="ring size (1024)")
-    lb.add_argument("--buffer-size", type=_positive, default=2048, help="buffer size (2048)")
+    lb.add_argument("--ring-size", type=positive, default=1024, help="ring size (1024)")
+    lb.add_argument("--buffer-size", type=positive, default=2048, help="buffer size (2048)")
     lb.add_argument("--json", action="store_true", help="print a JSON summary")
-    return parser
+    lb.set_defaults(run=run)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 1 failure, 2 usage)."""
-    args = build_parser().parse_args(argv)
-    if args.command == "loopback" and args.size > 65535:
-        print("aiomemif: --size must be at most 65535 (the largest memif packet)", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_loopback(args))
-    except MemifError as exc:
-        print(f"aiomemif: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # e.g. piped into head(1): not an error of ours
-        sys.stderr.close()
-        return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+async def run(args: argparse.Namespace) -> int:
+    """Run the loopback check; 0 if every packet arrived intact."""
+    return await _loopback(args)
