@@ -278,6 +278,10 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._subscribers: list[asyncio.Queue[LinkEvent | None]] = []
+        #: The error that ended the reconnect loop (attempts ran out), if any.
+        self._gave_up: MemifError | None = None
+        #: Pulsed when a link comes up, the loop gives up, or the client closes.
+        self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Client:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -300,7 +304,7 @@ class Client:
                     failures += 1
                     self.last_error = exc if isinstance(exc, MemifError) else None
                     if self.policy.attempts is not None and failures >= self.policy.attempts:
-                        self._queue.put_nowait(
+                        self._give_up(
                             exc if isinstance(exc, MemifError) else ClosedResourceError(str(exc))
                         )
                         return
@@ -309,6 +313,7 @@ class Client:
                 failures = 0
                 self.connection = conn
                 self._queue.put_nowait(conn)
+                self._notify()
                 self._publish(LinkEvent(True, conn))
                 err = await conn.wait_closed()
                 self.connection = None
@@ -318,7 +323,16 @@ class Client:
                     self.last_error = err
                 await asyncio.sleep(self.policy.delay(1))
         except MemifError as exc:
-            self._queue.put_nowait(exc)
+            self._give_up(exc)
+
+    def _give_up(self, error: MemifError) -> None:
+        self._gave_up = error
+        self._queue.put_nowait(error)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()  # wakes every current waiter
+        self._changed.clear()
 
     def _publish(self, event: LinkEvent | None) -> None:
         for q in self._subscribers:
@@ -351,16 +365,22 @@ class Client:
     async def wait_connected(self) -> Connection:
         """Return the live connection, waiting for the next one if the link is down.
 
+        Unlike :meth:`connections`, this does not consume anything: a connection returned
+        here is still yielded by ``connections()``.
+
         Raises:
             ClosedResourceError: the client is closed.
             MemifError: the last connection error, once ``attempts`` ran out.
         """
         while True:
-            if self.connection is not None and self.connection.is_up:
-                return self.connection
-            item = await self._next()
-            if isinstance(item, Connection) and item.is_up:
-                return item
+            if self._closed:
+                raise ClosedResourceError("client closed")
+            conn = self.connection
+            if conn is not None and conn.is_up:
+                return conn
+            if self._gave_up is not None:
+                raise self._gave_up
+            await self._changed.wait()
 
     async def _next(self) -> Connection:
         if self._closed:
@@ -391,6 +411,7 @@ class Client:
             await self.connection.aclose()
             self.connection = None
         self._queue.put_nowait(None)
+        self._notify()
         self._publish(None)
 
 

@@ -72,7 +72,7 @@ class Batch(Sequence[Packet]):
     raise ``ValueError``. Keep a packet with :meth:`keep`, :meth:`copy_into` or ``bytes()``.
     """
 
-    __slots__ = ("_packets", "_queue", "_released", "_slots", "_start")
+    __slots__ = ("_forwarded", "_packets", "_queue", "_released", "_slots", "_start")
 
     def __init__(
         self,
@@ -86,6 +86,8 @@ class Batch(Sequence[Packet]):
         self._released = False
         self._start = start
         self._slots = slots
+        #: Indexes of packets whose buffers ``TxQueue.forward`` moved to a transmit ring.
+        self._forwarded: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._packets)
@@ -139,7 +141,12 @@ class Batch(Sequence[Packet]):
         return len(packet)
 
     def slot_of(self, index: int) -> int:
-        """Free-running ring index of the first slot of packet ``index`` (for forwarding)."""
+        """Free-running ring index of the first slot of packet ``index`` (for forwarding).
+
+        Raises:
+            IndexError: no such packet.
+        """
+        index = range(len(self._packets))[index]  # negative indexes count from the end
         return self._start + index if self._slots is None else self._slots[index]
 
     def _invalidate(self) -> None:

@@ -15,7 +15,12 @@ from array import array
 from collections.abc import Sequence
 
 from . import _wire as w
-from .errors import LocalProtocolError, PacketTooLargeError, RemoteProtocolError
+from .errors import (
+    ConfigurationError,
+    LocalProtocolError,
+    PacketTooLargeError,
+    RemoteProtocolError,
+)
 from .ring import QueueCounters, Ring, as_wire_buffer
 
 __all__ = ["MAX_PACKET", "MasterTx", "Reservation", "SlaveTx"]
@@ -51,6 +56,12 @@ class Reservation:
 
 def _too_large(n: int, what: str) -> PacketTooLargeError:
     return PacketTooLargeError(f"packet of {n} bytes {what}")
+
+
+def _never_fits(count: int, size: int, slots: int, ring_size: int) -> ConfigurationError:
+    return ConfigurationError(
+        f"{count} packets of {size} bytes need {slots} buffers; the ring has {ring_size}"
+    )
 
 
 class SlaveTx:
@@ -172,6 +183,7 @@ class SlaveTx:
 
         Raises:
             PacketTooLargeError: ``size`` is 0, over 65535, or needs more slots than the ring.
+            ConfigurationError: the packets together need more slots than the ring has.
             LocalProtocolError: a reservation is already open on this ring.
         """
         if self.reservation is not None:
@@ -182,6 +194,8 @@ class SlaveTx:
         nseg = -(-size // cap)
         if nseg > self.ring.size:
             raise _too_large(size, f"needs {nseg} buffers; the ring has {self.ring.size}")
+        if count * nseg > self.ring.size:
+            raise _never_fits(count, size, count * nseg, self.ring.size)
         if count * nseg > self.free():
             return None
         res = Reservation(self, self.head)
@@ -319,6 +333,11 @@ class MasterTx:
             offers.append((reg, off, cap) if ok else None)
         return True
 
+    def _whole_ring_too_small(self, offers: list[tuple[int, int, int] | None], avail: int) -> bool:
+        """After a plan from slot 0 failed: True if the whole ring is offered, every offer is
+        usable, and still it was not enough (waiting for room would then wait forever)."""
+        return avail == self.ring.size and len(offers) == avail and None not in offers
+
     def _plan(
         self, offers: list[tuple[int, int, int] | None], avail: int, pos: int, n: int
     ) -> tuple[int, list[tuple[int, int, int]], int] | None:
@@ -352,7 +371,8 @@ class MasterTx:
         descriptors and published empty (length 0). Returns the number of packets sent.
 
         Raises:
-            PacketTooLargeError: a packet is empty or over 65535 bytes (nothing published).
+            PacketTooLargeError: a packet is empty, over 65535 bytes, or larger than every
+                buffer the client offers in the whole ring together (nothing published).
             TypeError: a packet is not bytes-like.
             RemoteProtocolError: see :meth:`free`.
         """
@@ -385,6 +405,8 @@ class MasterTx:
                 continue
             plan = self._plan(offers, avail, pos, n)
             if plan is None:
+                if pos == 0 and self._whole_ring_too_small(offers, avail):
+                    raise _too_large(n, f"does not fit the {avail} buffers the client offers")
                 while pos < len(offers) and offers[pos] is None:  # return unusable slots
                     lengths.append(0)
                     if flags is not None:
@@ -430,7 +452,9 @@ class MasterTx:
         """Reserve ``count`` packets of ``size`` bytes in offered buffers (see SlaveTx).
 
         Raises:
-            PacketTooLargeError: ``size`` is 0 or over 65535.
+            PacketTooLargeError: ``size`` is 0 or over 65535, or one packet does not fit in
+                all the buffers the client offers in the whole ring.
+            ConfigurationError: the packets together never fit in the offered ring.
             LocalProtocolError: a reservation is already open on this ring.
         """
         if self.reservation is not None:
@@ -447,6 +471,10 @@ class MasterTx:
             plan = self._plan(offers, avail, pos, size)
             if plan is None:
                 res.release_views()
+                if self._whole_ring_too_small(offers, avail):
+                    if pos == 0:
+                        raise _too_large(size, f"does not fit the {avail} buffers offered")
+                    raise _never_fits(count, size, count * (pos // len(res.segments)), avail)
                 return None
             first, segs, _bad = plan
             prefix.extend(range(pos, first))  # unusable slots, published empty

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, overload
 from . import _wire as w
 from .errors import (
     BusyResourceError,
+    ConfigurationError,
     LocalProtocolError,
     MemifError,
     RemoteProtocolError,
@@ -218,9 +219,13 @@ class TxQueue(QueueBase):
         Raises:
             WouldBlockError: they do not all fit now.
             PacketTooLargeError: ``size`` is 0, over 65535 or needs more than the ring.
+            ConfigurationError: ``count`` is below 1, or the packets together need more
+                buffers than the ring has (they could never fit).
             BusyResourceError: an earlier allocation is not committed or cancelled.
             ClosedResourceError / DisconnectedError: the connection is down.
         """
+        if count < 1:
+            raise ConfigurationError(f"count must be at least 1, got {count}")
         self._check()
         ep = self._endpoint
         if ep.reservation is not None:
@@ -276,10 +281,12 @@ class TxQueue(QueueBase):
         buffers take their place in the receive ring, so no buffer is ever in two rings.
         Forwarded packets are invalidated in ``batch`` (their views raise ``ValueError``).
         Packets that do not fit (whole) are not forwarded; the return value says how many
-        were, in order. A packet whose descriptor the peer rewrote outside its buffer is
-        skipped and counted as a bad descriptor.
+        were, in order. A packet already forwarded (earlier, or listed twice) is skipped, so
+        ``forward(batch)`` again sends what did not fit before. A packet whose descriptor
+        the peer rewrote outside its buffer is skipped and counted as a bad descriptor.
 
         Raises:
+            IndexError: an index is out of range.
             LocalProtocolError: this is a server queue (a server owns no buffers), or the
                 batch comes from another connection.
             StaleBatchError: the batch was released.
@@ -305,13 +312,18 @@ class TxQueue(QueueBase):
             room = ep.free()
         except RemoteProtocolError as exc:
             raise self._protocol_failure(exc) from exc
-        chosen = range(len(batch)) if indices is None else indices
+        count = len(batch)
+        chosen = range(count) if indices is None else indices
+        gone, taken = batch._forwarded, set()
         segments: list[tuple[int, int, int]] = []
         flags = array("H")
         moved: list[int] = []
-        nbytes = bad = 0
+        nbytes = bad = chained = 0
         for i in chosen:
-            packet = batch._packets[i]
+            packet = batch._packets[i]  # IndexError if out of range
+            i %= count  # one index per packet: -1 and count - 1 are the same buffer
+            if i in gone or i in taken:
+                continue  # its buffer already left (or is leaving) the receive ring
             nseg = len(packet.segments) if isinstance(packet, ChainedPacket) else 1
             if len(segments) + nseg > room:
                 break
@@ -322,10 +334,13 @@ class TxQueue(QueueBase):
             segments.extend(segs)
             flags.extend([w.DESC_FLAG_NEXT] * (nseg - 1) + [0])
             nbytes += sum(length for _, length, _ in segs)
+            chained += nseg > 1
             moved.append(i)
+            taken.add(i)
         if segments:
             ep.forward(segments, rx.buffers, flags)
             rx.retable([slot for _, _, slot in segments])
+            gone.update(moved)
             for i in moved:
                 batch._packets[i].release()
             self._signal()
@@ -333,6 +348,7 @@ class TxQueue(QueueBase):
         c.packets += len(moved)
         c.bytes += nbytes
         c.bad_descriptors += bad
+        c.chained += chained
         return len(moved)
 
     def _shutdown(self, error: MemifError) -> None:
