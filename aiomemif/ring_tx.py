@@ -64,7 +64,31 @@ def _never_fits(count: int, size: int, slots: int, ring_size: int) -> Configurat
     )
 
 
-class SlaveTx:
+class _Reserving:
+    """Zero-copy reservation bookkeeping shared by both transmitters."""
+
+    counters: QueueCounters
+    reservation: Reservation | None
+
+    def _close(self, res: Reservation, nbytes: int, bad: int = 0) -> int:
+        """Close a committed reservation: views released, counters updated."""
+        self.reservation = None
+        res.release_views()
+        c = self.counters
+        c.packets += len(res.segments)
+        c.bytes += nbytes
+        c.bad_descriptors += bad
+        c.chained += sum(1 for s in res.segments if len(s) > 1)
+        return len(res.segments)
+
+    def cancel(self, res: Reservation) -> None:
+        """Drop a reservation without publishing anything."""
+        if res is self.reservation:
+            self.reservation = None
+            res.release_views()
+
+
+class SlaveTx(_Reserving):
     """Client side of an S2M ring: write into our own buffers and publish head."""
 
     def __init__(
@@ -229,20 +253,8 @@ class SlaveTx:
         lens, offs, flags = _segment_lengths(res, lengths)
         mask, bufs, room = self.ring.mask, self.buffers, self.headroom
         offs.extend(bufs[(res.start + k) & mask] + room for k in range(res.used))
-        self.reservation = None
-        res.release_views()
         self._publish(lens, offs, flags)
-        c = self.counters
-        c.packets += len(res.segments)
-        c.bytes += sum(lens)
-        c.chained += sum(1 for s in res.segments if len(s) > 1)
-        return len(res.segments)
-
-    def cancel(self, res: Reservation) -> None:
-        """Drop a reservation without publishing anything."""
-        if res is self.reservation:
-            self.reservation = None
-            res.release_views()
+        return self._close(res, sum(lens))
 
     # -- zero-copy forwarding --------------------------------------------------------
     def forward(
@@ -291,7 +303,7 @@ def _segment_lengths(
     return lens, array("I"), flags
 
 
-class MasterTx:
+class MasterTx(_Reserving):
     """Server side of an M2S ring: fill the buffers the client offered and publish tail."""
 
     def __init__(self, ring: Ring, regions: Sequence[memoryview], counters: QueueCounters) -> None:
@@ -504,20 +516,7 @@ class MasterTx:
                 k = next(it)
                 lens.append(seg_lens[k])
                 flags.append(seg_flags[k] if seg_flags is not None else 0)
-        self.reservation = None
-        res.release_views()
         self.ring.write_descriptors(self.tail, lens, flags, None)
         self.tail = (self.tail + res.used) & _MASK
         self.ring.header[self.ring.tail_index] = self.tail
-        c = self.counters
-        c.packets += len(res.segments)
-        c.bytes += sum(seg_lens)
-        c.bad_descriptors += len(empty)
-        c.chained += sum(1 for s in res.segments if len(s) > 1)
-        return len(res.segments)
-
-    def cancel(self, res: Reservation) -> None:
-        """Drop a reservation without publishing anything."""
-        if res is self.reservation:
-            self.reservation = None
-            res.release_views()
+        return self._close(res, sum(seg_lens), len(empty))
