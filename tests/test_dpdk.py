@@ -283,9 +283,10 @@ async def test_chained_frames_from_testpmd_reassembled(sock_path: str) -> None:
 async def test_chained_frames_from_testpmd_client(sock_path: str) -> None:
     """testpmd as client with 512-byte buffers sends 1500-byte txonly frames as chains.
 
-    Observed with DPDK 22.11.11: the very first chained frame after connect has NEXT
-    missing on its first descriptor, so it arrives as two packets (512 + 988 bytes); every
-    later frame is a correct 3-slot chain. The peer wins: we only check the rest.
+    Observed with DPDK 22.11.11: now and then (always for the first chained frame after
+    connect, sometimes later) a chain arrives with NEXT missing on its first descriptor,
+    so it shows up as two packets (512 + 988 bytes). The peer wins: we accept such pairs,
+    as long as they stay rare, and every other frame must be a whole 1500-byte chain.
     """
     async with linked("server", sock_path, bsize=512, forward_mode="txonly",
                       extra_args=["--txpkts=1500"]) as (conn, pmd):  # fmt: skip
@@ -296,9 +297,17 @@ async def test_chained_frames_from_testpmd_client(sock_path: str) -> None:
                 frames.extend(bytes(p) for p in batch)
                 batch.release()
         await pmd.stop_forwarding()
-        head = 2 if len(frames[0]) == 512 else 0
-        assert head == 0 or len(frames[1]) == 988
-        assert {len(f) for f in frames[head:]} == {1500}
+        lengths = [len(f) for f in frames]
+        split = 0
+        i = 0
+        while i < len(lengths):
+            if lengths[i] == 512 and i + 1 < len(lengths) and lengths[i + 1] == 988:
+                split += 1
+                i += 2
+                continue
+            assert lengths[i] == 1500, f"frame {i} is {lengths[i]} bytes"
+            i += 1
+        assert split <= 5, f"{split} split chains in {len(frames)} packets"
         assert conn.details().rx_queues[0].bad_descriptors == 0
 
 
