@@ -2,7 +2,7 @@
 
 Everything here is a fact of the protocol (see ``memif-protocol.md``): message
 types, field offsets and sizes, flags, limits. The structs are compiled once at
-import time and their sizes are checked against the protocol.
+load time and their sizes are checked against the protocol.
 """
 
 from __future__ import annotations
