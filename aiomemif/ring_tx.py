@@ -35,7 +35,7 @@ MAX_PACKET = 65535
 class Reservation:
     """Slots reserved for zero-copy transmit: writable views, published by ``commit``."""
 
-    __slots__ = ("capacity", "endpoint", "lengths", "segments", "start", "used")
+    __slots__ = ("empty", "endpoint", "lengths", "segments", "start", "used")
 
     def __init__(self, endpoint: SlaveTx | MasterTx, start: int) -> None:
         self.endpoint = endpoint
@@ -44,8 +44,8 @@ class Reservation:
         self.segments: list[list[memoryview]] = []
         #: Per packet, the requested length.
         self.lengths: list[int] = []
-        #: Per packet, the capacity of its last segment's buffer.
-        self.capacity: list[int] = []
+        #: Slots (relative to ``start``) the peer offered unusably: published empty.
+        self.empty: list[int] = []
         self.used = 0
 
     def release_views(self) -> None:
@@ -236,7 +236,6 @@ class SlaveTx(_Reserving):
                 slot += 1
             res.segments.append(segs)
             res.lengths.append(size)
-            res.capacity.append(len(segs[-1]))
         res.used = count * nseg
         self.reservation = res
         return res
@@ -250,9 +249,9 @@ class SlaveTx(_Reserving):
         """
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
-        lens, offs, flags = _segment_lengths(res, lengths)
+        lens, flags = _segment_lengths(res, lengths)
         mask, bufs, room = self.ring.mask, self.buffers, self.headroom
-        offs.extend(bufs[(res.start + k) & mask] + room for k in range(res.used))
+        offs = array("I", (bufs[(res.start + k) & mask] + room for k in range(res.used)))
         self._publish(lens, offs, flags)
         return self._close(res, sum(lens))
 
@@ -280,7 +279,7 @@ class SlaveTx(_Reserving):
 
 def _segment_lengths(
     res: Reservation, lengths: Sequence[int] | None
-) -> tuple[array[int], array[int], array[int] | None]:
+) -> tuple[array[int], array[int] | None]:
     """Segment lengths and flags of a reservation whose packets may have shrunk."""
     lens = array("I")
     flags: array[int] | None = None
@@ -300,7 +299,7 @@ def _segment_lengths(
             flags = array("H", bytes(2 * (len(lens) - len(segs))))
         if flags is not None:
             flags.extend([_NEXT] * (len(segs) - 1) + [0])
-    return lens, array("I"), flags
+    return lens, flags
 
 
 class MasterTx(_Reserving):
@@ -313,7 +312,6 @@ class MasterTx(_Reserving):
         self.counters = counters
         self.tail = 0
         self.reservation: Reservation | None = None
-        self._empty_slots: list[int] = []
 
     def reset(self) -> None:
         """At CONNECT: tail = 0."""
@@ -478,7 +476,6 @@ class MasterTx(_Reserving):
         self._offers(avail, offers, count)
         res = Reservation(self, self.tail)
         pos = 0
-        prefix: list[int] = []
         for _ in range(count):
             plan = self._plan(offers, avail, pos, size)
             if plan is None:
@@ -489,33 +486,31 @@ class MasterTx(_Reserving):
                     raise _never_fits(count, size, count * (pos // len(res.segments)), avail)
                 return None
             first, segs, _bad = plan
-            prefix.extend(range(pos, first))  # unusable slots, published empty
+            res.empty.extend(range(pos, first))  # unusable slots, published empty
             res.segments.append([self.regions[r][o : o + t] for r, o, t in segs])
             res.lengths.append(size)
-            res.capacity.append(segs[-1][2])
             pos = first + len(segs)
         res.used = pos
         self.reservation = res
-        self._empty_slots = prefix
         return res
 
     def commit(self, res: Reservation, lengths: Sequence[int] | None = None) -> int:
         """Publish a reservation; return packets sent. Raises as SlaveTx.commit."""
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
-        seg_lens, _offs, seg_flags = _segment_lengths(res, lengths)
+        seg_lens, seg_flags = _segment_lengths(res, lengths)
         # Interleave the empty (unusable) slots back in at their positions.
-        empty = set(self._empty_slots)
+        empty = set(res.empty)
         lens, flags = array("I"), array("H")
-        it = iter(range(len(seg_lens)))
+        k = 0
         for slot in range(res.used):
             if slot in empty:
                 lens.append(0)
                 flags.append(0)
             else:
-                k = next(it)
                 lens.append(seg_lens[k])
                 flags.append(seg_flags[k] if seg_flags is not None else 0)
+                k += 1
         self.ring.write_descriptors(self.tail, lens, flags, None)
         self.tail = (self.tail + res.used) & _MASK
         self.ring.header[self.ring.tail_index] = self.tail

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from .._channel import parse_address
 from ..client import connect
@@ -162,11 +160,7 @@ async def open_link(args: argparse.Namespace) -> AsyncIterator[Connection]:
             yield conn
 
 
-def emit(args: argparse.Namespace, text: str, **data: Any) -> None:
+def emit(args: argparse.Namespace, text: str) -> None:
     """A human line on stderr (unless --quiet); with --json, callers print JSON to stdout."""
     if not getattr(args, "quiet", False):
         print(text, file=sys.stderr, flush=True)
-
-
-async def sleep_forever() -> None:
-    await asyncio.Event().wait()
