@@ -11,12 +11,12 @@ import time
 from typing import IO, Any
 
 from ..connection import Connection
-from ..errors import DisconnectedError, PeerDisconnectedError
+from ..errors import DisconnectedError
 from ..pcapng import DEFAULT_SNAPLEN, DIRECTION_INBOUND, PcapngWriter
 from ..queues import RxQueue
 from .common import add_link_options, open_link, positive
 from .tap import interface_description, interface_name, linktype_of, open_pcap_stream
-from .traffic import Progress, seconds
+from .traffic import Progress, link_ending, seconds
 
 __all__ = ["register", "run"]
 
@@ -188,13 +188,11 @@ async def run(args: argparse.Namespace) -> int:
             cap.ended = "reader gone"
             _print_summary(args, cap.summary())
             return 0
-        except PeerDisconnectedError as exc:
-            cap.ended = "peer disconnect"
-            if cap.limit is not None and cap.packets < cap.limit:
-                cap.error = exc.reason
         except DisconnectedError as exc:
-            cap.ended = "link down"
-            cap.error = exc.reason
+            short = cap.limit is not None and cap.packets < cap.limit
+            cap.ended, error = link_ending(exc, short)
+            if error is not None:
+                cap.error = error
     summary = cap.summary()
     _print_summary(args, summary)
     return 0 if summary["ok"] else 1

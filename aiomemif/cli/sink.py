@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 from ..connection import Connection
-from ..errors import DisconnectedError, PeerDisconnectedError
+from ..errors import DisconnectedError
 from ..queues import RxQueue
 from .common import add_link_options, open_link, positive
 from .tap import Tap, add_pcap_option, open_tap
-from .traffic import Checker, Progress, TestPacket, human_rate, seconds
+from .traffic import Checker, Progress, TestPacket, human_rate, link_ending, seconds
 
 __all__ = ["register", "run"]
 
@@ -205,14 +205,11 @@ async def run(args: argparse.Namespace) -> int:
             sink.ended = "interrupt"
             _print_summary(args, sink.summary())
             raise
-        except PeerDisconnectedError as exc:
-            # The sender leaving is the normal end without --count; short of it, a failure.
-            sink.ended = "peer disconnect"
-            if sink.limit is not None and sink.received < sink.limit:
-                sink.error = exc.reason
         except DisconnectedError as exc:
-            sink.ended = "link down"
-            sink.error = exc.reason
+            short = sink.limit is not None and sink.received < sink.limit
+            sink.ended, error = link_ending(exc, short)
+            if error is not None:
+                sink.error = error
     summary = sink.summary()
     _print_summary(args, summary)
     return 0 if summary["ok"] else 1

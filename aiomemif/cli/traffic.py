@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
+from ..errors import DisconnectedError, PeerDisconnectedError
 from ..ring import ChainedPacket
 
 __all__ = [
@@ -281,3 +282,14 @@ class Progress:
         while True:
             await asyncio.sleep(self.INTERVAL)
             self.update()
+
+
+def link_ending(exc: DisconnectedError, short: bool) -> tuple[str, str | None]:
+    """How a receiving tool's link ended: ``(ended, error)``.
+
+    The peer leaving with DISCONNECT is the normal end, and a failure only while ``short``
+    of the requested count; any other loss of the link is a failure.
+    """
+    if isinstance(exc, PeerDisconnectedError):
+        return "peer disconnect", exc.reason if short else None
+    return "link down", exc.reason
