@@ -17,7 +17,14 @@ from typing import Final
 
 from . import _loopio
 from . import _wire as w
-from .errors import AddressInUseError, ConfigurationError, ConnectionLostError, RemoteProtocolError
+from .errors import (
+    AddressInUseError,
+    ConfigurationError,
+    ConnectionLostError,
+    MemifError,
+    RemoteProtocolError,
+)
+from .messages import Disconnect, encode
 from .shm import close_fd, wrap_os_error
 
 __all__ = ["ControlChannel", "Listener", "connect_socket", "format_address", "parse_address"]
@@ -116,6 +123,13 @@ class ControlChannel:
             if got is not None:
                 return got
             await _loopio.wait_readable(self.fd, "control")
+
+    def send_disconnect(self, reason: str) -> None:
+        """Best-effort DISCONNECT with ``reason`` before closing: never raises (the peer
+        may be gone already) and never blocks."""
+        text = reason.encode("utf-8", "replace").decode("utf-8", "replace")
+        with contextlib.suppress(MemifError, OSError):
+            self.send_nowait(encode(Disconnect(text)))
 
     def send_nowait(self, data: bytes, fd: int | None = None) -> bool:
         """Send one datagram (with ``fd`` attached); False if the socket buffer is full.

@@ -16,7 +16,7 @@ import attrs
 from . import _wire as w
 from ._channel import ControlChannel, connect_socket, format_address, parse_address
 from .config import InterfaceConfig
-from .connection import Connection
+from .connection import Connection, UntilClosed
 from .errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -27,7 +27,7 @@ from .errors import (
 )
 from .handshake import ClientHandshake, Established, HelloReceived, SendMessage
 from .layout import ClientLayout, plan_client_layout
-from .messages import Disconnect, decode_untrusted, encode
+from .messages import decode_untrusted, encode
 from .queues import RxMode, RxQueue
 from .ring import QueueCounters, Ring, SlaveRx, descriptor_table, init_ring
 from .ring_tx import SlaveTx
@@ -111,12 +111,10 @@ async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxM
                         conn = _build(addr, config, channel, machine, memory, rx_mode)
                         return conn
     except RemoteProtocolError as exc:
-        with contextlib.suppress(MemifError, OSError):
-            channel.send_nowait(encode(Disconnect(exc.reason)))
+        channel.send_disconnect(exc.reason)
         raise
     except TimeoutError:
-        with contextlib.suppress(MemifError, OSError):
-            channel.send_nowait(encode(Disconnect("Handshake timeout")))
+        channel.send_disconnect("Handshake timeout")
         raise HandshakeTimeoutError(
             f"no handshake with {format_address(addr)} within {config.handshake_timeout} s"
         ) from None
@@ -360,7 +358,7 @@ class Client:
 
     def connections(self) -> AsyncIterator[Connection]:
         """Each new connection as it comes up (see the class docstring)."""
-        return _Connections(self)
+        return UntilClosed(self._next)
 
     async def wait_connected(self) -> Connection:
         """Return the live connection, waiting for the next one if the link is down.
@@ -413,17 +411,3 @@ class Client:
         self._queue.put_nowait(None)
         self._notify()
         self._publish(None)
-
-
-class _Connections:
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def __aiter__(self) -> _Connections:
-        return self
-
-    async def __anext__(self) -> Connection:
-        try:
-            return await self._client._next()
-        except ClosedResourceError:
-            raise StopAsyncIteration from None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
+from typing import Generic, TypeVar
 
 from . import _loopio
 from . import _wire as w
@@ -20,13 +20,15 @@ from .errors import (
     PeerDisconnectedError,
     RemoteProtocolError,
 )
-from .messages import Disconnect, decode_untrusted, encode
+from .messages import Disconnect, decode_untrusted
 from .queues import RxQueue
 from .ring import Ring
 from .shm import EventFd, Region, close_fd
 from .txqueue import TxQueue
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "UntilClosed"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("aiomemif")
 
@@ -124,21 +126,16 @@ class Connection:
         if self._error is not None:
             return
         log.warning("memif %s: protocol error: %s", self.config.if_name, exc.reason)
-        self._send_disconnect(exc.reason)
+        self._channel.send_disconnect(exc.reason)
         err = DisconnectedError(f"protocol error: {exc.reason}")
         err.__cause__ = exc
         self._teardown(err)
-
-    def _send_disconnect(self, reason: str) -> None:
-        with contextlib.suppress(MemifError, OSError):
-            text = reason.encode("utf-8", "replace").decode("utf-8", "replace")
-            self._channel.send_nowait(encode(Disconnect(text)))
 
     # -- closing ---------------------------------------------------------------------------
     async def aclose(self, reason: str = "closed by peer application") -> None:
         """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises)."""
         if self._error is None:
-            self._send_disconnect(reason)
+            self._channel.send_disconnect(reason)
             self._teardown(ClosedResourceError("connection closed"))
         await asyncio.sleep(0)
 
@@ -219,3 +216,20 @@ class Connection:
             f"<Connection {self.role.name.lower()} id={self.interface_id} "
             f"peer={self.peer_interface_name!r} {state}>"
         )
+
+
+class UntilClosed(Generic[T]):
+    """Async iterator over ``get()`` results that ends quietly on ClosedResourceError
+    (what ``Client.connections()`` and ``Server.connections()`` return)."""
+
+    def __init__(self, get: Callable[[], Awaitable[T]]) -> None:
+        self._get = get
+
+    def __aiter__(self) -> UntilClosed[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self._get()
+        except ClosedResourceError:
+            raise StopAsyncIteration from None

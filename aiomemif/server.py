@@ -16,16 +16,15 @@ from . import _loopio
 from . import _wire as w
 from ._channel import ControlChannel, Listener, format_address, parse_address
 from .config import InterfaceConfig
-from .connection import Connection
+from .connection import Connection, UntilClosed
 from .errors import (
     ClosedResourceError,
     ConfigurationError,
     DisconnectedError,
-    MemifError,
     RemoteProtocolError,
 )
 from .handshake import Established, MapRegions, SendMessage, ServerHandshake
-from .messages import Disconnect, decode_untrusted, encode
+from .messages import decode_untrusted, encode
 from .queues import RxMode, RxQueue
 from .ring import MasterRx, QueueCounters, Ring, ring_cookie_ok
 from .ring_tx import MasterTx
@@ -172,12 +171,10 @@ class Server:
                             conn = self._build(channel, machine, regions)
         except RemoteProtocolError as exc:
             self._record(machine.interface_id, exc.reason)
-            with contextlib.suppress(MemifError, OSError):
-                channel.send_nowait(encode(Disconnect(exc.reason)))
+            channel.send_disconnect(exc.reason)
         except TimeoutError:
             self._record(machine.interface_id, "Handshake timeout")
-            with contextlib.suppress(MemifError, OSError):
-                channel.send_nowait(encode(Disconnect("Handshake timeout")))
+            channel.send_disconnect("Handshake timeout")
         except DisconnectedError as exc:
             self._record(machine.interface_id, exc.reason)
         finally:
@@ -276,9 +273,9 @@ class Server:
             if conn.is_up:  # skip links that went down while waiting to be accepted
                 return conn
 
-    def connections(self) -> _Accepting:
+    def connections(self) -> UntilClosed[Connection]:
         """Async iterator over new connections; ends when the server closes."""
-        return _Accepting(self)
+        return UntilClosed(self.accept)
 
     async def aclose(self) -> None:
         """Stop listening, abandon handshakes, close every connection (DISCONNECT sent)."""
@@ -301,20 +298,6 @@ class Server:
             if pending is not None:
                 await pending.aclose("server closed")
         self._ready.put_nowait(None)
-
-
-class _Accepting:
-    def __init__(self, server: Server) -> None:
-        self._server = server
-
-    def __aiter__(self) -> _Accepting:
-        return self
-
-    async def __anext__(self) -> Connection:
-        try:
-            return await self._server.accept()
-        except ClosedResourceError:
-            raise StopAsyncIteration from None
 
 
 def serve(
