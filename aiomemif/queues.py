@@ -8,7 +8,6 @@ their buffers go back to the ring.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
 from collections.abc import Iterator, Sequence
@@ -25,13 +24,15 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .ring import ChainedPacket, MasterRx, Packet, QueueCounters, SlaveRx
+from .ring import ChainedPacket, MasterRx, Packet, QueueCounters, SlaveRx, fence
 from .shm import EventFd
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 __all__ = ["Batch", "ChainedPacket", "Packet", "RxMode", "RxQueue"]
+
+_HEAD: Final = w.RING_HEAD_OFF // 2
 
 #: Default most packets one receive returns.
 DEFAULT_BATCH: Final = 256
@@ -40,18 +41,25 @@ DEFAULT_BATCH: Final = 256
 DEFAULT_SPIN_BUDGET: Final = 100e-6
 #: Default scan interval of a polling queue once its spin budget is spent.
 DEFAULT_POLL_INTERVAL: Final = 0.001
-#: An adaptive queue that unmasked its interrupt re-scans after this long even without a
-#: signal: pure Python has no store-load fence, so a wake-up can (very rarely) be missed.
-_ADAPTIVE_SAFETY: Final = 0.01
+#: A queue asleep on its eventfd re-scans the ring this often even without a signal: a
+#: peer without a store-load fence between publishing and reading MASK_INT can (very
+#: rarely) miss our unmasking, and this bounds the delay that costs.
+_SAFETY_RESCAN: Final = 0.01
+#: A spinning queue holds the event loop for at most this long before it lets other
+#: callbacks run (it then keeps spinning until its spin budget is spent).
+_SPIN_SLICE: Final = 50e-6
 
 
 class RxMode(enum.Enum):
     """How a receive queue waits for packets (switchable at run time)."""
 
-    #: Sleep on the ring's eventfd; the peer signals after publishing (MASK_INT clear).
+    #: Sleep on the ring's eventfd; the peer signals after publishing. MASK_INT is clear
+    #: while the queue sleeps and set again once it wakes, until it next finds the ring
+    #: empty: a receiver that keeps up costs the sender no system calls.
     INTERRUPT = "interrupt"
-    #: Ask the peer not to signal (MASK_INT set); spin for the spin budget after traffic,
-    #: then scan every ``poll_interval``. Never sleeps on the eventfd.
+    #: Ask the peer not to signal (MASK_INT set); spin for the spin budget after traffic
+    #: (holding the loop for at most 50 µs at a time), then scan every ``poll_interval``.
+    #: Never sleeps on the eventfd.
     POLLING = "polling"
     #: Like polling while traffic flows; once the spin budget passes without packets,
     #: clear MASK_INT, scan once more and sleep on the eventfd.
@@ -182,9 +190,9 @@ class _Interrupt:
         self._loop = loop
         self._efd = efd
         self._counters = counters
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._armed = False
-        #: How many waits actually slept on the eventfd (for tests and tuning).
+        #: How many receives slept on the eventfd (for tests and tuning).
         self.sleeps = 0
 
     def arm(self) -> None:
@@ -203,22 +211,29 @@ class _Interrupt:
             self._counters.interrupts_received += 1
         self.wake()
 
-    async def wait(self) -> None:
-        self.sleeps += 1
-        fut = self._loop.create_future()
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until woken (True) or ``timeout`` seconds pass (False)."""
+        fut: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = fut
+        timer = self._loop.call_later(timeout, _settle, fut, False)
         try:
-            await fut
+            return await fut
         finally:
+            timer.cancel()
             self._waiter = None
 
     def wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _settle(self._waiter, True)
 
     def fail(self, error: BaseException) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(error)
+
+
+def _settle(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def fresh(exc: MemifError) -> MemifError:
@@ -379,27 +394,48 @@ class RxQueue(QueueBase):
     async def _wait(self, limit: int) -> None:
         mode = self._mode
         if mode is RxMode.INTERRUPT:
-            await self._interrupt.wait()
+            await self._sleep()
             return
-        if time.perf_counter() - self._last_packet < self.spin_budget:
-            await asyncio.sleep(0)  # still spinning: scan again on the next loop pass
+        until = self._last_packet + self.spin_budget
+        if time.perf_counter() < until:
+            if not self._spin(until):
+                await asyncio.sleep(0)  # let the loop run between spin slices
             return
         if mode is RxMode.POLLING:
             await asyncio.sleep(self.poll_interval)
             return
-        # ADAPTIVE, idle: ask to be signalled, re-check (a packet may have been published
-        # before the peer saw the flag change), then sleep until signalled.
-        self._mask(False)
-        try:
-            if self._pending():
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_ADAPTIVE_SAFETY):
-                    await self._interrupt.wait()
-        finally:
-            if self._error is None and self._mode is RxMode.ADAPTIVE:
-                self._mask(True)
+        await self._sleep()
         self._last_packet = time.perf_counter()  # woken: spin again for the next packets
+
+    def _spin(self, until: float) -> bool:
+        """Scan the ring index without yielding for one spin slice (or until ``until``);
+        True as soon as the peer published something."""
+        ep = self._endpoint
+        header = ep.ring.header
+        index = ep.ring.tail_index if isinstance(ep, SlaveRx) else _HEAD
+        read = ep.read
+        perf = time.perf_counter
+        end = min(until, perf() + _SPIN_SLICE)
+        while header[index] == read:
+            if perf() >= end:
+                return False
+        return True
+
+    async def _sleep(self) -> None:
+        """Unmask, re-check the ring (a packet may have been published before the peer saw
+        the flag change), then sleep on the eventfd until signalled; masked again after."""
+        interrupt = self._interrupt
+        interrupt.sleeps += 1
+        mode = self._mode
+        self._mask(False)
+        fence()
+        try:
+            while self._error is None and self._mode is mode and not self._pending():
+                if await interrupt.wait(_SAFETY_RESCAN):
+                    break
+        finally:
+            if self._error is None and self._mode is mode:
+                self._mask(True)
 
     def _pending(self) -> bool:
         """True if the peer has published slots we have not read (no side effects)."""

@@ -2,7 +2,7 @@
 
 A :class:`Ring` is a typed view of one ring header plus its descriptor array inside a mapped
 region. The four endpoint classes implement the four roles of §6 of the protocol (the two
-transmitters live in :mod:`aiomemif.ring_tx`):
+transmitters live in :mod:`aiomemif.ring_tx` and :mod:`aiomemif.ring_master_tx`):
 
 ============== ============ ===================================================
 class          ring / role  writes
@@ -23,6 +23,7 @@ head and tail are read and written as single 16-bit elements of a ``cast("H")`` 
 from __future__ import annotations
 
 import itertools
+import threading
 from array import array
 from collections.abc import Iterator, Sequence
 
@@ -47,6 +48,35 @@ _DESC = w.DESC
 _HEAD = w.RING_HEAD_OFF // 2
 _FLAGS = w.RING_FLAGS_OFF // 2
 _ZERO_FLAGS = array("H", bytes(2 * (1 << w.MAX_LOG2_RING_SIZE + 1)))
+_FENCE_LOCK = threading.Lock()
+
+
+def fence() -> None:
+    """Order this thread's earlier stores before its later loads (a store-load fence).
+
+    Python has no fence primitive; taking and dropping a lock executes an atomic
+    read-modify-write, which is a full fence on x86. Used between "publish" and "does the
+    peer want a signal?" (and between "unmask" and "anything pending?") so neither side
+    misses the other's update. On weaker memory models it narrows the window; receive
+    queues keep a safety re-scan for what remains.
+    """
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
+
+
+def _descriptors_ok(
+    region: int, lengths: list[int], offsets: list[int], limits: Sequence[int]
+) -> bool:
+    """True if every descriptor of a run (all naming ``region``) is usable as it stands:
+    the region exists, every length is positive and every buffer ends inside the region
+    (checked conservatively: the largest offset plus the largest length). A run that fails
+    goes through the per-descriptor path, which checks and counts each descriptor."""
+    if region >= len(limits):
+        return False
+    size = lengths[0]
+    if lengths.count(size) == len(lengths):
+        return size > 0 and max(offsets) + size <= limits[region]
+    return min(lengths) > 0 and max(offsets) + max(lengths) <= limits[region]
 
 
 def ring_cookie_ok(region: memoryview, offset: int) -> bool:
@@ -170,6 +200,49 @@ class Ring:
             return it
         return itertools.chain(it, _DESC.iter_unpack(self.desc[: (count - first) * 16]))
 
+    def columns(self, start: int, count: int) -> tuple[list[int], list[int], list[int]]:
+        """The first word (flags | region << 16), length and offset of ``count``
+        descriptors from free-running index ``start`` (wrapping once), as lists."""
+        s = start & self.mask
+        words = self.words
+        if s + count <= self.size:
+            a, b = 4 * s, 4 * (s + count)
+            return (
+                words[a:b:4].tolist(),
+                words[a + 1 : b : 4].tolist(),
+                words[a + 2 : b : 4].tolist(),
+            )
+        a, b = 4 * s, 4 * (s + count - self.size)
+        return (
+            words[a::4].tolist() + words[:b:4].tolist(),
+            words[a + 1 :: 4].tolist() + words[1:b:4].tolist(),
+            words[a + 2 :: 4].tolist() + words[2:b:4].tolist(),
+        )
+
+    def write_column(self, start: int, word: int, values: array[int]) -> None:
+        """Store ``values`` into 32-bit word ``word`` (1 = length, 2 = offset) of consecutive
+        descriptors from free-running index ``start``, wrapping once."""
+        s = start & self.mask
+        count = len(values)
+        words = self.words
+        if s + count <= self.size:
+            words[4 * s + word : 4 * (s + count) : 4] = values
+        else:
+            first = self.size - s
+            words[4 * s + word :: 4] = values[:first]
+            words[word : 4 * (count - first) : 4] = values[first:]
+
+    def write_flags(self, start: int, count: int) -> None:
+        """Zero the flags of ``count`` descriptors from free-running index ``start``."""
+        s = start & self.mask
+        halves = self.halves
+        if s + count <= self.size:
+            halves[8 * s : 8 * (s + count) : 8] = _ZERO_FLAGS[:count]
+        else:
+            first = self.size - s
+            halves[8 * s :: 8] = _ZERO_FLAGS[:first]
+            halves[: 8 * (count - first) : 8] = _ZERO_FLAGS[: count - first]
+
     def write_descriptors(
         self,
         start: int,
@@ -266,6 +339,36 @@ class _Receiver:
         Sets ``last_start`` and ``last_slots`` (the first slot of each packet, or None when
         packet ``i`` simply sits in slot ``last_start + i``).
         """
+        n = min(count, limit)
+        head, lengths, offsets = self.ring.columns(start, n)
+        first = head[0]  # flags | region << 16: a run without chains in one region
+        if (
+            not first & 0xFFFF
+            and head.count(first) == n
+            and _descriptors_ok(first >> 16, lengths, offsets, self.sizes)
+        ):
+            region = self.regions[first >> 16]
+            size = lengths[0]
+            pkts: list[Packet]
+            if lengths.count(size) == n:
+                pkts = [region[o : o + size] for o in offsets]
+                nbytes = size * n
+            else:
+                pkts = [region[o : o + k] for o, k in zip(offsets, lengths, strict=True)]
+                nbytes = sum(lengths)
+            self.last_start = start
+            self.last_slots = None
+            self.read = (start + n) & _MASK
+            self.held += n
+            c = self.counters
+            c.packets += n
+            c.bytes += nbytes
+            return pkts
+        return self._collect_each(start, count, limit)
+
+    def _collect_each(self, start: int, count: int, limit: int) -> list[Packet]:
+        """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed
+        regions and wrap-around; each descriptor is checked on its own."""
         regions, sizes = self.regions, self.sizes
         n_regions = len(regions)
         pkts: list[Packet] = []

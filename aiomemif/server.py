@@ -27,7 +27,7 @@ from .handshake import Established, MapRegions, SendMessage, ServerHandshake
 from .messages import decode_untrusted, encode
 from .queues import RxMode, RxQueue
 from .ring import MasterRx, QueueCounters, Ring, ring_cookie_ok
-from .ring_tx import MasterTx
+from .ring_master_tx import MasterTx
 from .shm import EventFd, Region, close_fd, describe_fd, map_region
 from .txqueue import TxQueue
 

@@ -28,8 +28,9 @@ from .errors import (
     WouldBlockError,
 )
 from .queues import Batch, QueueBase, RxQueue
-from .ring import ChainedPacket, SlaveRx
-from .ring_tx import MasterTx, Reservation, SlaveTx
+from .ring import ChainedPacket, SlaveRx, fence
+from .ring_master_tx import MasterTx
+from .ring_tx import Reservation, SlaveTx
 from .shm import EventFd
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class TxQueue(QueueBase):
             raise self._protocol_failure(exc) from exc
 
     def _signal(self) -> None:
+        fence()  # our publish must be visible before we read the receiver's MASK_INT
         if self._endpoint.ring.wants_signal():
             self._efd.signal()
             self.counters.interrupts_sent += 1

@@ -40,7 +40,8 @@ from aiomemif.ring import (
     init_ring,
     ring_cookie_ok,
 )
-from aiomemif.ring_tx import MasterTx, SlaveTx
+from aiomemif.ring_master_tx import MasterTx
+from aiomemif.ring_tx import SlaveTx
 
 
 def buffer_table(first: int, n: int, bsize: int) -> array[int]:

@@ -1,0 +1,288 @@
+"""Server transmit endpoint (pure): fill the buffers the client offered, then publish tail.
+
+``MasterTx`` (server, M2S) copies into the buffers the client's descriptors name, each
+descriptor checked before a byte is written. Packets larger than one offered buffer are
+chained over consecutive slots, as in :mod:`aiomemif.ring_tx`.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from . import _wire as w
+from .errors import LocalProtocolError, RemoteProtocolError
+from .ring import QueueCounters, Ring, _descriptors_ok, as_wire_buffer
+from .ring_tx import (
+    MAX_PACKET,
+    Reservation,
+    _never_fits,
+    _Reserving,
+    _segment_lengths,
+    _sink,
+    _too_large,
+)
+
+__all__ = ["MasterTx"]
+
+_MASK = w.MASK16
+_NEXT = w.DESC_FLAG_NEXT
+_HEAD = w.RING_HEAD_OFF // 2
+
+#: Checks a run of offered descriptors (region, capacities, offsets) like received ones.
+_offers_ok = _descriptors_ok
+
+
+class MasterTx(_Reserving):
+    """Server side of an M2S ring: fill the buffers the client offered and publish tail."""
+
+    def __init__(self, ring: Ring, regions: Sequence[memoryview], counters: QueueCounters) -> None:
+        self.ring = ring
+        self.regions = list(regions)
+        self.sizes = [len(r) for r in regions]
+        #: Copies go through each region's mmap itself where the view covers all of it.
+        self.sinks = [_sink(r) for r in regions]
+        self.counters = counters
+        self.tail = 0
+        self.reservation: Reservation | None = None
+
+    def reset(self) -> None:
+        """At CONNECT: tail = 0."""
+        self.ring.set_tail(0)
+        self.tail = 0
+
+    def free(self) -> int:
+        """Slots the client has offered and we have not filled.
+
+        Raises:
+            RemoteProtocolError: head claims more than the ring size.
+        """
+        ring = self.ring
+        offered = (ring.header[_HEAD] - self.tail) & _MASK
+        if offered > ring.size:
+            raise RemoteProtocolError("Ring head out of range")
+        return offered
+
+    def _offers(self, avail: int, offers: list[tuple[int, int, int] | None], want: int) -> bool:
+        """Extend ``offers`` (the checked offered slots from ``tail``) by up to ``want`` more
+        slots, never past ``avail``; False when there are no more offered slots."""
+        have = len(offers)
+        count = min(avail - have, max(want, 32))
+        if count <= 0:
+            return False
+        regions_n, sizes = len(self.regions), self.sizes
+        for _f, reg, cap, off, _m in self.ring.descriptor_runs(self.tail + have, count):
+            ok = reg < regions_n and cap > 0 and off + cap <= sizes[reg]
+            offers.append((reg, off, cap) if ok else None)
+        return True
+
+    def _whole_ring_too_small(self, offers: list[tuple[int, int, int] | None], avail: int) -> bool:
+        """After a plan from slot 0 failed: True if the whole ring is offered, every offer is
+        usable, and still it was not enough (waiting for room would then wait forever)."""
+        return avail == self.ring.size and len(offers) == avail and None not in offers
+
+    def _plan(
+        self, offers: list[tuple[int, int, int] | None], avail: int, pos: int, n: int
+    ) -> tuple[int, list[tuple[int, int, int]], int] | None:
+        """Slots for one packet of ``n`` bytes from ``pos``: (first slot, segments, bad
+        slots skipped before it), or None if the offered slots run out first."""
+        bad = 0
+        segs: list[tuple[int, int, int]] = []
+        left = n
+        first = pos
+        while left > 0:
+            if pos >= len(offers) and not self._offers(avail, offers, left // 64 + 1):
+                return None
+            o = offers[pos]
+            if o is None:  # unusable: publish it empty; a chain restarts after it
+                bad += pos - first + 1
+                pos += 1
+                first = pos
+                segs, left = [], n
+                continue
+            reg, off, cap = o
+            take = min(cap, left)
+            segs.append((reg, off, take))
+            left -= take
+            pos += 1
+        return first, segs, bad
+
+    def write(self, packets: Sequence[object], start: int = 0) -> int:
+        """Copy as many whole packets of ``packets[start:]`` as fit into offered buffers.
+
+        Slots whose descriptor names memory outside the client's regions are counted as bad
+        descriptors and published empty (length 0). Returns the number of packets sent.
+
+        Raises:
+            PacketTooLargeError: a packet is empty, over 65535 bytes, or larger than every
+                buffer the client offers in the whole ring together (nothing published).
+            TypeError: a packet is not bytes-like.
+            RemoteProtocolError: see :meth:`free`.
+        """
+        avail = self.free()
+        if avail <= 0 or start >= len(packets):
+            return 0
+        n = min(len(packets) - start, avail)
+        seq: Sequence[Any] = (
+            packets if start == 0 and n == len(packets) else packets[start : start + n]
+        )
+        try:
+            lengths = list(map(len, seq))
+        except TypeError:
+            return self._write_each(packets, start, avail)
+        ring, tail = self.ring, self.tail
+        head, caps, offsets = ring.columns(tail, n)
+        first = head[0]  # a run of offers in one region (flags are ours to rewrite)
+        if head.count(first) == n and _offers_ok(first >> 16, caps, offsets, self.sizes):
+            size, cap = lengths[0], caps[0]
+            fits = (
+                (0 < size <= cap and size <= MAX_PACKET and lengths.count(size) == n)
+                if caps.count(cap) == n
+                else False
+            ) or (min(lengths) > 0 and max(lengths) <= min(min(caps), MAX_PACKET))
+            if fits:
+                sink = self.sinks[first >> 16]
+                try:
+                    for o, k, p in zip(offsets, lengths, seq, strict=True):
+                        sink[o : o + k] = p
+                except (TypeError, ValueError, IndexError):
+                    return self._write_each(packets, start, avail)
+                ring.write_column(tail, 1, array("I", lengths))
+                ring.write_flags(tail, n)
+                self.tail = (tail + n) & _MASK
+                ring.header[ring.tail_index] = self.tail
+                c = self.counters
+                c.packets += n
+                c.bytes += sum(lengths)
+                return n
+        return self._write_each(packets, start, avail)
+
+    def _write_each(self, packets: Sequence[object], start: int, avail: int) -> int:
+        """The per-packet path of :meth:`write` (chains, unusable offers, conversions)."""
+        offers: list[tuple[int, int, int] | None] = []
+        self._offers(avail, offers, len(packets) - start)
+        regions = self.regions
+        lengths = array("I")
+        flags: array[int] | None = None
+        pos = nbytes = bad = chained = 0
+        i = start
+        for i in range(start, len(packets)):
+            p = packets[i]
+            if type(p) is not bytes:
+                p = as_wire_buffer(p)
+            n = len(p)
+            if not 0 < n <= MAX_PACKET:
+                raise _too_large(n, "cannot be sent (1..65535 bytes)")
+            o = offers[pos] if pos < len(offers) else None
+            if o is not None and n <= o[2]:  # the common case: it fits the next buffer
+                reg, off, _cap = o
+                regions[reg][off : off + n] = p
+                lengths.append(n)
+                if flags is not None:
+                    flags.append(0)
+                pos += 1
+                nbytes += n
+                continue
+            plan = self._plan(offers, avail, pos, n)
+            if plan is None:
+                if pos == 0 and self._whole_ring_too_small(offers, avail):
+                    raise _too_large(n, f"does not fit the {avail} buffers the client offers")
+                while pos < len(offers) and offers[pos] is None:  # return unusable slots
+                    lengths.append(0)
+                    if flags is not None:
+                        flags.append(0)
+                    pos += 1
+                    bad += 1
+                break
+            first, segs, skipped = plan
+            lengths.extend([0] * (first - pos))
+            if flags is not None:
+                flags.extend([0] * (first - pos))
+            bad += skipped
+            if len(segs) > 1:
+                chained += 1
+                if flags is None:
+                    flags = array("H", bytes(2 * len(lengths)))
+            view = p if len(segs) == 1 else memoryview(p).cast("B")
+            at = 0
+            for k, (reg, off, take) in enumerate(segs):
+                regions[reg][off : off + take] = view[at : at + take] if len(segs) > 1 else view
+                at += take
+                lengths.append(take)
+                if flags is not None:
+                    flags.append(_NEXT if k < len(segs) - 1 else 0)
+            pos = first + len(segs)
+            nbytes += n
+        else:
+            i = len(packets)
+        if not lengths:
+            return 0
+        self.ring.write_descriptors(self.tail, lengths, flags, None)
+        self.tail = (self.tail + len(lengths)) & _MASK
+        self.ring.header[self.ring.tail_index] = self.tail
+        c = self.counters
+        c.packets += i - start
+        c.bytes += nbytes
+        c.bad_descriptors += bad
+        c.chained += chained
+        return i - start
+
+    # -- zero-copy transmit ------------------------------------------------------------
+    def reserve(self, count: int, size: int) -> Reservation | None:
+        """Reserve ``count`` packets of ``size`` bytes in offered buffers (see SlaveTx).
+
+        Raises:
+            PacketTooLargeError: ``size`` is 0 or over 65535, or one packet does not fit in
+                all the buffers the client offers in the whole ring.
+            ConfigurationError: the packets together never fit in the offered ring.
+            LocalProtocolError: a reservation is already open on this ring.
+        """
+        if self.reservation is not None:
+            raise LocalProtocolError("a reservation is already open on this queue")
+        if not 0 < size <= MAX_PACKET:
+            raise _too_large(size, "cannot be sent (1..65535 bytes)")
+        avail = self.free()
+        offers: list[tuple[int, int, int] | None] = []
+        self._offers(avail, offers, count)
+        res = Reservation(self, self.tail)
+        pos = 0
+        for _ in range(count):
+            plan = self._plan(offers, avail, pos, size)
+            if plan is None:
+                res.release_views()
+                if self._whole_ring_too_small(offers, avail):
+                    if pos == 0:
+                        raise _too_large(size, f"does not fit the {avail} buffers offered")
+                    raise _never_fits(count, size, count * (pos // len(res.segments)), avail)
+                return None
+            first, segs, _bad = plan
+            res.empty.extend(range(pos, first))  # unusable slots, published empty
+            res.segments.append([self.regions[r][o : o + t] for r, o, t in segs])
+            res.lengths.append(size)
+            pos = first + len(segs)
+        res.used = pos
+        self.reservation = res
+        return res
+
+    def commit(self, res: Reservation, lengths: Sequence[int] | None = None) -> int:
+        """Publish a reservation; return packets sent. Raises as SlaveTx.commit."""
+        if res is not self.reservation:
+            raise LocalProtocolError("not the open reservation of this queue")
+        seg_lens, seg_flags = _segment_lengths(res, lengths)
+        # Interleave the empty (unusable) slots back in at their positions.
+        empty = set(res.empty)
+        lens, flags = array("I"), array("H")
+        k = 0
+        for slot in range(res.used):
+            if slot in empty:
+                lens.append(0)
+                flags.append(0)
+            else:
+                lens.append(seg_lens[k])
+                flags.append(seg_flags[k] if seg_flags is not None else 0)
+                k += 1
+        self.ring.write_descriptors(self.tail, lens, flags, None)
+        self.tail = (self.tail + res.used) & _MASK
+        self.ring.header[self.ring.tail_index] = self.tail
+        return self._close(res, sum(seg_lens), len(empty))
