@@ -74,7 +74,15 @@ def _num(pattern: str, text: str) -> int:
 
 
 class TestPmd:
-    """One ``dpdk-testpmd`` process with one ``net_memif`` port."""
+    """One ``dpdk-testpmd`` process with one ``net_memif`` port.
+
+    ``lcores`` is EAL's ``-l`` list: the main lcore (the lowest, unless ``eal_args`` holds
+    ``--main-lcore=N``) runs the prompt, the others forward. Pass ``lcores=None`` to map
+    lcores to CPUs with ``--lcores=...`` in ``eal_args`` instead (EAL takes only one of the
+    two). ``eal_args`` go before testpmd's ``--`` separator, ``extra_args`` (testpmd's own
+    options, e.g. ``--txpkts=64``) after it. ``memory_mb`` is EAL's ``-m`` (no hugepages: plain
+    memory that testpmd touches at start; 1024 by default, 256 is plenty for 8192 mbufs).
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -93,7 +101,9 @@ class TestPmd:
         rsize: int | None = None,
         extra_vdev: str = "",
         extra_args: Sequence[str] = (),
-        lcores: str = "0-1",
+        lcores: str | None = "0-1",
+        eal_args: Sequence[str] = (),
+        memory_mb: int = 1024,
         start_timeout: float = 30.0,
     ) -> None:
         if role not in ("server", "client"):
@@ -123,10 +133,10 @@ class TestPmd:
         stdbuf = shutil.which("stdbuf")
         self.argv = [
             *([stdbuf, "-oL", "-eL"] if stdbuf else []),
-            exe, "-l", lcores, "--no-huge", "-m", "1024", "--no-pci",
+            exe, *(["-l", lcores] if lcores else []), "--no-huge", "-m", str(memory_mb), "--no-pci",
             f"--file-prefix={self.prefix}", "--log-level=pmd.net.memif:info",
             "-d", f"{pmds}/librte_net_memif.so", "-d", f"{pmds}/librte_mempool_ring.so",
-            f"--vdev={','.join(vdev)}",
+            f"--vdev={','.join(vdev)}", *eal_args,
             "--", "-i", "--total-num-mbufs=8192", f"--forward-mode={forward_mode}",
             f"--rxq={rxq}", f"--txq={txq}", *extra_args,
         ]  # fmt: skip
@@ -206,6 +216,17 @@ class TestPmd:
             tx_errors=_num("TX-errors", text),
             tx_bytes=_num("TX-bytes", text),
         )
+
+    async def forwarding_lcores(self) -> list[int]:
+        """The lcore ids testpmd forwards on, from ``show config fwd`` (equal to CPU numbers
+        unless ``--lcores`` maps them)."""
+        text = await self.command("show config fwd")
+        return sorted({int(n) for n in re.findall(r"Logical Core (\d+)", text)})
+
+    @property
+    def pid(self) -> int | None:
+        """testpmd's process id while it runs (the session leader of its process group)."""
+        return self.proc.pid if self.proc is not None else None
 
     async def link_up(self, port: int = 0) -> bool:
         text = await self.command(f"show port info {port}")
