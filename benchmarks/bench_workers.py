@@ -1,77 +1,68 @@
-"""Child-process entry points for ``benchmarks/run.py`` (imported by spawned processes).
+"""One-way throughput workers (child processes of ``benchmarks/run.py``).
 
-Every entry point takes a :class:`WorkerSpec` and a pipe end; it pins itself to a CPU,
-runs one side of one transfer on a fresh event loop under a deadline, and sends exactly one
-result dict (or an ``{"error": ...}`` dict) through the pipe before exiting.
+A *flow* moves packets one way for a fixed time, between two processes:
 
-Transports:
+- ``memif``: an aiomemif server and an aiomemif client on a socket in a private temporary
+  directory. Direction ``c2s`` sends on the client's ``tx_queues`` (S2M rings) and receives
+  on the server's ``rx_queues``; ``s2c`` the other way round (M2S rings). With several
+  queues, one sender task and one receiver task per queue run on each side's event loop.
+- ``socket``: an ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair made by the parent: the sender
+  calls ``sock.send`` per packet and falls back to ``loop.sock_sendall`` on ``EAGAIN``; the
+  receiver drains with ``recv_into`` from an ``add_reader`` callback, up to ``rx_batch``
+  messages per wakeup.
 
-- memif: the receiver is an aiomemif server reading ``rx_queues[0]``; the sender is an
-  aiomemif client writing ``tx_queues[0]`` with ``send_batch``.
-- socket: both ends of a ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair made by the parent. The
-  sender calls ``sock.send`` per packet and falls back to ``loop.sock_sendall`` (which waits
-  for writability) on ``EAGAIN``; the receiver drains with ``recv_into`` from an
-  ``add_reader`` callback, up to ``rx_batch`` messages per wakeup.
+Send styles: ``copy`` (``send_batch`` of ``tx_batch`` packets) or ``alloc`` (``tx.alloc``,
+the payload written into each ``TxBuffer`` view, ``tx.commit``). Receive styles: ``touch``
+(lengths of the batch summed, the marks of its last packet checked) or ``views`` (every
+packet's length and first and last byte read through its memoryview; never ``bytes()``).
 
-The receiver times from its first wakeup with data to the packet that completes the count;
-the packets of that first wakeup are excluded from the rate.
+The sender sends for ``duration`` seconds, then one *end* packet of the same size that
+carries the total count. The receiver times from its first wakeup with data to the end
+packet (the packets of that first wakeup are not counted in the rate) and checks the count,
+the byte total and the payload marks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import cProfile
-import os
-import resource
 import socket
-import sys
 import time
-import traceback
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as PipeEnd
+from multiprocessing.context import SpawnContext
 from multiprocessing.synchronize import Event
-from pathlib import Path
-from typing import Any
+
+import harness
+from harness import Json, Opts, Worker
 
 import aiomemif
 
-__all__ = [
-    "WorkerSpec",
-    "make_payload",
-    "memif_receiver",
-    "memif_sender",
-    "socket_receiver",
-    "socket_sender",
-]
+__all__ = ["FlowSpec", "make_payload", "memif_flow", "run_flow", "socket_flow"]
 
-#: First and last byte of every payload (checked on the first packet of each batch).
+#: First and last byte of every payload; the end packet starts with END_MARK instead.
 HEAD_MARK = 0xA5
 TAIL_MARK = 0x5A
+END_MARK = 0xE0
 
-Result = dict[str, Any]
 
+@dataclass(frozen=True, kw_only=True)
+class FlowSpec:
+    """One one-way transfer (picklable)."""
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What one side of one case needs (picklable; sent to a spawned child)."""
-
-    case: str
-    transport: str  # "memif" or "socket"
-    loop: str  # "asyncio" or "uvloop"
     size: int
-    count: int
-    tx_batch: int
-    rx_batch: int
-    cpu: int | None
-    timeout: float
+    duration: float
+    tx_batch: int = 32
+    rx_batch: int = 32
+    direction: str = "c2s"  # memif only: "c2s" or "s2c"
+    queues: int = 1
     ring_size: int = 1024
     buffer_size: int = 2048
-    sock_buf: int = 0
     rx_mode: str = "interrupt"
+    tx_style: str = "copy"  # "copy" or "alloc"
+    rx_style: str = "touch"  # "touch" or "views"
+    sock_buf: int = 1 << 22
     path: str = ""
-    profile_path: str = ""
 
 
 def make_payload(size: int) -> bytes:
@@ -82,197 +73,223 @@ def make_payload(size: int) -> bytes:
     return bytes(body)
 
 
-def _pin(cpu: int | None) -> list[int]:
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-    return sorted(os.sched_getaffinity(0))
-
-
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
-
-
-def _run(spec: WorkerSpec, out: PipeEnd, body: Callable[[], Awaitable[Result]], role: str) -> None:
-    """Pin, run ``body`` on the chosen loop under the deadline, report, never raise."""
-    result: Result
-    profiler = cProfile.Profile() if spec.profile_path else None
-    try:
-        cpus = _pin(spec.cpu)
-
-        async def guarded() -> Result:
-            async with asyncio.timeout(spec.timeout):
-                return await body()
-
-        with asyncio.Runner(loop_factory=_loop_factory(spec.loop)) as runner:
-            loop_name = type(runner.get_loop()).__module__
-            if profiler is not None:
-                profiler.enable()
-            r0 = resource.getrusage(resource.RUSAGE_SELF)
-            try:
-                result = runner.run(guarded())
-            finally:
-                if profiler is not None:
-                    profiler.disable()
-            r1 = resource.getrusage(resource.RUSAGE_SELF)
-        result.update(role=role, cpus=cpus, pid=os.getpid(), loop_module=loop_name)
-        # Whole transfer including connection set-up: CPU split and preemptions (a high
-        # nivcsw means something else ran on this CPU).
-        result["rusage"] = {
-            "utime": r1.ru_utime - r0.ru_utime,
-            "stime": r1.ru_stime - r0.ru_stime,
-            "nvcsw": r1.ru_nvcsw - r0.ru_nvcsw,
-            "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
-        }
-    except TimeoutError:
-        result = {"role": role, "error": f"{role} timed out after {spec.timeout} s"}
-    except BaseException as exc:  # report anything, including KeyboardInterrupt
-        detail = "".join(traceback.format_exception(exc))
-        result = {"role": role, "error": f"{role} failed: {exc!r}\n{detail}"}
-    if profiler is not None:
-        with contextlib.suppress(OSError):
-            profiler.dump_stats(spec.profile_path)
-    try:
-        out.send(result)
-    finally:
-        out.close()
+def end_packet(size: int, total: int) -> bytes:
+    """The last packet of a flow: END_MARK, then the flow's packet count (this included)."""
+    body = bytearray(make_payload(size))
+    body[0] = END_MARK
+    body[1:9] = total.to_bytes(8, "big")
+    return bytes(body)
 
 
 class _Tally:
-    """Receiver-side bookkeeping shared by both transports."""
+    """What one receive loop saw."""
 
-    __slots__ = ("bad", "count", "first", "got", "nbytes", "size", "t_first", "t_last", "wakeups")
+    __slots__ = ("bad", "first", "got", "nbytes", "t_first", "t_last", "total", "wakeups")
 
-    def __init__(self, count: int, size: int) -> None:
-        self.count = count
-        self.size = size
-        self.got = 0
-        self.nbytes = 0
-        self.bad = 0
-        self.first = 0
-        self.wakeups = 0
-        self.t_first = 0.0
-        self.t_last = 0.0
-
-    def result(self) -> Result:
-        span = self.t_last - self.t_first
-        timed = self.got - self.first
-        pps = timed / span if span > 0 else 0.0
-        ok = self.got == self.count and self.nbytes == self.count * self.size and not self.bad
-        return {
-            "received": self.got,
-            "bytes": self.nbytes,
-            "bad_packets": self.bad,
-            "first_wakeup_packets": self.first,
-            "timed_packets": timed,
-            "seconds": span,
-            "t_first": self.t_first,
-            "t_last": self.t_last,
-            "pps": pps,
-            "wakeups": self.wakeups,
-            "ok": ok,
-        }
+    def __init__(self) -> None:
+        self.got = self.nbytes = self.bad = self.first = self.wakeups = 0
+        self.total = -1  # announced by the end packet
+        self.t_first = self.t_last = 0.0
 
 
-# -- memif -------------------------------------------------------------------------------
+def _first_last(pkt: aiomemif.Packet) -> tuple[memoryview, memoryview]:
+    if isinstance(pkt, memoryview):
+        return pkt, pkt
+    return pkt.segments[0], pkt.segments[-1]
 
 
-async def _memif_receive(spec: WorkerSpec, ready: Event) -> Result:
-    size, count, limit = spec.size, spec.count, spec.rx_batch
-    tally = _Tally(count, size)
-    cfg = aiomemif.InterfaceConfig(interface_id=0, app_name="bench-rx")
+def _combine(tallies: list[_Tally], size: int) -> Json:
+    got = sum(t.got for t in tallies)
+    timed = sum(t.got - t.first for t in tallies)
+    t_first = min(t.t_first for t in tallies)
+    t_last = max(t.t_last for t in tallies)
+    span = t_last - t_first
+    total = sum(t.total for t in tallies)
+    bad = sum(t.bad for t in tallies)
+    nbytes = sum(t.nbytes for t in tallies)
+    return {
+        "received": got,
+        "announced": total,
+        "bytes": nbytes,
+        "bad_packets": bad,
+        "timed_packets": timed,
+        "seconds": span,
+        "t_first": t_first,
+        "t_last": t_last,
+        "pps": timed / span if span > 0 else 0.0,
+        "wakeups": sum(t.wakeups for t in tallies),
+        "ok": got == total and nbytes == got * size and bad == 0,
+    }
+
+
+# -- memif ------------------------------------------------------------------------------------
+
+
+async def _receive_queue(rxq: aiomemif.RxQueue, spec: FlowSpec) -> _Tally:
+    t = _Tally()
+    limit, views = spec.rx_batch, spec.rx_style == "views"
+    perf = time.perf_counter
+    got = nbytes = bad = wakeups = 0
+    batch = await rxq.receive(limit)
+    t.t_first = perf()
+    t.first = len(batch)
+    while True:
+        n = len(batch)
+        got += n
+        wakeups += 1
+        if views:
+            for pkt in batch:
+                head, tail = _first_last(pkt)
+                nbytes += len(pkt)
+                if head[0] != HEAD_MARK or tail[-1] != TAIL_MARK:
+                    bad += 1  # the end packet too: taken back below
+        else:
+            nbytes += sum(map(len, batch))
+        head, tail = _first_last(batch[-1])
+        if head[0] != HEAD_MARK:
+            if head[0] == END_MARK:
+                t.total = int.from_bytes(head[1:9], "big")
+                bad -= views
+                break
+            bad += not views
+        elif tail[-1] != TAIL_MARK:
+            bad += not views
+        batch = await rxq.receive(limit)
+    t.t_last = perf()
+    batch.release()
+    t.got, t.nbytes, t.bad, t.wakeups = got, nbytes, bad, wakeups
+    return t
+
+
+async def _send_queue(txq: aiomemif.TxQueue, spec: FlowSpec) -> Json:
+    size, nb = spec.size, spec.tx_batch
+    payload = make_payload(size)
+    batch = [payload] * nb
+    reps = max(1, 256 // nb)  # check the clock every ~256 packets
+    perf = time.perf_counter
+    sent = 0
+    t0 = perf()
+    t_end = t0 + spec.duration
+    if spec.tx_style == "alloc":
+        alloc, commit = txq.alloc, txq.commit
+        chained = size > spec.buffer_size
+        while True:
+            for _ in range(reps):
+                bufs = await alloc(nb, size)
+                if chained:
+                    for b in bufs:
+                        b.write(payload)
+                else:
+                    for b in bufs:
+                        b.view[:] = payload
+                commit(bufs)
+            sent += reps * nb
+            if perf() >= t_end:
+                break
+    else:
+        send_batch = txq.send_batch
+        while True:
+            for _ in range(reps):
+                await send_batch(batch)
+            sent += reps * nb
+            if perf() >= t_end:
+                break
+    t1 = perf()
+    await txq.send(end_packet(size, sent + 1))
+    c = txq.counters
+    return {
+        "sent": sent + 1,
+        "t_start": t0,
+        "t_end": t1,
+        "ring_full": c.ring_full,
+        "interrupts_sent": c.interrupts_sent,
+        "chained": c.chained,
+    }
+
+
+async def _receive_all(conn: aiomemif.Connection, spec: FlowSpec) -> Json:
+    queues = conn.rx_queues[: spec.queues]
+    tallies = await asyncio.gather(*(_receive_queue(q, spec) for q in queues))
+    res = _combine(list(tallies), spec.size)
+    extra = 0
+    for q in queues:
+        with contextlib.suppress(aiomemif.WouldBlockError):
+            extra += len(q.receive_nowait())
+    res["extra_packets"] = extra
+    res["interrupt_sleeps"] = sum(q.interrupt_sleeps for q in queues)
+    res["interrupts_received"] = sum(q.counters.interrupts_received for q in queues)
+    res["bad_descriptors"] = sum(q.counters.bad_descriptors for q in queues)
+    res["chained"] = sum(q.counters.chained for q in queues)
+    res["per_queue_pps"] = [
+        (t.got - t.first) / (t.t_last - t.t_first) if t.t_last > t.t_first else 0.0 for t in tallies
+    ]
+    res["ok"] = res["ok"] and extra == 0 and res["bad_descriptors"] == 0
+    return res
+
+
+async def _send_all(conn: aiomemif.Connection, spec: FlowSpec) -> Json:
+    parts = await asyncio.gather(*(_send_queue(q, spec) for q in conn.tx_queues[: spec.queues]))
+    res: Json = {
+        "sent": sum(p["sent"] for p in parts),
+        "t_start": min(p["t_start"] for p in parts),
+        "t_end": max(p["t_end"] for p in parts),
+    }
+    for key in ("ring_full", "interrupts_sent", "chained"):
+        res[key] = sum(p[key] for p in parts)
+    return res
+
+
+def _config(spec: FlowSpec, app: str) -> aiomemif.InterfaceConfig:
+    return aiomemif.InterfaceConfig(
+        interface_id=0,
+        app_name=app,
+        rx_queues=spec.queues,
+        tx_queues=spec.queues,
+        ring_size=spec.ring_size,
+        buffer_size=spec.buffer_size,
+    )
+
+
+async def _memif_server(spec: FlowSpec, ready: Event) -> Json:
     mode = aiomemif.RxMode(spec.rx_mode)
-    async with aiomemif.serve(spec.path, [cfg], app_name="bench-rx", rx_mode=mode) as srv:
+    cfg = _config(spec, "bench-server")
+    async with aiomemif.serve(spec.path, [cfg], app_name="bench-server", rx_mode=mode) as srv:
         ready.set()
         conn = await srv.accept()
         async with conn:
-            rxq = conn.rx_queues[0]
-            perf = time.perf_counter
-            got = nbytes = bad = wakeups = 0
-            batch = await rxq.receive(limit)
-            tally.t_first = perf()
-            tally.first = len(batch)
-            while True:
-                n = len(batch)
-                got += n
-                wakeups += 1
-                total = sum(map(len, batch))
-                nbytes += total
-                first = batch[0]
-                if total != n * size or first[0] != HEAD_MARK or first[-1] != TAIL_MARK:
-                    bad += sum(1 for v in batch if len(v) != size) or 1
-                if got >= count:
-                    break
-                batch = await rxq.receive(limit)
-            tally.t_last = perf()
-            batch.release()
-            extra = 0
-            with contextlib.suppress(aiomemif.WouldBlockError):
-                extra = len(rxq.receive_nowait(limit))
-            tally.got, tally.nbytes, tally.bad, tally.wakeups = got, nbytes, bad, wakeups
-            c = rxq.counters
-            res = tally.result()
-            res.update(
-                extra_packets=extra,
-                interrupt_sleeps=rxq.interrupt_sleeps,
-                interrupts_received=c.interrupts_received,
-                bad_descriptors=c.bad_descriptors,
-            )
-            res["ok"] = res["ok"] and extra == 0 and c.bad_descriptors == 0
+            if spec.direction == "c2s":
+                res = await _receive_all(conn, spec)
+                await conn.aclose("benchmark done")  # the sender waits for this
+            else:
+                res = await _send_all(conn, spec)
+                await conn.wait_closed()  # closing first would drop packets in the ring
+    return res
+
+
+async def _memif_client(spec: FlowSpec, ready: Event) -> Json:
+    while not ready.is_set():  # bounded by the caller's deadline
+        await asyncio.sleep(0.002)
+    mode = aiomemif.RxMode(spec.rx_mode)
+    async with aiomemif.connect(spec.path, _config(spec, "bench-client"), rx_mode=mode) as conn:
+        if spec.direction == "c2s":
+            res = await _send_all(conn, spec)
+            await conn.wait_closed()
+        else:
+            res = await _receive_all(conn, spec)
             await conn.aclose("benchmark done")
     return res
 
 
-async def _memif_send(spec: WorkerSpec, ready: Event) -> Result:
-    while not ready.is_set():  # bounded by the caller's deadline
-        await asyncio.sleep(0.002)
-    payload = make_payload(spec.size)
-    batch = [payload] * spec.tx_batch
-    full, rest = divmod(spec.count, spec.tx_batch)
-    async with aiomemif.connect(
-        spec.path,
-        interface_id=0,
-        app_name="bench-tx",
-        ring_size=spec.ring_size,
-        buffer_size=spec.buffer_size,
-    ) as conn:
-        txq = conn.tx_queues[0]
-        send_batch = txq.send_batch
-        t0 = time.perf_counter()
-        for _ in range(full):
-            await send_batch(batch)
-        if rest:
-            await send_batch(batch[:rest])
-        t1 = time.perf_counter()
-        c = txq.counters
-        res: Result = {
-            "sent": c.packets,
-            "t_start": t0,
-            "t_end": t1,
-            "ring_full": c.ring_full,
-            "interrupts_sent": c.interrupts_sent,
-        }
-        # The receiver closes the link once it has everything; closing first would drop
-        # packets still in the ring.
-        await conn.wait_closed()
-    return res
-
-
-def memif_receiver(spec: WorkerSpec, out: PipeEnd, ready: Event) -> None:
-    _run(spec, out, lambda: _memif_receive(spec, ready), "receiver")
-
-
-def memif_sender(spec: WorkerSpec, out: PipeEnd, ready: Event) -> None:
-    _run(spec, out, lambda: _memif_send(spec, ready), "sender")
+def memif_flow(out: PipeEnd, opts: Opts, spec: FlowSpec, side: str, ready: Event) -> None:
+    """Entry point: ``side`` is "server" or "client"."""
+    body = _memif_server if side == "server" else _memif_client
+    harness.run_async(opts, out, lambda: body(spec, ready))
 
 
 # -- socket baseline ----------------------------------------------------------------------
 
 
-def _tune(sock: socket.socket, buf: int) -> dict[str, int]:
+def _tune(sock: socket.socket, buf: int) -> Json:
     sock.setblocking(False)
     if buf:
         with contextlib.suppress(OSError):
@@ -284,21 +301,19 @@ def _tune(sock: socket.socket, buf: int) -> dict[str, int]:
     }
 
 
-async def _socket_receive(spec: WorkerSpec, sock: socket.socket) -> Result:
+async def _socket_receive(spec: FlowSpec, sock: socket.socket) -> Json:
     loop = asyncio.get_running_loop()
     bufs = _tune(sock, spec.sock_buf)
-    size, count, limit = spec.size, spec.count, spec.rx_batch
-    tally = _Tally(count, size)
+    size, limit = spec.size, spec.rx_batch
+    t = _Tally()
     space = bytearray(max(size, spec.buffer_size) + 1)
     view = memoryview(space)
     recv_into = sock.recv_into
     perf = time.perf_counter
     done: asyncio.Future[None] = loop.create_future()
-    got = nbytes = bad = wakeups = 0
 
     def on_readable() -> None:
-        nonlocal got, nbytes, bad, wakeups
-        n = 0
+        n = nbytes = bad = 0
         while n < limit:
             try:
                 k = recv_into(view)
@@ -310,21 +325,23 @@ async def _socket_receive(spec: WorkerSpec, sock: socket.socket) -> Result:
                 return
             nbytes += k
             n += 1
-            if k != size:
-                bad += 1
+            bad += k != size
         if not n:
             return
-        if space[0] != HEAD_MARK or space[size - 1] != TAIL_MARK:  # the last packet read
-            bad += 1
-        if not wakeups:
-            tally.t_first = perf()
-            tally.first = n
-        got += n
-        wakeups += 1
-        if got >= count:
-            tally.t_last = perf()
+        if not t.wakeups:
+            t.t_first = perf()
+            t.first = n
+        t.got += n
+        t.nbytes += nbytes
+        t.wakeups += 1
+        if space[0] == END_MARK:  # the last message read is the last one sent
+            t.t_last = perf()
+            t.total = int.from_bytes(space[1:9], "big")
             if not done.done():
                 done.set_result(None)
+        elif space[0] != HEAD_MARK or space[size - 1] != TAIL_MARK:
+            bad += 1
+        t.bad += bad
 
     loop.add_reader(sock.fileno(), on_readable)
     try:
@@ -336,64 +353,128 @@ async def _socket_receive(spec: WorkerSpec, sock: socket.socket) -> Result:
         while sock.recv_into(view):
             extra += 1
     sock.close()  # tells the sender we are done
-    tally.got, tally.nbytes, tally.bad, tally.wakeups = got, nbytes, bad, wakeups
-    res = tally.result()
+    res = _combine([t], size)
     res.update(bufs, extra_packets=extra)
     res["ok"] = res["ok"] and extra == 0
     return res
 
 
-async def _socket_send(spec: WorkerSpec, sock: socket.socket) -> Result:
+async def _socket_send(spec: FlowSpec, sock: socket.socket) -> Json:
     loop = asyncio.get_running_loop()
     bufs = _tune(sock, spec.sock_buf)
     payload = make_payload(spec.size)
-    batch = [payload] * spec.tx_batch
-    full, rest = divmod(spec.count, spec.tx_batch)
+    nb = spec.tx_batch
     send = sock.send
     blocked = 0
+    reps = max(1, 256 // nb)
+    perf = time.perf_counter
 
-    async def send_batch(packets: list[bytes]) -> None:
+    async def send_batch(n: int) -> None:
         nonlocal blocked
-        for p in packets:
+        for _ in range(n):
             try:
-                send(p)
+                send(payload)
             except BlockingIOError:
                 blocked += 1
-                await loop.sock_sendall(sock, p)
+                await loop.sock_sendall(sock, payload)
 
-    t0 = time.perf_counter()
-    for _ in range(full):
-        await send_batch(batch)
-    if rest:
-        await send_batch(batch[:rest])
-    t1 = time.perf_counter()
-    # Wait for the receiver to close its end (it has everything by then).
-    while await loop.sock_recv(sock, 1):
+    sent = 0
+    t0 = perf()
+    t_end = t0 + spec.duration
+    while True:
+        for _ in range(reps):
+            await send_batch(nb)
+        sent += reps * nb
+        if perf() >= t_end:
+            break
+    t1 = perf()
+    await loop.sock_sendall(sock, end_packet(spec.size, sent + 1))
+    while await loop.sock_recv(sock, 1):  # the receiver closes its end when done
         pass
     sock.close()
-    res: Result = {"sent": spec.count, "t_start": t0, "t_end": t1, "blocked": blocked}
+    res: Json = {"sent": sent + 1, "t_start": t0, "t_end": t1, "blocked": blocked}
     res.update(bufs)
     return res
 
 
-def socket_receiver(spec: WorkerSpec, out: PipeEnd, sock: socket.socket) -> None:
-    _run(spec, out, lambda: _socket_receive(spec, sock), "receiver")
+def socket_flow(out: PipeEnd, opts: Opts, spec: FlowSpec, side: str, sock: socket.socket) -> None:
+    """Entry point: ``side`` is "receiver" or "sender"."""
+    body = _socket_receive if side == "receiver" else _socket_send
+    harness.run_async(opts, out, lambda: body(spec, sock))
 
 
-def socket_sender(spec: WorkerSpec, out: PipeEnd, sock: socket.socket) -> None:
-    _run(spec, out, lambda: _socket_send(spec, sock), "sender")
+# -- in the parent ----------------------------------------------------------------------------
 
 
-def profile_summary(path: str | Path, top: int = 25) -> str:
-    """The ``top`` functions by own time from a cProfile dump, as text."""
-    import io
-    import pstats
+def run_flow(
+    ctx: SpawnContext,
+    *,
+    transport: str,
+    spec: FlowSpec,
+    loop: str,
+    pins: tuple[int | None, int | None],
+    timeout: float,
+    no_validation: bool = False,
+    profile: str = "",
+) -> Json:
+    """Run one flow; ``pins`` are the receiver's and the sender's CPUs."""
+    rx_cpu, tx_cpu = pins
 
-    buf = io.StringIO()
-    stats = pstats.Stats(str(path), stream=buf)
-    stats.sort_stats("tottime").print_stats(top)
-    return buf.getvalue()
+    def opts(role: str, cpu: int | None) -> Opts:
+        return Opts(
+            role=role,
+            cpu=cpu,
+            timeout=timeout,
+            loop=loop,
+            no_validation=no_validation,
+            profile_path=f"{profile}-{role}.prof" if profile else "",
+        )
 
-
-if __name__ == "__main__":  # pragma: no cover - not a script
-    sys.exit("run benchmarks/run.py instead")
+    if transport == "memif":
+        ready = ctx.Event()
+        server_rx = spec.direction == "c2s"
+        s_cpu, c_cpu = (rx_cpu, tx_cpu) if server_rx else (tx_cpu, rx_cpu)
+        results = harness.run_workers(
+            ctx,
+            [
+                Worker("server", memif_flow, (opts("server", s_cpu), spec, "server", ready)),
+                Worker("client", memif_flow, (opts("client", c_cpu), spec, "client", ready)),
+            ],
+            timeout,
+        )
+        rx_name, tx_name = ("server", "client") if server_rx else ("client", "server")
+    else:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        results = harness.run_workers(
+            ctx,
+            [
+                Worker("receiver", socket_flow, (opts("receiver", rx_cpu), spec, "receiver", a)),
+                Worker("sender", socket_flow, (opts("sender", tx_cpu), spec, "sender", b)),
+            ],
+            timeout,
+        )
+        rx_name, tx_name = "receiver", "sender"
+    rx, tx = results[rx_name], results[tx_name]
+    errors = harness.errors_of(results)
+    ok = not errors and bool(rx.get("ok")) and tx.get("sent") == rx.get("received")
+    if not errors and not ok:
+        errors.append(
+            f"check failed: sent {tx.get('sent')}, received {rx.get('received')} "
+            f"(announced {rx.get('announced')}), {rx.get('bad_packets')} bad, "
+            f"{rx.get('extra_packets')} extra, {rx.get('bad_descriptors', 0)} bad descriptors"
+        )
+    pps = float(rx.get("pps", 0.0)) if ok else 0.0
+    run: Json = {
+        "pps": pps,
+        "gbps": pps * spec.size * 8 / 1e9,
+        "ok": ok,
+        "errors": errors,
+        "preempt": harness.preemptions(results),
+        "receiver": rx,
+        "sender": tx,
+    }
+    if no_validation:
+        run["validation_hooked"] = sorted(
+            {h for r in (rx, tx) for h in r.get("validation_hooked", [])}
+        )
+    return run

@@ -1,528 +1,535 @@
-"""aiomemif one-way throughput benchmark against an asyncio SOCK_SEQPACKET baseline.
+"""aiomemif performance suite: every measurement in one process tree and one sitting.
 
-Every case runs a receiver and a sender in two spawned processes pinned to different CPUs:
+Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` shows them):
 
-- ``memif``: aiomemif client -> aiomemif server (client ``tx_queues[0]``, server
-  ``rx_queues[0]``), sender batches of ``--tx-batch`` packets via ``send_batch``.
-- ``socket``: an ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair; ``sock.send`` per packet with a
-  ``loop.sock_sendall`` fallback on a full buffer; the receiver drains up to ``--rx-batch``
-  messages per ``add_reader`` wakeup.
+- one-way: aiomemif client -> server (c2s) and server -> client (s2c), 64, 512, 1500 and
+  9000 bytes (9000 travels as 5-buffer chains), batches of 1, 32 and 256, per event loop,
+  next to an asyncio ``SOCK_SEQPACKET`` socketpair doing the same transfer (the "socket"
+  ratio);
+- zero-copy: 1500 B, the receiver reads every packet through its memoryview only, the
+  sender copies (``send_batch``) or writes in place (``alloc``/``commit``);
+- validation: 64 B and 1500 B with descriptor validation switched off in the two worker
+  processes only (next to the same case with it on);
+- shared-core: both processes pinned to ONE cpu (compare: two C busy-pollers on one core);
+- queues: 1, 2 and 4 queues, one sender task per queue, aggregate rate;
+- rtt: ping-pong with one packet in flight in interrupt, polling and adaptive mode, next to
+  two raw floors without aiomemif: eventfd ping-pong, and spinning on a shared-mmap ring;
+- handshakes: one server socket with 1, 16 and 64 interfaces, one client connecting all;
+- testpmd: aiomemif <-> dpdk-testpmd macswap round trips (both roles);
+- c-baseline: testpmd txonly -> testpmd rxonly over memif, on two cores and on one.
 
-The receiver measures packets/s from its first to its last packet of a fixed count, and
-checks the count, every length and the payload marks. Usage::
+Usage::
 
-    python benchmarks/run.py --quick            # asyncio only, < 1 min
-    python benchmarks/run.py                    # asyncio and uvloop, 3 repeats each
-    python benchmarks/run.py --loop uvloop --sizes 64 --json /tmp/r.json
-    python benchmarks/run.py --quick --profile /tmp/prof   # cProfile both children
+    python benchmarks/run.py --quick              # representative subset, < 1 min
+    python benchmarks/run.py                      # everything, < 10 min
+    python benchmarks/run.py --only rtt --only 'one-way/*/64B/b32/*'
+    python benchmarks/run.py --list               # the plan, without running it
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
-import json
+import fnmatch
+import functools
 import multiprocessing as mp
 import os
-import platform
+import shlex
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection as PipeEnd
-from multiprocessing.connection import wait
-from multiprocessing.context import SpawnContext, SpawnProcess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import bench_rtt as br
+import bench_scale as bs
+import bench_testpmd as bt
 import bench_workers as bw
-
-import aiomemif
+import harness
+import report
+from harness import Json
+from report import Record, Results
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results.json"
-TARGET_RATIO = 3.0
-TARGET_SIZE = 64
-
-#: Packets per case by size: (quick, full).
-DEFAULT_COUNTS: dict[int, tuple[int, int]] = {
-    64: (3_000_000, 6_000_000),
-    1500: (2_000_000, 3_000_000),
-}
-#: More involuntary context switches than this in a child marks a case as disturbed.
-PREEMPT_WARN = 300
-#: Extra seconds the parent allows on top of the per-case timeout (spawn + imports).
-GRACE = 15.0
-
-Json = dict[str, Any]
+SIZES = (64, 512, 1500, 9000)
+BATCHES = (1, 32, 256)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short run, asyncio loop only (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="representative subset, short runs")
     p.add_argument(
-        "--loop",
-        choices=["asyncio", "uvloop"],
-        default=None,
-        help="run only this loop (default: asyncio with --quick, both loops otherwise)",
+        "--only",
+        action="append",
+        default=[],
+        help="run only cases whose id matches (glob, or substring); repeatable",
     )
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file ({DEFAULT_JSON})")
-    p.add_argument("--sizes", default="64,1500", help="packet sizes in bytes (default 64,1500)")
-    p.add_argument("--count", type=int, default=0, help="packets per case (default: by size)")
-    p.add_argument("--repeat", type=int, default=0, help="runs per case (default 1 quick, 3 full)")
-    p.add_argument("--tx-batch", type=int, default=32, help="packets per send batch (32)")
-    p.add_argument("--rx-batch", type=int, default=32, help="most packets per receive (32)")
-    p.add_argument("--ring-size", type=int, default=1024, help="memif descriptors per ring (1024)")
-    p.add_argument("--buffer-size", type=int, default=2048, help="memif buffer bytes (2048)")
-    p.add_argument(
-        "--sock-buf",
-        type=int,
-        default=1 << 22,
-        help="SO_SNDBUF/SO_RCVBUF request for the baseline, 0 = system default (4 MiB)",
-    )
-    p.add_argument(
-        "--rx-mode",
-        choices=["interrupt", "polling", "adaptive"],
-        default="interrupt",
-        help="aiomemif receive mode (interrupt: eventfd wakeups; polling: MASK_INT set; "
-        "adaptive: spin briefly after traffic, then sleep on the eventfd)",
-    )
-    p.add_argument(
-        "--shared-core",
-        action="store_true",
-        help="pin receiver and sender to the SAME cpu (shows a receiver does not starve a "
-        "peer it shares a core with)",
-    )
-    p.add_argument(
-        "--transports", default="memif,socket", help="which transports (default memif,socket)"
-    )
-    p.add_argument("--timeout", type=float, default=60.0, help="per-case watchdog, s (60)")
-    p.add_argument("--profile", type=Path, default=None, help="cProfile both children into DIR")
+    p.add_argument("--skip", action="append", default=[], help="leave out matching cases")
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], help="only this event loop")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
+    p.add_argument("--repeat", type=int, default=0, help="runs of the key cases (3; quick 1)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results ({DEFAULT_JSON})")
+    p.add_argument("--plot", type=Path, help="PNG path (default: next to --json, if matplotlib)")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-testpmd", action="store_true", help="skip everything needing testpmd")
+    p.add_argument("--list", action="store_true", help="print the case ids and exit")
+    p.add_argument("--profile", type=Path, help="cProfile the flow workers into DIR")
     args = p.parse_args(argv)
-    args.size_list = [int(s) for s in args.sizes.split(",") if s]
-    args.transport_list = [t for t in args.transports.split(",") if t]
-    if args.loop is not None:
+    if args.loop:
         args.loops = [args.loop]
     else:
         args.loops = ["asyncio"] if args.quick else ["asyncio", "uvloop"]
-    if not args.repeat:
-        args.repeat = 1 if args.quick else 3
-    for t in args.transport_list:
-        if t not in ("memif", "socket"):
-            p.error(f"unknown transport {t!r}")
-    for size in args.size_list:
-        if not 0 < size <= args.buffer_size:
-            p.error(f"packet size {size} does not fit a {args.buffer_size}-byte buffer")
+    args.repeat = args.repeat or (1 if args.quick else 3)
     return args
 
 
-# -- machine ------------------------------------------------------------------------------
+# -- the plan -----------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+@dataclass
+class Step:
+    ids: list[str]  # the records this step measures (for --only / --skip / --list)
+    run: Callable[[], None]
 
 
-def loop_version(name: str) -> str:
-    if name == "uvloop":
-        try:
-            return f"uvloop {importlib.metadata.version('uvloop')}"
-        except importlib.metadata.PackageNotFoundError:
-            return "uvloop (not installed)"
-    return f"asyncio (selector, {sys.version.split()[0]})"
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ctx = mp.get_context("spawn")
+        self.results = Results()
+        self.steps: list[Step] = []
+        self.tmp = tempfile.mkdtemp(prefix="aiomemif-bench-")
+        self.seq = 0
+        allowed = sorted(os.sched_getaffinity(0))
+        self.two = len(allowed) >= 2
+        self.a, self.b = (allowed[0], allowed[1]) if self.two else (allowed[0], allowed[0])
+        self.pmd_missing = "disabled by --no-testpmd" if args.no_testpmd else bt.available()
+        if self.pmd_missing is None and not self.two:
+            self.pmd_missing = "needs 2 CPUs"
+        self.hooks = harness.validation_hook_available()
+        q = args.quick
+        self.flow_s = (0.5 if q else 1.0) * args.scale
+        self.rtt_s = (0.4 if q else 1.0) * args.scale
+        self.timeout = 30.0 + 2 * self.flow_s
 
+    def path(self, stem: str) -> str:
+        self.seq += 1
+        return os.path.join(self.tmp, f"{stem}-{self.seq}.sock")
 
-def machine_info(loops: Sequence[str]) -> Json:
-    return {
-        "cpu_model": cpu_model(),
-        "cpus_online": os.cpu_count(),
-        "cpus_allowed": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "python_impl": platform.python_implementation(),
-        "loops": {name: loop_version(name) for name in loops},
-        "aiomemif": aiomemif.__version__,
-    }
+    def selected(self, rid: str) -> bool:
+        def hit(pat: str) -> bool:
+            return fnmatch.fnmatch(rid, pat if any(c in pat for c in "*?[") else f"*{pat}*")
 
+        only = [p for arg in self.args.only for p in arg.split(",") if p]
+        skip = [p for arg in self.args.skip for p in arg.split(",") if p]
+        return (not only or any(hit(p) for p in only)) and not any(hit(p) for p in skip)
 
-def _cpu_times() -> dict[int, tuple[int, int]]:
-    """Per-CPU (busy, total) jiffies from /proc/stat."""
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        name, *fields = line.split()
-        if name.startswith("cpu") and name[3:].isdigit():
-            vals = [int(v) for v in fields[:8]]
-            idle = vals[3] + vals[4]  # idle + iowait
-            out[int(name[3:])] = (sum(vals) - idle, sum(vals))
-    return out
+    def add(self, ids: list[str], run: Callable[[], None]) -> None:
+        if any(self.selected(i) for i in ids):
+            self.steps.append(Step(ids, run))
 
+    def progress(self, rec: Record, started: float, diag: str = "") -> None:
+        run = rec.runs[-1] if rec.runs else {}
+        shown = report.fmt_result(Record(**{**rec.__dict__, "runs": [run] if run else []}))
+        took = f"{time.monotonic() - started:.1f} s"
+        print(f"  {rec.id:<48} {shown}  ({', '.join(filter(None, (diag, took)))})", flush=True)
 
-def background_load(cpus: Sequence[int], seconds: float = 0.5) -> dict[int, float]:
-    """Fraction of each CPU in ``cpus`` that something else keeps busy (sampled now)."""
-    before = _cpu_times()
-    time.sleep(seconds)
-    after = _cpu_times()
-    load: dict[int, float] = {}
-    for cpu in cpus:
-        if cpu in before and cpu in after:
-            busy = after[cpu][0] - before[cpu][0]
-            total = after[cpu][1] - before[cpu][1]
-            load[cpu] = busy / total if total > 0 else 0.0
-    return load
-
-
-def plan_pinning(shared: bool = False) -> tuple[int | None, int | None]:
-    """Receiver and sender CPUs: two different allowed CPUs (or one shared CPU), or none."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if shared:
-        return allowed[0], allowed[0]
-    if len(allowed) < 2:
-        return None, None
-    return allowed[0], allowed[1]
-
-
-# -- cases --------------------------------------------------------------------------------
-
-
-def _stop(procs: Sequence[SpawnProcess], deadline: float) -> list[int | None]:
-    """Join ``procs`` until ``deadline``; terminate, then kill, whatever is left."""
-    procs = [proc for proc in procs if proc.pid is not None]  # started ones only
-    for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(3.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(3.0)
-    return [proc.exitcode for proc in procs]
-
-
-def run_pair(
-    ctx: SpawnContext,
-    rx_target: Callable[..., None],
-    tx_target: Callable[..., None],
-    rx_spec: bw.WorkerSpec,
-    tx_spec: bw.WorkerSpec,
-    extra: tuple[object, object],
-) -> tuple[Json, Json]:
-    """Start receiver and sender, collect one result from each under a watchdog."""
-    rx_read, rx_write = ctx.Pipe(duplex=False)
-    tx_read, tx_write = ctx.Pipe(duplex=False)
-    rx = ctx.Process(target=rx_target, args=(rx_spec, rx_write, extra[0]), name="bench-rx")
-    tx = ctx.Process(target=tx_target, args=(tx_spec, tx_write, extra[1]), name="bench-tx")
-    deadline = time.monotonic() + rx_spec.timeout + GRACE
-    results: dict[str, Json] = {}
-    pending: dict[PipeEnd, str] = {rx_read: "receiver", tx_read: "sender"}
-    try:
-        rx.start()
-        tx.start()
-        rx_write.close()
-        tx_write.close()
-        for obj in extra:  # our copies of the socketpair: the children have their own
-            if isinstance(obj, socket.socket):
-                obj.close()
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for ready in wait(list(pending), timeout=left):
-                assert isinstance(ready, PipeEnd)
-                role = pending.pop(ready)
-                try:
-                    results[role] = ready.recv()
-                except EOFError:
-                    results[role] = {"error": f"{role} exited without a result"}
-    finally:
-        _stop([rx, tx], deadline if not pending else time.monotonic() + 1.0)
-        for end in (rx_read, tx_read, rx_write, tx_write):
-            end.close()
-        for obj in extra:
-            if isinstance(obj, socket.socket):
-                obj.close()
-    codes = [rx.exitcode, tx.exitcode]
-    for role in pending.values():
-        results[role] = {"error": f"{role}: watchdog expired after {rx_spec.timeout + GRACE} s"}
-    rx_res, tx_res = results["receiver"], results["sender"]
-    rx_res["exitcode"], tx_res["exitcode"] = codes
-    return rx_res, tx_res
-
-
-def run_case(
-    ctx: SpawnContext,
-    args: argparse.Namespace,
-    transport: str,
-    loop: str,
-    size: int,
-    count: int,
-    pins: tuple[int | None, int | None],
-    tmpdir: str,
-    seq: int,
-) -> Json:
-    case = f"{transport} {size}B"
-    prof = ""
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
-        prof = str(args.profile / f"{transport}-{size}-{loop}-{seq}")
-    common: Json = {
-        "case": case,
-        "transport": transport,
-        "loop": loop,
-        "size": size,
-        "count": count,
-        "tx_batch": args.tx_batch,
-        "rx_batch": args.rx_batch,
-        "timeout": args.timeout,
-        "ring_size": args.ring_size,
-        "buffer_size": args.buffer_size,
-        "sock_buf": args.sock_buf,
-        "rx_mode": args.rx_mode,
-    }
-    if transport == "memif":
-        common["path"] = os.path.join(tmpdir, f"memif-{seq}.sock")
-    rx_spec = bw.WorkerSpec(cpu=pins[0], profile_path=prof and f"{prof}-rx.prof", **common)
-    tx_spec = bw.WorkerSpec(cpu=pins[1], profile_path=prof and f"{prof}-tx.prof", **common)
-    if transport == "memif":
-        ready = ctx.Event()
-        rx_res, tx_res = run_pair(
-            ctx, bw.memif_receiver, bw.memif_sender, rx_spec, tx_spec, (ready, ready)
-        )
-    else:
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        rx_res, tx_res = run_pair(
-            ctx, bw.socket_receiver, bw.socket_sender, rx_spec, tx_spec, (a, b)
-        )
-    errors = [r["error"] for r in (rx_res, tx_res) if "error" in r]
-    errors += [
-        f"{r.get('role', '?')} exit code {r['exitcode']}"
-        for r in (rx_res, tx_res)
-        if r.get("exitcode") != 0 and "error" not in r
-    ]
-    ok = not errors and bool(rx_res.get("ok")) and tx_res.get("sent") == count
-    if not errors and not ok:
-        errors.append(
-            f"check failed: sent {tx_res.get('sent')}, received {rx_res.get('received')} "
-            f"of {count}, {rx_res.get('bad_packets')} bad, {rx_res.get('extra_packets')} extra"
-        )
-    pps = float(rx_res.get("pps", 0.0)) if ok else 0.0
-    run: Json = {
-        "pps": pps,
-        "gbps": pps * size * 8 / 1e9,
-        "ok": ok,
-        "errors": errors,
-        "receiver": rx_res,
-        "sender": tx_res,
-    }
-    if ok and "t_start" in tx_res:
-        span = rx_res["t_last"] - tx_res["t_start"]
-        run["end_to_end_pps"] = count / span if span > 0 else 0.0
-        run["sender_pps"] = count / max(1e-9, tx_res["t_end"] - tx_res["t_start"])
-    if prof:
-        run["profiles"] = [rx_spec.profile_path, tx_spec.profile_path]
-    return run
-
-
-# -- report -------------------------------------------------------------------------------
-
-
-def preemptions(run: Json) -> int:
-    """Involuntary context switches of the busier child (other processes took its CPU)."""
-    return max(int(run[role].get("rusage", {}).get("nivcsw", 0)) for role in ("receiver", "sender"))
-
-
-def summarize(case: Json) -> None:
-    good = [r["pps"] for r in case["runs"] if r["ok"]]
-    case["ok"] = len(good) == len(case["runs"])
-    case["preemptions"] = max((preemptions(r) for r in case["runs"]), default=0)
-    case["pps"] = statistics.median(good) if good else 0.0
-    case["gbps"] = case["pps"] * case["size"] * 8 / 1e9
-
-
-def table(cases: Sequence[Json]) -> str:
-    head = ("case", "loop", "packets", "Mpps", "Gbit/s", "vs socket", "preempt", "check")
-    rows: list[tuple[str, ...]] = []
-    for c in cases:
-        ratio = c.get("ratio")
-        runs = c["runs"]
-        spread = ""
-        if len(runs) > 1 and c["ok"]:
-            lo, hi = min(r["pps"] for r in runs), max(r["pps"] for r in runs)
-            spread = f" [{lo / 1e6:.3f}-{hi / 1e6:.3f}]"
-        rows.append(
-            (
-                c["case"],
-                c["loop"],
-                f"{c['count']:,}",
-                f"{c['pps'] / 1e6:.3f}{spread}",
-                f"{c['gbps']:.3f}",
-                "-" if ratio is None else f"{ratio:.2f}x",
-                str(c["preemptions"]),
-                "ok" if c["ok"] else "FAIL",
+    # -- flows --------------------------------------------------------------------------------
+    def flow(
+        self,
+        rid: str,
+        group: str,
+        label: str,
+        loop: str,
+        transport: str,
+        pins: tuple[int, int],
+        *,
+        no_validation: bool = False,
+        **spec_kw: object,
+    ) -> None:
+        def run() -> None:
+            t0 = time.monotonic()
+            spec = bw.FlowSpec(duration=self.flow_s, path=self.path("flow"), **spec_kw)  # type: ignore[arg-type]
+            prof = ""
+            if self.args.profile is not None:
+                self.args.profile.mkdir(parents=True, exist_ok=True)
+                prof = str(self.args.profile / rid.replace("/", "_"))
+            res = bw.run_flow(
+                self.ctx,
+                transport=transport,
+                spec=spec,
+                loop=loop,
+                pins=pins,
+                timeout=self.timeout,
+                no_validation=no_validation,
+                profile=prof,
             )
+            cpus = f"rx{pins[0]} tx{pins[1]}"
+            rec = Record(rid, group, label, loop, cpus, "rate", size=spec.size)
+            rx, tx = res["receiver"], res["sender"]
+            diag = (
+                f"rx sleeps {rx.get('interrupt_sleeps', '-')}, tx full {tx.get('ring_full', '-')}"
+            )
+            self.progress(self.results.add(rec, res), t0, diag if transport == "memif" else "")
+
+        self.add([rid], run)
+
+    def oneway(self, loop: str, size: int, batch: int, kinds: Sequence[str]) -> None:
+        pins = (self.a, self.b)
+        for kind in kinds:
+            if kind == "socket":
+                rid = f"one-way/socket/{size}B/b{batch}/{loop}"
+                label = f"socket {size}B b{batch}"
+                extra: Json = {}
+            else:
+                rid = f"one-way/memif/{size}B/b{batch}/{kind}/{loop}"
+                label = f"memif {size}B b{batch} {kind}"
+                extra = {"direction": kind}
+            self.flow(
+                rid,
+                "one-way",
+                label,
+                loop,
+                kind if kind == "socket" else "memif",
+                pins,
+                size=size,
+                tx_batch=batch,
+                rx_batch=batch,
+                **extra,
+            )
+
+    def plan(self) -> None:
+        q, loops = self.args.quick, self.args.loops
+        pins = (self.a, self.b)
+        # Key comparison first, interleaved and repeated: memif 64 B b32 both ways vs socket.
+        for _ in range(self.args.repeat):
+            self.oneway(loops[0], 64, 32, ("c2s", "s2c", "socket"))
+        for loop in loops:
+            for size in (1500,) if q else SIZES:
+                for batch in (32,) if q else BATCHES:
+                    if (size, batch, loop) != (64, 32, loops[0]):
+                        self.oneway(
+                            loop, size, batch, ("socket",) if q else ("socket", "c2s", "s2c")
+                        )
+        for loop in loops:
+            for d in ("c2s",) if q else ("c2s", "s2c"):
+                for style, tx in (("send_batch", "copy"), ("alloc", "alloc")):
+                    self.flow(
+                        f"zero-copy/memif/1500B/{style}/{d}/{loop}",
+                        "zero-copy",
+                        f"memif 1500B views, {style} {d}",
+                        loop,
+                        "memif",
+                        pins,
+                        size=1500,
+                        direction=d,
+                        tx_style=tx,
+                        rx_style="views",
+                    )
+        self.plan_validation()
+        shared = (self.b, self.b)
+        loop = loops[0]
+        for mode in ("interrupt", "adaptive"):
+            self.flow(
+                f"shared-core/memif/64B/{mode}/{loop}",
+                "shared-core",
+                f"memif 64B b32 c2s {mode}",
+                loop,
+                "memif",
+                shared,
+                size=64,
+                rx_mode=mode,
+            )
+        self.flow(
+            f"shared-core/socket/64B/{loop}",
+            "shared-core",
+            "socket 64B b32",
+            loop,
+            "socket",
+            shared,
+            size=64,
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*r) for r in rows]
-    return "\n".join(lines)
+        if not q:
+            for loop in loops:
+                for n in (1, 2, 4):
+                    self.flow(
+                        f"queues/memif/64B/q{n}/{loop}",
+                        "queues",
+                        f"memif 64B b32 c2s, {n} queue(s)",
+                        loop,
+                        "memif",
+                        pins,
+                        size=64,
+                        queues=n,
+                    )
+        self.plan_rtt()
+        for loop in loops:
+            for n in (16,) if q else (1, 16, 64):
+                self.handshakes(n, loop)
+        self.plan_testpmd()
+
+    def plan_validation(self) -> None:
+        loop = self.args.loops[0]
+        rounds = 2 if self.args.quick else 3
+        for size in (64,) if self.args.quick else (64, 1500):
+            ids = [f"validation/memif/{size}B/{v}/{loop}" for v in ("on", "off")]
+            if not self.hooks:
+                why = "n/a (hook missing)"
+                self.add(ids, functools.partial(self.skipped, ids[1:], "validation", why))
+                continue
+            for _ in range(rounds):
+                for rid, off in zip(ids, (False, True), strict=True):
+                    label = f"memif {size}B b32 c2s, validation {'off' if off else 'on'}"
+                    self.flow(
+                        rid,
+                        "validation",
+                        label,
+                        loop,
+                        "memif",
+                        (self.a, self.b),
+                        no_validation=off,
+                        size=size,
+                    )
+
+    def plan_rtt(self) -> None:
+        for kind in ("eventfd", "busypoll"):
+            self.rtt(f"rtt/raw/{kind}", f"raw {kind} floor (no aiomemif)", "-", kind, "")
+        for loop in self.args.loops:
+            for mode in ("interrupt", "polling", "adaptive"):
+                self.rtt(f"rtt/memif/64B/{mode}/{loop}", f"memif 64B {mode}", loop, "memif", mode)
+
+    def rtt(self, rid: str, label: str, loop: str, kind: str, mode: str) -> None:
+        def run() -> None:
+            t0 = time.monotonic()
+            spec = br.RttSpec(
+                kind=kind, duration=self.rtt_s, rx_mode=mode or "interrupt", path=self.path("rtt")
+            )
+            pins = (self.a, self.b)
+            res = br.run_rtt(
+                self.ctx,
+                spec,
+                loop=loop if loop != "-" else "asyncio",
+                pins=pins,
+                timeout=self.timeout,
+            )
+            rec = Record(rid, "rtt", label, loop, f"pong{pins[0]} ping{pins[1]}", "rtt", size=64)
+            self.progress(self.results.add(rec, res), t0)
+
+        self.add([rid], run)
+
+    def handshakes(self, n: int, loop: str) -> None:
+        rid = f"handshakes/{n}/{loop}"
+
+        def run() -> None:
+            t0 = time.monotonic()
+            spec = bs.HandshakeSpec(count=n, path=self.path("hs"))
+            res = bs.run_handshakes(
+                self.ctx, spec, loop=loop, pins=(self.a, self.b), timeout=self.timeout
+            )
+            rec = Record(
+                rid,
+                "handshakes",
+                f"{n} interface(s) on one socket",
+                loop,
+                f"srv{self.a} cli{self.b}",
+                "handshake",
+            )
+            self.progress(self.results.add(rec, res), t0)
+
+        self.add([rid], run)
+
+    # -- testpmd ------------------------------------------------------------------------------
+    def plan_testpmd(self) -> None:
+        q = self.args.quick
+        c_runs = (("separate", 64), ("separate", 1500), ("shared", 64))
+        c_ids = [f"c-baseline/txonly-rxonly/{p}/{s}B" for p, s in c_runs]
+        for _ in range(1 if q else 2):
+            self.add(c_ids, lambda: self.c_baseline(c_runs, c_ids))
+        sizes = (64,) if q else (64, 1500)
+        modes = ("interrupt", "polling", "adaptive")
+        for loop in self.args.loops[:1] if q else self.args.loops:
+            for role in ("client",) if q else ("client", "server"):
+                ids = [f"testpmd/macswap/{role}/{s}B/{loop}" for s in sizes]
+                ids += [f"testpmd/macswap-rtt/{role}/{m}/{loop}" for m in modes]
+                self.add(ids, functools.partial(self.macswap, role, loop, sizes, modes, ids))
+
+    def skipped(self, ids: Sequence[str], group: str, why: str) -> None:
+        for rid in ids:
+            rec = Record(rid, group, rid.split("/", 1)[1], "-", "-", "skipped", note=why)
+            print(f"  {self.results.add(rec, None).id:<48} {why}")
+
+    def c_baseline(self, runs: Sequence[tuple[str, int]], ids: list[str]) -> None:
+        if self.pmd_missing:
+            self.skipped(ids, "c-baseline", f"skipped: {self.pmd_missing}")
+            return
+        t0 = time.monotonic()
+        spec = bt.CSpec(
+            runs=tuple(runs),
+            interval=(0.5 if self.args.quick else 1.0) * self.args.scale,
+            cpus=(self.a, self.b),
+            path=self.path("c"),
+        )
+        res = bt.run_c_baseline(self.ctx, spec, timeout=self.timeout + 30)
+        by_key = {(r["placement"], r["size"]): r for r in res.get("rates", [])}
+        for (placement, size), rid in zip(runs, ids, strict=True):
+            rate = by_key.get((placement, size))
+            run: Json = {"ok": res["ok"] and rate is not None, "errors": res["errors"]}
+            run.update(rate or {"pps": 0.0})
+            rx = self.a if placement == "separate" else self.b
+            label = f"testpmd txonly -> rxonly {size}B, {placement} cores"
+            rec = Record(rid, "c-baseline", label, "C", f"rx{rx} tx{self.b}", "rate", size=size)
+            self.progress(self.results.add(rec, run), t0)
+
+    def macswap(
+        self, role: str, loop: str, sizes: Sequence[int], modes: Sequence[str], ids: list[str]
+    ) -> None:
+        if self.pmd_missing:
+            self.skipped(ids, "testpmd", f"skipped: {self.pmd_missing}")
+            return
+        t0 = time.monotonic()
+        q = self.args.quick
+        spec = bt.MacswapSpec(
+            role=role,
+            sizes=tuple(sizes),
+            lat_modes=tuple(modes),
+            duration=(0.5 if q else 1.0) * self.args.scale,
+            lat_duration=(0.3 if q else 0.5) * self.args.scale,
+            cpus=(self.a, self.b),
+            path=self.path("macswap"),
+        )
+        res = bt.run_macswap(self.ctx, spec, cpu=self.a, loop=loop, timeout=self.timeout + 30)
+        base: Json = {"ok": res["ok"], "errors": res["errors"], "preempt": res.get("preempt", 0)}
+        cpus = f"py{self.a} pmd{self.b}"
+        tput = {t["size"]: t for t in res.get("throughput", [])}
+        for size, rid in zip(sizes, ids, strict=False):
+            run = {**base, **tput.get(size, {"pps": 0.0})}
+            run["ok"] = base["ok"] and size in tput
+            label = f"aiomemif {role} <-> testpmd macswap {size}B round trips"
+            rec = Record(rid, "testpmd", label, loop, cpus, "rate", size=size)
+            self.progress(self.results.add(rec, run), t0)
+        lat = {x["mode"]: x for x in res.get("latency", [])}
+        for mode, rid in zip(modes, ids[len(sizes) :], strict=True):
+            run = {**base, **lat.get(mode, {})}
+            run["ok"] = base["ok"] and mode in lat
+            label = f"aiomemif {role} <-> testpmd 64B RTT, {mode}"
+            rec = Record(rid, "testpmd", label, loop, cpus, "rtt", size=64)
+            self.progress(self.results.add(rec, run), t0)
+
+
+# -- main ---------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    ctx = mp.get_context("spawn")
-    pins = plan_pinning(args.shared_core)
-    info = machine_info(args.loops)
+    suite = Suite(args)
+    suite.plan()
+    if args.list:
+        for step in suite.steps:
+            print("\n".join(step.ids))
+        return 0
+    started = time.monotonic()
+    info = harness.machine_info(args.loops)
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}")
     print(
         f"cpu: {info['cpu_model']} ({info['cpus_online']} online, allowed {info['cpus_allowed']})"
     )
-    print(f"python: {info['python']} ({info['python_impl']}), kernel {info['kernel']}")
-    print("loops: " + ", ".join(info["loops"].values()))
-    if pins[0] is None:
-        print("pinning: none (fewer than 2 CPUs allowed)")
-    else:
-        print(f"pinning: receiver -> cpu {pins[0]}, sender -> cpu {pins[1]} (os.sched_setaffinity)")
-    load = background_load([c for c in pins if c is not None] or info["cpus_allowed"])
-    shown_load = ", ".join(f"cpu {c} {f:.0%}" for c, f in load.items())
-    print(f"background load before the run: {shown_load}")
+    print(f"kernel {info['kernel']}; {info['python']}; " + "; ".join(info["loops"].values()))
+    print(f"DPDK {info['dpdk']} ({info['testpmd']}); aiomemif {info['aiomemif']}")
+    print(f"validation hook: {', '.join(suite.hooks) or 'missing (validation cases n/a)'}")
+    a, b = suite.a, suite.b
+    pinning = {
+        "flows": f"receiver -> cpu {a}, sender -> cpu {b}",
+        "shared-core": f"receiver and sender -> cpu {b}",
+        "rtt": f"ponger -> cpu {a}, pinger -> cpu {b}",
+        "handshakes": f"server -> cpu {a}, client -> cpu {b}",
+        "testpmd macswap": f"aiomemif -> cpu {a}; testpmd forwarding lcore (and its idle "
+        f"main lcore) -> cpu {b}",
+        "c-baseline": f"rxonly forwarding -> cpu {a} (shared: cpu {b}), txonly forwarding "
+        f"-> cpu {b}",
+        "parent": "not pinned (waits on pipes)",
+    }
+    print("pinning (os.sched_setaffinity / testpmd --lcores):")
+    for k, v in pinning.items():
+        print(f"  {k:<16} {v}")
+    load = harness.background_load(sorted({a, b}))
+    print("background load: " + ", ".join(f"cpu {c} {f:.0%}" for c, f in load.items()))
     if any(f > 0.1 for f in load.values()):
-        print("WARNING: another process is using the benchmark CPUs; results will be low/noisy")
+        print("WARNING: something else is using the benchmark CPUs; results will be low/noisy")
     print(
-        f"settings: tx batch {args.tx_batch}, rx batch {args.rx_batch}; memif ring "
-        f"{args.ring_size} x {args.buffer_size} B, rx mode {args.rx_mode}; socket buffer "
-        f"request {args.sock_buf} B; {args.repeat} run(s) per case; "
-        f"mode {'quick' if args.quick else 'full'}"
+        f"mode {'quick' if args.quick else 'full'}: {len(suite.steps)} steps, flows "
+        f"{suite.flow_s:g} s, rtt {suite.rtt_s:g} s, key cases x{args.repeat}\n",
+        flush=True,
     )
-    print(flush=True)
-    started = time.monotonic()
-    cases: list[Json] = []
-    tmpdir = tempfile.mkdtemp(prefix="aiomemif-bench-")
-    seq = 0
     try:
-        for loop in args.loops:
-            for size in args.size_list:
-                count = (
-                    args.count
-                    or DEFAULT_COUNTS.get(size, (500_000, 2_000_000))[0 if args.quick else 1]
-                )
-                by_transport = {
-                    t: {
-                        "case": f"{t} {size}B",
-                        "transport": t,
-                        "loop": loop,
-                        "size": size,
-                        "count": count,
-                        "runs": [],
-                    }
-                    for t in args.transport_list
-                }
-                for _ in range(args.repeat):  # interleave transports to share any drift
-                    for t, case in by_transport.items():
-                        seq += 1
-                        run = run_case(ctx, args, t, loop, size, count, pins, tmpdir, seq)
-                        case["runs"].append(run)
-                        status = "ok" if run["ok"] else "FAIL: " + "; ".join(run["errors"])
-                        print(
-                            f"  {case['case']:<12} {loop:<8} {run['pps'] / 1e6:8.3f} Mpps  "
-                            f"preempt {preemptions(run):<6} {status.splitlines()[0]}",
-                            flush=True,
-                        )
-                for case in by_transport.values():
-                    summarize(case)
-                base = by_transport.get("socket")
-                for case in by_transport.values():
-                    if base is not None and case is not base and base["pps"] > 0:
-                        case["ratio"] = case["pps"] / base["pps"]
-                    elif case is base:
-                        case["ratio"] = 1.0 if base["pps"] > 0 else None
-                cases += by_transport.values()
+        for step in suite.steps:
+            step.run()
+    except KeyboardInterrupt:
+        print("interrupted: reporting what was measured")
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(suite.tmp, ignore_errors=True)
+        leaked = harness.reap_testpmd([os.getpid()])
+        if leaked:
+            print(f"killed leftover testpmd processes {leaked}")
     elapsed = time.monotonic() - started
-
-    print()
-    print(table(cases))
-    noisy = [c["case"] + " " + c["loop"] for c in cases if c["preemptions"] > PREEMPT_WARN]
+    res = suite.results
+    report.ratios(res)
+    records = list(res.records.values())
+    print("\n" + report.table(records) + "\n")
+    tg = report.targets(res, args.loops, suite.pmd_missing)
+    print("targets (ratio; PASS / SHORT):")
+    print(report.targets_text(tg))
+    noisy = [r.id for r in records if r.preempt > report.PREEMPT_WARN and not report.sharing(r)]
     if noisy:
-        print(
-            f"WARNING: other processes preempted the benchmark (> {PREEMPT_WARN} involuntary "
-            f"context switches) in: {', '.join(noisy)}; those numbers are low/noisy"
-        )
-    print()
-    targets: list[Json] = []
-    for loop in args.loops:
-        mem = next(
-            (
-                c
-                for c in cases
-                if c["loop"] == loop and c["transport"] == "memif" and c["size"] == TARGET_SIZE
-            ),
-            None,
-        )
-        if mem is None or "socket" not in args.transport_list:
-            continue
-        ratio = mem.get("ratio")
-        verdict = "PASS" if ratio is not None and ratio >= TARGET_RATIO else "SHORT"
-        shown = "n/a" if ratio is None else f"{ratio:.2f}x"
-        print(
-            f"aiomemif >= {TARGET_RATIO:g}x socket baseline at {TARGET_SIZE} B [{loop}]: "
-            f"{verdict} ({shown})"
-        )
-        targets.append({"loop": loop, "ratio": ratio, "target": TARGET_RATIO, "verdict": verdict})
-    print(f"elapsed: {elapsed:.1f} s")
-
-    report: Json = {
-        "schema": 1,
+        print(f"WARNING: preempted (> {report.PREEMPT_WARN} involuntary switches): {noisy}")
+    print(f"\nelapsed: {elapsed:.1f} s")
+    doc: Json = {
+        "schema": 2,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
         "mode": "quick" if args.quick else "full",
         "machine": info,
-        "pinning": {"receiver_cpu": pins[0], "sender_cpu": pins[1]},
+        "hostname": socket.gethostname(),
+        "pinning": pinning,
         "background_load": {str(c): f for c, f in load.items()},
         "loadavg_after": os.getloadavg(),
+        "validation_hook": suite.hooks,
         "settings": {
-            "tx_batch": args.tx_batch,
-            "rx_batch": args.rx_batch,
-            "ring_size": args.ring_size,
-            "buffer_size": args.buffer_size,
-            "sock_buf": args.sock_buf,
-            "rx_mode": args.rx_mode,
+            "flow_s": suite.flow_s,
+            "rtt_s": suite.rtt_s,
             "repeat": args.repeat,
-            "timeout": args.timeout,
             "loops": args.loops,
-            "sizes": args.size_list,
-            "transports": args.transport_list,
-            "profile": args.profile is not None,
+            "only": args.only,
+            "skip": args.skip,
+            "ring_size": 1024,
+            "buffer_size": 2048,
         },
-        "cases": cases,
-        "targets": targets,
+        "records": [r.as_json() for r in records],
+        "targets": [t.as_json() for t in tg],
         "elapsed_s": elapsed,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    report.write_json(args.json, doc)
     print(f"results: {args.json}")
-
+    if not args.no_plot:
+        png = report.plot(args.plot or args.json.with_suffix(".png"), res)
+        print(f"plot: {png}" if png else "plot: skipped (matplotlib not installed)")
     if args.profile is not None:
-        for c in cases:
-            for run in c["runs"]:
-                for path in run.get("profiles", []):
-                    if os.path.exists(path):
-                        print(f"\n=== {path} ===")
-                        print(bw.profile_summary(path))
-    return 0 if all(c["ok"] for c in cases) else 1
+        for prof in sorted(args.profile.glob("*.prof")):
+            print(f"\n=== {prof} ===\n{profile_summary(prof)}")
+    return 0 if all(r.ok for r in records) else 1
+
+
+def profile_summary(path: Path, top: int = 20) -> str:
+    import io
+    import pstats
+
+    buf = io.StringIO()
+    pstats.Stats(str(path), stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,409 @@
+"""Results of one benchmark sitting: records, ratios, the table, targets, JSON and a plot.
+
+A *record* is one case (an id such as ``oneway/memif/64B/b32/c2s/asyncio``) with one or
+more runs; its value is the median of the runs (packets/s for rate cases, round-trip
+percentiles in microseconds for latency cases, handshakes/s for handshake cases).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Json = dict[str, Any]
+
+#: More involuntary context switches than this in a worker marks a case as disturbed.
+PREEMPT_WARN = 300
+
+
+@dataclass
+class Record:
+    id: str
+    group: str
+    label: str
+    loop: str
+    cpus: str
+    kind: str  # "rate", "rtt", "handshake" or "skipped"
+    size: int = 0
+    runs: list[Json] = field(default_factory=list)
+    note: str = ""
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "skipped" or (bool(self.runs) and all(r["ok"] for r in self.runs))
+
+    @property
+    def good(self) -> list[Json]:
+        return [r for r in self.runs if r["ok"]]
+
+    @property
+    def pps(self) -> float:
+        vals = [float(r["pps"]) for r in self.good]
+        return statistics.median(vals) if vals else 0.0
+
+    def rtt(self, q: str = "p50") -> float:
+        vals = [float(r["rtt_us"][q]) for r in self.good if q in r.get("rtt_us", {})]
+        return statistics.median(vals) if vals else 0.0
+
+    @property
+    def preempt(self) -> int:
+        return max((int(r.get("preempt", 0)) for r in self.runs), default=0)
+
+    def value(self) -> float:
+        if self.kind == "rate":
+            return self.pps
+        if self.kind == "rtt":
+            return self.rtt()
+        if self.kind == "handshake":
+            return statistics.median([float(r["handshakes_per_s"]) for r in self.good] or [0.0])
+        return 0.0
+
+    def as_json(self) -> Json:
+        out: Json = {
+            "id": self.id,
+            "group": self.group,
+            "label": self.label,
+            "loop": self.loop,
+            "cpus": self.cpus,
+            "kind": self.kind,
+            "ok": self.ok,
+            "size": self.size,
+            "note": self.note,
+            "ratios": self.ratios,
+            "preempt": self.preempt,
+            "runs": self.runs,
+        }
+        if self.kind == "rate":
+            out["pps"] = self.pps
+            out["gbps"] = self.pps * self.size * 8 / 1e9
+            out["runs_pps"] = [r["pps"] for r in self.runs]
+        elif self.kind == "rtt":
+            out["rtt_us"] = {q: self.rtt(q) for q in ("min", "p50", "p90", "p99", "p999")}
+        elif self.kind == "handshake":
+            out["handshakes_per_s"] = self.value()
+        return out
+
+
+class Results:
+    """Records in the order they were first measured."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+
+    def add(self, rec: Record, run: Json | None) -> Record:
+        have = self.records.setdefault(rec.id, rec)
+        if run is not None:
+            have.runs.append(run)
+        return have
+
+    def get(self, rid: str) -> Record | None:
+        rec = self.records.get(rid)
+        return rec if rec is not None and rec.kind != "skipped" and rec.good else None
+
+    def ratio(self, num: str, den: str) -> float | None:
+        """value(num) / value(den), or None if either is missing or failed."""
+        a, b = self.get(num), self.get(den)
+        if a is None or b is None or not b.value():
+            return None
+        return a.value() / b.value()
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def fmt_rate(pps: float, size: int) -> str:
+    gbps = pps * size * 8 / 1e9
+    return f"{pps / 1e6:7.3f} Mpps {gbps:6.2f} Gb/s" if size else f"{pps / 1e6:7.3f} Mpps"
+
+
+def fmt_result(rec: Record) -> str:
+    if rec.kind == "skipped":
+        return rec.note
+    if not rec.good:
+        errs = [e for r in rec.runs for e in r.get("errors", [])]
+        return "FAILED: " + (errs[0] if errs else "no result")[:70]
+    if rec.kind == "rate":
+        text = fmt_rate(rec.pps, rec.size)
+        if len(rec.good) > 1:
+            lo = min(r["pps"] for r in rec.good) / 1e6
+            hi = max(r["pps"] for r in rec.good) / 1e6
+            text += f" [{lo:.3f}-{hi:.3f}]"
+        return text
+    if rec.kind == "rtt":
+        return f"p50 {rec.rtt('p50'):7.2f} us  p99 {rec.rtt('p99'):7.2f} us"
+    if rec.kind == "handshake":
+        run = rec.good[-1]
+        srv, cli = run["server"], run["client"]
+        return (
+            f"{rec.value():7.0f} hs/s  RSS/conn srv {srv['rss_per_conn'] / 1024:.0f} KiB "
+            f"cli {cli['rss_per_conn'] / 1024:.0f} KiB  mapped/conn "
+            f"{cli['mapped_per_conn'] / 2**20:.2f} MiB"
+        )
+    return ""
+
+
+def fmt_ratios(rec: Record) -> str:
+    return "  ".join(f"{v:.2f}x {k}" for k, v in rec.ratios.items())
+
+
+def sharing(rec: Record) -> bool:
+    """Cases that share a CPU on purpose (preemption is expected there)."""
+    return rec.group == "shared-core"
+
+
+def table(records: Sequence[Record]) -> str:
+    head = ("case", "loop", "cpus", "result", "ratios", "check")
+    rows = []
+    last_group = None
+    for rec in records:
+        check = "skip" if rec.kind == "skipped" else ("ok" if rec.ok else "FAIL")
+        if rec.ok and rec.preempt > PREEMPT_WARN and not sharing(rec):
+            check = f"ok, preempted {rec.preempt}"
+        if rec.group != last_group:
+            rows.append((f"[{rec.group}]", "", "", "", "", ""))
+            last_group = rec.group
+        rows.append(("  " + rec.label, rec.loop, rec.cpus, fmt_result(rec), fmt_ratios(rec), check))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    label: str
+    threshold: str
+    ratio: float | None
+    verdict: str  # PASS, SHORT, or "skipped: ..." / "n/a ..." / "not run"
+    detail: str = ""  # the unit of ``ratio`` when it is not a ratio ("Mpps")
+
+    def as_json(self) -> Json:
+        return {
+            "label": self.label,
+            "threshold": self.threshold,
+            "value": self.ratio,
+            "unit": self.detail or "x",
+            "verdict": self.verdict,
+        }
+
+
+def target(
+    label: str,
+    threshold: str,
+    ratio: float | None,
+    need: float,
+    *,
+    at_most: bool = False,
+    missing: str = "not run",
+    detail: str = "",
+) -> Target:
+    if ratio is None:
+        return Target(label, threshold, None, missing, detail)
+    passed = ratio <= need if at_most else ratio >= need
+    return Target(label, threshold, ratio, "PASS" if passed else "SHORT", detail)
+
+
+def targets_text(targets: Sequence[Target]) -> str:
+    width = max(len(t.label) for t in targets) if targets else 0
+    lines = []
+    for t in targets:
+        unit = t.detail or "x"
+        shown = "" if t.ratio is None else f"{t.ratio:.2f}{'' if unit == 'x' else ' '}{unit}"
+        lines.append(f"  {t.label:<{width}}  {t.threshold:<10} {shown:>10}  {t.verdict}")
+    return "\n".join(lines)
+
+
+# -- ratios and targets -----------------------------------------------------------------------
+
+
+def ratios(res: Results) -> None:
+    """Fill every record's ratios to its baselines (socket, C, floors, ...)."""
+    get = res.get
+    for rec in res.records.values():
+        p = rec.id.split("/")
+        if rec.kind == "skipped":
+            continue
+        if p[0] == "one-way" and p[1] == "memif":
+            size, batch, loop = p[2], p[3], p[5]
+            pairs = {
+                "socket": f"one-way/socket/{size}/{batch}/{loop}",
+                "C": f"c-baseline/txonly-rxonly/separate/{size}",
+            }
+        elif p[0] == "zero-copy":
+            pairs = {
+                "socket": f"one-way/socket/1500B/b32/{p[5]}",
+                "C": "c-baseline/txonly-rxonly/separate/1500B",
+            }
+        elif p[0] == "shared-core" and p[1] == "memif":
+            pairs = {
+                "C 1 core": "c-baseline/txonly-rxonly/shared/64B",
+                "socket": f"shared-core/socket/64B/{p[4]}",
+            }
+        elif p[0] == "queues":
+            pairs = {"1 queue": f"queues/memif/64B/q1/{p[4]}"}
+        elif p[0] == "validation" and p[3] == "off":
+            on = get(rec.id.replace("/off/", "/on/"))
+            if on is not None and rec.good and rec.pps:
+                rec.ratios["on/off"] = on.pps / rec.pps
+            continue
+        elif p[0] == "rtt" and p[1] == "memif":
+            floor = "eventfd" if p[3] == "interrupt" else "busypoll"
+            pairs = {f"{floor} p50": f"rtt/raw/{floor}"}
+        else:
+            continue
+        for name, other in pairs.items():
+            r = res.ratio(rec.id, other)
+            if r is not None and rec.id != other:
+                rec.ratios[name] = r
+
+
+def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list[Target]:
+    """The targets of issue 6, each with its measured ratio and PASS / SHORT."""
+    T = target
+    pmd = f"skipped: {pmd_missing}" if pmd_missing else "not run"
+    out = []
+    for loop in loops:
+        mem = f"one-way/memif/64B/b32/c2s/{loop}"
+        out.append(
+            T(
+                f"one-way 64B b32 c2s vs socket [{loop}]",
+                ">= 5x",
+                res.ratio(mem, f"one-way/socket/64B/b32/{loop}"),
+                5.0,
+            )
+        )
+        out.append(
+            T(
+                f"one-way 64B b32 c2s vs C txonly->rxonly [{loop}]",
+                ">= 0.10x",
+                res.ratio(mem, "c-baseline/txonly-rxonly/separate/64B"),
+                0.1,
+                missing=pmd,
+            )
+        )
+    for loop in loops:
+        for style in ("send_batch", "alloc"):
+            rec = res.get(f"zero-copy/memif/1500B/{style}/c2s/{loop}")
+            out.append(
+                T(
+                    f"1500B zero-copy views, {style} [{loop}]",
+                    ">= 4 Mpps",
+                    rec.pps / 1e6 if rec else None,
+                    4.0,
+                    detail="Mpps",
+                )
+            )
+    for role in ("client", "server"):
+        rec = res.get(f"testpmd/macswap/{role}/64B/{loops[0]}")
+        out.append(
+            T(
+                f"testpmd macswap round trips 64B, aiomemif {role}",
+                ">= 2 Mpps",
+                rec.pps / 1e6 if rec else None,
+                2.0,
+                missing=pmd,
+                detail="Mpps",
+            )
+        )
+    for loop in loops:
+        out.append(
+            T(
+                f"RTT p50 adaptive / raw busy-poll floor [{loop}]",
+                "<= 2x",
+                res.ratio(f"rtt/memif/64B/adaptive/{loop}", "rtt/raw/busypoll"),
+                2.0,
+                at_most=True,
+            )
+        )
+        out.append(
+            T(
+                f"RTT p50 interrupt / raw eventfd floor [{loop}]",
+                "<= 1.3x",
+                res.ratio(f"rtt/memif/64B/interrupt/{loop}", "rtt/raw/eventfd"),
+                1.3,
+                at_most=True,
+            )
+        )
+    out.append(
+        T(
+            "shared core: aiomemif interrupt / two C busy-pollers",
+            ">= 10x",
+            res.ratio(
+                f"shared-core/memif/64B/interrupt/{loops[0]}", "c-baseline/txonly-rxonly/shared/64B"
+            ),
+            10.0,
+            missing=pmd,
+        )
+    )
+    for size in (64, 1500):
+        off = res.records.get(f"validation/memif/{size}B/off/{loops[0]}")
+        if off is not None and off.kind == "skipped":
+            out.append(
+                T(
+                    f"validation on / off, {size}B",
+                    ">= 0.85",
+                    None,
+                    0.85,
+                    missing="n/a (hook missing)",
+                )
+            )
+        elif off is not None or size == 64:
+            on_off = off.ratios.get("on/off") if off is not None else None
+            out.append(T(f"validation on / off, {size}B", ">= 0.85", on_off, 0.85))
+    return out
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, report: Json) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
+def plot(path: Path, results: Results) -> str | None:
+    """A PNG of the one-way rates and the round-trip latencies (None: no matplotlib)."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return None
+    rates = [
+        r
+        for r in results.records.values()
+        if r.kind == "rate" and r.good and r.group in ("one-way", "zero-copy", "c-baseline")
+    ]
+    rtts = [r for r in results.records.values() if r.kind == "rtt" and r.good]
+    fig, axes = plt.subplots(1, 2, figsize=(15, max(4.0, 0.22 * max(len(rates), len(rtts)))))
+    ax = axes[0]
+    ax.barh([f"{r.label} [{r.loop}]" for r in rates], [r.pps / 1e6 for r in rates])
+    ax.set_xscale("log")
+    ax.set_xlabel("Mpps (log)")
+    ax.set_title("throughput")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax = axes[1]
+    labels = [f"{r.label} [{r.loop}]" for r in rtts]
+    ax.barh(labels, [r.rtt("p99") for r in rtts], color="tab:orange", label="p99")
+    ax.barh(labels, [r.rtt("p50") for r in rtts], color="tab:blue", label="p50")
+    ax.set_xscale("log")
+    ax.set_xlabel("round trip, us (log)")
+    ax.set_title("latency")
+    ax.invert_yaxis()
+    ax.legend()
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
