@@ -94,8 +94,9 @@ class Batch(Sequence[Packet]):
         self._released = False
         self._start = start
         self._slots = slots
-        #: Indexes of packets whose buffers ``TxQueue.forward`` moved to a transmit ring.
-        self._forwarded: set[int] = set()
+        #: Indexes of packets whose buffers ``TxQueue.forward`` moved to a transmit ring
+        #: (created by the first forward).
+        self._forwarded: set[int] | None = None
 
     def __len__(self) -> int:
         return len(self._packets)
@@ -157,19 +158,16 @@ class Batch(Sequence[Packet]):
         index = range(len(self._packets))[index]  # negative indexes count from the end
         return self._start + index if self._slots is None else self._slots[index]
 
-    def _invalidate(self) -> None:
-        for packet in self._packets:
-            try:
-                packet.release()
-            except BufferError:
-                pass  # the caller exported it further (e.g. to numpy); it stays readable
-
     def release(self) -> None:
         """Invalidate every packet and return the buffers to the ring (idempotent)."""
         if self._released:
             return
         self._released = True
-        self._invalidate()
+        for packet in self._packets:
+            try:
+                packet.release()
+            except BufferError:
+                pass  # the caller exported it further (e.g. to numpy); it stays readable
         queue, self._queue = self._queue, None
         if queue is not None:
             queue._batch_released(self)
@@ -350,7 +348,8 @@ class RxQueue(QueueBase):
     def _poll(self, limit: int) -> list[Packet]:
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
-        self._check()
+        if self._error is not None:
+            raise fresh(self._error)
         if self._batch is not None:
             self._batch.release()
         ep = self._endpoint

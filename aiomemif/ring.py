@@ -340,6 +340,8 @@ class _Receiver:
         packet ``i`` simply sits in slot ``last_start + i``).
         """
         n = min(count, limit)
+        if n == 1:
+            return self._collect_one(start, count, limit)
         head, lengths, offsets = self.ring.columns(start, n)
         first = head[0]  # flags | region << 16: a run without chains in one region
         if (
@@ -365,6 +367,24 @@ class _Receiver:
             c.bytes += nbytes
             return pkts
         return self._collect_each(start, count, limit)
+
+    def _collect_one(self, start: int, count: int, limit: int) -> list[Packet]:
+        """:meth:`_collect` of a single unchained descriptor (else the general path)."""
+        ring = self.ring
+        flags, region, length, offset, _meta = _DESC.unpack_from(
+            ring.desc, (start & ring.mask) * 16
+        )
+        sizes = self.sizes
+        if flags or region >= len(sizes) or not 0 < length <= sizes[region] - offset:
+            return self._collect_each(start, count, limit)
+        self.last_start = start
+        self.last_slots = None
+        self.read = (start + 1) & _MASK
+        self.held += 1
+        c = self.counters
+        c.packets += 1
+        c.bytes += length
+        return [self.regions[region][offset : offset + length]]
 
     def _collect_each(self, start: int, count: int, limit: int) -> list[Packet]:
         """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed

@@ -124,6 +124,8 @@ class MasterTx(_Reserving):
         if avail <= 0 or start >= len(packets):
             return 0
         n = min(len(packets) - start, avail)
+        if n == 1:
+            return self._write_one(packets, start, avail)
         seq: Sequence[Any] = (
             packets if start == 0 and n == len(packets) else packets[start : start + n]
         )
@@ -157,6 +159,34 @@ class MasterTx(_Reserving):
                 c.bytes += sum(lengths)
                 return n
         return self._write_each(packets, start, avail)
+
+    def _write_one(self, packets: Sequence[Any], start: int, avail: int) -> int:
+        """:meth:`write` of one packet into one usable offered buffer (else the general
+        path)."""
+        p = packets[start]
+        ring, tail = self.ring, self.tail
+        s = tail & ring.mask
+        _flags, region, cap, offset, _meta = w.DESC.unpack_from(ring.desc, s * 16)
+        try:
+            k = len(p)
+        except TypeError:
+            return self._write_each(packets, start, avail)
+        if not (0 < k <= cap and k <= MAX_PACKET) or not _offers_ok(
+            region, [cap], [offset], self.sizes
+        ):
+            return self._write_each(packets, start, avail)
+        try:
+            self.sinks[region][offset : offset + k] = p
+        except (TypeError, ValueError, IndexError):
+            return self._write_each(packets, start, avail)
+        ring.words[4 * s + 1] = k
+        ring.halves[8 * s] = 0
+        self.tail = tail = (tail + 1) & _MASK
+        ring.header[ring.tail_index] = tail
+        c = self.counters
+        c.packets += 1
+        c.bytes += k
+        return 1
 
     def _write_each(self, packets: Sequence[object], start: int, avail: int) -> int:
         """The per-packet path of :meth:`write` (chains, unusable offers, conversions)."""

@@ -166,6 +166,8 @@ class SlaveTx(_Reserving):
         if free <= 0 or start >= len(packets):
             return 0
         n = min(len(packets) - start, free)
+        if n == 1:
+            return self._write_one(packets, start, free)
         seq: Sequence[Any] = (
             packets if start == 0 and n == len(packets) else packets[start : start + n]
         )
@@ -203,6 +205,35 @@ class SlaveTx(_Reserving):
         c.packets += n
         c.bytes += size * n if lengths.count(size) == n else sum(lengths)
         return n
+
+    def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:
+        """:meth:`write` of one packet that fits one buffer (else the general path)."""
+        p = packets[start]
+        try:
+            k = len(p)
+        except TypeError:
+            return self._write_each(packets, start, free)
+        if not 0 < k <= self.capacity:
+            return self._write_each(packets, start, free)
+        ring, head = self.ring, self.head
+        s = head & ring.mask
+        o = self.data[s]
+        try:
+            self.sink[o : o + k] = p
+        except (TypeError, ValueError, IndexError):
+            return self._write_each(packets, start, free)
+        words = ring.words
+        words[4 * s + 1] = k
+        if self.dirty > 0:
+            words[4 * s + 2] = o
+            ring.halves[8 * s] = 0
+            self.dirty -= 1
+        self.head = head = (head + 1) & _MASK
+        ring.header[_HEAD] = head
+        c = self.counters
+        c.packets += 1
+        c.bytes += k
+        return 1
 
     def _write_each(self, packets: Sequence[object], start: int, free: int) -> int:
         """The per-packet path of :meth:`write` (chains, conversions, errors)."""

@@ -13,6 +13,7 @@ Three ways to send:
 from __future__ import annotations
 
 import asyncio
+import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, overload
@@ -179,10 +180,16 @@ class TxQueue(QueueBase):
 
     def send_nowait(self, packet: object) -> None:
         """Send one packet now. Raises as :meth:`send_batch_nowait`."""
-        self.send_batch_nowait((packet,))
+        if not self._write((packet,), 0):
+            self.counters.ring_full += 1
+            raise WouldBlockError(f"tx queue {self.qid} is full")
 
     async def _backoff(self, retries: int) -> None:
-        await asyncio.sleep(0 if retries < _SPIN_RETRIES else _RETRY_DELAY)
+        if retries < _SPIN_RETRIES:
+            os.sched_yield()  # a receiver sharing this CPU gets to drain the ring
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(_RETRY_DELAY)
 
     async def send_batch(self, packets: Iterable[object]) -> int:
         """Send every packet, in order, waiting for ring space when the ring is full.
@@ -316,6 +323,8 @@ class TxQueue(QueueBase):
             raise self._protocol_failure(exc) from exc
         count = len(batch)
         chosen = range(count) if indices is None else indices
+        if batch._forwarded is None:
+            batch._forwarded = set()
         gone, taken = batch._forwarded, set()
         segments: list[tuple[int, int, int]] = []
         flags = array("H")
