@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "ChainedPacket", "Packet", "RxMode", "RxQueue"]
 
 _HEAD: Final = w.RING_HEAD_OFF // 2
+_FLAGS: Final = w.RING_FLAGS_OFF // 2
+_MASK_INT: Final = w.RING_FLAG_MASK_INT
 
 #: Default most packets one receive returns.
 DEFAULT_BATCH: Final = 256
@@ -190,6 +192,8 @@ class _Interrupt:
         self._counters = counters
         self._waiter: asyncio.Future[bool] | None = None
         self._armed = False
+        #: The safety re-scan timer (one at a time, only while a receive sleeps).
+        self._safety: asyncio.TimerHandle | None = None
         #: How many receives slept on the eventfd (for tests and tuning).
         self.sleeps = 0
 
@@ -209,16 +213,28 @@ class _Interrupt:
             self._counters.interrupts_received += 1
         self.wake()
 
-    async def wait(self, timeout: float) -> bool:
-        """Sleep until woken (True) or ``timeout`` seconds pass (False)."""
+    async def wait(self) -> bool:
+        """Sleep until woken (True) or until the safety re-scan timer fires (False), which
+        happens at most ``_SAFETY_RESCAN`` seconds later."""
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = fut
-        timer = self._loop.call_later(timeout, _settle, fut, False)
+        if self._safety is None:  # one timer serves consecutive sleeps
+            self._safety = self._loop.call_later(_SAFETY_RESCAN, self._rescan)
         try:
             return await fut
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _rescan(self) -> None:
+        self._safety = None
+        if self._waiter is not None:
+            _settle(self._waiter, False)
+
+    def stop(self) -> None:
+        """Cancel the safety timer (the queue is shutting down)."""
+        if self._safety is not None:
+            self._safety.cancel()
+            self._safety = None
 
     def wake(self) -> None:
         if self._waiter is not None:
@@ -320,9 +336,11 @@ class RxQueue(QueueBase):
         self._interrupt.wake()
 
     def _mask(self, masked: bool) -> None:
-        ring = self._endpoint.ring
-        flags = ring.flags
-        ring.set_flags(flags | w.RING_FLAG_MASK_INT if masked else flags & ~w.RING_FLAG_MASK_INT)
+        header = self._endpoint.ring.header
+        if masked:
+            header[_FLAGS] |= _MASK_INT
+        else:
+            header[_FLAGS] &= ~_MASK_INT
 
     def _apply_mode(self) -> None:
         self._mask(self._mode is not RxMode.INTERRUPT)
@@ -430,7 +448,7 @@ class RxQueue(QueueBase):
         fence()
         try:
             while self._error is None and self._mode is mode and not self._pending():
-                if await interrupt.wait(_SAFETY_RESCAN):
+                if await interrupt.wait():
                     break
         finally:
             if self._error is None and self._mode is mode:
@@ -481,4 +499,5 @@ class RxQueue(QueueBase):
         if self._batch is not None:
             self._batch.release()
         self._interrupt.disarm()
+        self._interrupt.stop()
         self._interrupt.fail(fresh(error))
