@@ -157,11 +157,25 @@ def sharing(rec: Record) -> bool:
     return rec.group == "shared-core"
 
 
+GROUPS = (
+    "one-way",
+    "zero-copy",
+    "validation",
+    "shared-core",
+    "queues",
+    "rtt",
+    "handshakes",
+    "testpmd",
+    "c-baseline",
+)
+
+
 def table(records: Sequence[Record]) -> str:
     head = ("case", "loop", "cpus", "result", "ratios", "check")
     rows = []
     last_group = None
-    for rec in records:
+    order = {g: i for i, g in enumerate(GROUPS)}
+    for rec in sorted(records, key=lambda r: order.get(r.group, len(order))):
         check = "skip" if rec.kind == "skipped" else ("ok" if rec.ok else "FAIL")
         if rec.ok and rec.preempt > PREEMPT_WARN and not sharing(rec):
             check = f"ok, preempted {rec.preempt}"
@@ -387,7 +401,11 @@ def plot(path: Path, results: Results) -> str | None:
     rtts = [r for r in results.records.values() if r.kind == "rtt" and r.good]
     fig, axes = plt.subplots(1, 2, figsize=(15, max(4.0, 0.22 * max(len(rates), len(rtts)))))
     ax = axes[0]
-    ax.barh([f"{r.label} [{r.loop}]" for r in rates], [r.pps / 1e6 for r in rates])
+    colors = [
+        "tab:green" if r.loop == "C" else "tab:gray" if "socket" in r.id else "tab:blue"
+        for r in rates
+    ]
+    ax.barh([f"{r.label} [{r.loop}]" for r in rates], [r.pps / 1e6 for r in rates], color=colors)
     ax.set_xscale("log")
     ax.set_xlabel("Mpps (log)")
     ax.set_title("throughput")

@@ -66,7 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--only",
         action="append",
         default=[],
-        help="run only cases whose id matches (glob, or substring); repeatable",
+        help="run only matching cases: a glob over the id, or whole id components\n"
+        "('rtt', 'one-way/memif', '64B/b32'); repeatable, or comma-separated",
     )
     p.add_argument("--skip", action="append", default=[], help="leave out matching cases")
     p.add_argument("--loop", choices=["asyncio", "uvloop"], help="only this event loop")
@@ -122,7 +123,9 @@ class Suite:
 
     def selected(self, rid: str) -> bool:
         def hit(pat: str) -> bool:
-            return fnmatch.fnmatch(rid, pat if any(c in pat for c in "*?[") else f"*{pat}*")
+            if any(c in pat for c in "*?["):
+                return fnmatch.fnmatch(rid, pat)
+            return f"/{pat.strip('/')}/" in f"/{rid}/"  # whole id components: "rtt", "64B/b32"
 
         only = [p for arg in self.args.only for p in arg.split(",") if p]
         skip = [p for arg in self.args.skip for p in arg.split(",") if p]
@@ -202,9 +205,19 @@ class Suite:
                 **extra,
             )
 
+    def c_sessions(self) -> None:
+        """One testpmd txonly -> rxonly session (two processes): three records."""
+        runs = (("separate", 64), ("separate", 1500), ("shared", 64))
+        ids = [f"c-baseline/txonly-rxonly/{p}/{s}B" for p, s in runs]
+        self.add(ids, functools.partial(self.c_baseline, runs, ids))
+
     def plan(self) -> None:
+        """Every step in order. The C baseline runs at the start, the middle and the end of
+        a full run (its rate is bimodal on some VMs: the spread shows it)."""
         q, loops = self.args.quick, self.args.loops
         pins = (self.a, self.b)
+        if not q:
+            self.c_sessions()
         # Key comparison first, interleaved and repeated: memif 64 B b32 both ways vs socket.
         for _ in range(self.args.repeat):
             self.oneway(loops[0], 64, 32, ("c2s", "s2c", "socket"))
@@ -230,6 +243,8 @@ class Suite:
                         tx_style=tx,
                         rx_style="views",
                     )
+        if not q:
+            self.c_sessions()
         self.plan_validation()
         shared = (self.b, self.b)
         loop = loops[0]
@@ -270,6 +285,7 @@ class Suite:
         for loop in loops:
             for n in (16,) if q else (1, 16, 64):
                 self.handshakes(n, loop)
+        self.c_sessions()
         self.plan_testpmd()
 
     def plan_validation(self) -> None:
@@ -345,10 +361,6 @@ class Suite:
     # -- testpmd ------------------------------------------------------------------------------
     def plan_testpmd(self) -> None:
         q = self.args.quick
-        c_runs = (("separate", 64), ("separate", 1500), ("shared", 64))
-        c_ids = [f"c-baseline/txonly-rxonly/{p}/{s}B" for p, s in c_runs]
-        for _ in range(1 if q else 2):
-            self.add(c_ids, lambda: self.c_baseline(c_runs, c_ids))
         sizes = (64,) if q else (64, 1500)
         modes = ("interrupt", "polling", "adaptive")
         for loop in self.args.loops[:1] if q else self.args.loops:
