@@ -177,10 +177,8 @@ class SlaveTx(_Reserving):
             return self._write_each(packets, start, free)
         size = lengths[0]
         cap = self.capacity
-        if not (
-            (lengths.count(size) == n and 0 < size <= cap)
-            or (min(lengths) > 0 and max(lengths) <= cap)
-        ):
+        same = lengths.count(size) == n
+        if not ((same and 0 < size <= cap) or (min(lengths) > 0 and max(lengths) <= cap)):
             return self._write_each(packets, start, free)
         # The bulk path: every packet fits one buffer. Nothing is visible to the peer
         # until head moves, so a packet that turns out not to be plain bytes just sends
@@ -190,11 +188,18 @@ class SlaveTx(_Reserving):
         data = self.data
         offsets = data[s : s + n] if s + n <= ring.size else data[s:] + data[: s + n - ring.size]
         try:
-            for o, k, p in zip(offsets, lengths, seq, strict=True):
-                sink[o : o + k] = p
+            if same:
+                for o, p in zip(offsets, seq, strict=True):
+                    sink[o : o + size] = p
+            else:
+                for o, k, p in zip(offsets, lengths, seq, strict=True):
+                    sink[o : o + k] = p
         except (TypeError, ValueError, IndexError):
             return self._write_each(packets, start, free)
-        ring.write_column(head, 1, array("I", lengths))
+        if s + n <= ring.size:
+            ring.words[4 * s + 1 : 4 * (s + n) : 4] = array("I", lengths)
+        else:
+            ring.write_column(head, 1, array("I", lengths))
         if self.dirty > 0:
             ring.write_column(head, 2, offsets)
             ring.write_flags(head, n)
@@ -203,7 +208,7 @@ class SlaveTx(_Reserving):
         ring.header[_HEAD] = self.head
         c = self.counters
         c.packets += n
-        c.bytes += size * n if lengths.count(size) == n else sum(lengths)
+        c.bytes += size * n if same else sum(lengths)
         return n
 
     def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:

@@ -28,7 +28,7 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .queues import Batch, QueueBase, RxQueue
+from .queues import Batch, QueueBase, RxQueue, fresh
 from .ring import ChainedPacket, SlaveRx, fence
 from .ring_master_tx import MasterTx
 from .ring_tx import Reservation, SlaveTx
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 __all__ = ["TxBuffer", "TxBuffers", "TxQueue"]
+
+_FLAGS: Final = w.RING_FLAGS_OFF // 2
 
 #: A full transmit ring is retried this many times by yielding to the loop, then on a timer
 #: (memif has no "space available" signal).
@@ -127,6 +129,7 @@ class TxQueue(QueueBase):
     ) -> None:
         super().__init__(conn, qid, efd, endpoint.counters)
         self._endpoint = endpoint
+        self._header = endpoint.ring.header
 
     def free_slots(self) -> int:
         """Slots available for packets right now.
@@ -142,12 +145,13 @@ class TxQueue(QueueBase):
 
     def _signal(self) -> None:
         fence()  # our publish must be visible before we read the receiver's MASK_INT
-        if self._endpoint.ring.wants_signal():
+        if not self._header[_FLAGS] & w.RING_FLAG_MASK_INT:
             self._efd.signal()
             self.counters.interrupts_sent += 1
 
     def _write(self, packets: Sequence[object], start: int) -> int:
-        self._check()
+        if self._error is not None:
+            raise fresh(self._error)
         ep = self._endpoint
         if ep.reservation is not None:
             raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
@@ -200,7 +204,7 @@ class TxQueue(QueueBase):
         Raises:
             As :meth:`send_batch_nowait`, except that a full ring is waited for.
         """
-        seq = packets if isinstance(packets, list | tuple) else list(packets)
+        seq = packets if type(packets) is list or isinstance(packets, tuple) else list(packets)
         total = len(seq)
         sent = self._write(seq, 0)
         retries = 0
