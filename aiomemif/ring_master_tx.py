@@ -148,7 +148,7 @@ class MasterTx(_Reserving):
                 try:
                     for o, k, p in zip(offsets, lengths, seq, strict=True):
                         sink[o : o + k] = p
-                except (TypeError, ValueError, IndexError):
+                except (TypeError, ValueError, IndexError, BufferError):
                     return self._write_each(packets, start, avail)
                 ring.write_column(tail, 1, array("I", lengths))
                 ring.write_flags(tail, n)
@@ -177,7 +177,7 @@ class MasterTx(_Reserving):
             return self._write_each(packets, start, avail)
         try:
             self.sinks[region][offset : offset + k] = p
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, BufferError):
             return self._write_each(packets, start, avail)
         ring.words[4 * s + 1] = k
         ring.halves[8 * s] = 0

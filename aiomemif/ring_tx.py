@@ -194,7 +194,7 @@ class SlaveTx(_Reserving):
             else:
                 for o, k, p in zip(offsets, lengths, seq, strict=True):
                     sink[o : o + k] = p
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, BufferError):
             return self._write_each(packets, start, free)
         if s + n <= ring.size:
             ring.words[4 * s + 1 : 4 * (s + n) : 4] = array("I", lengths)
@@ -225,7 +225,7 @@ class SlaveTx(_Reserving):
         o = self.data[s]
         try:
             self.sink[o : o + k] = p
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, BufferError):
             return self._write_each(packets, start, free)
         words = ring.words
         words[4 * s + 1] = k
