@@ -19,6 +19,8 @@ Json = dict[str, Any]
 
 #: More involuntary context switches than this in a worker marks a case as disturbed.
 PREEMPT_WARN = 300
+#: Other processes keeping the benchmark cpus busier than this before a run mark it too.
+BUSY_WARN = 0.15
 
 
 @dataclass
@@ -52,6 +54,11 @@ class Record:
         return statistics.median(vals) if vals else 0.0
 
     @property
+    def busy(self) -> float:
+        """How busy other processes kept the benchmark cpus just before a run (max)."""
+        return max((float(r.get("foreign_load", 0.0)) for r in self.runs), default=0.0)
+
+    @property
     def preempt(self) -> int:
         return max((int(r.get("preempt", 0)) for r in self.runs), default=0)
 
@@ -77,6 +84,7 @@ class Record:
             "note": self.note,
             "ratios": self.ratios,
             "preempt": self.preempt,
+            "busy": self.busy,
             "runs": self.runs,
         }
         if self.kind == "rate":
@@ -179,6 +187,8 @@ def table(records: Sequence[Record]) -> str:
         check = "skip" if rec.kind == "skipped" else ("ok" if rec.ok else "FAIL")
         if rec.ok and rec.preempt > PREEMPT_WARN and not sharing(rec):
             check = f"ok, preempted {rec.preempt}"
+        if rec.ok and rec.busy > BUSY_WARN:
+            check = f"{check}, busy {rec.busy:.0%}"
         if rec.group != last_group:
             rows.append((f"[{rec.group}]", "", "", "", "", ""))
             last_group = rec.group

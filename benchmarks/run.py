@@ -78,6 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-testpmd", action="store_true", help="skip everything needing testpmd")
     p.add_argument("--list", action="store_true", help="print the case ids and exit")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        help="before each step, wait up to this many seconds for other processes to leave\n"
+        "the benchmark cpus alone (default 5; quick 1); steps that start busy are marked",
+    )
     p.add_argument("--profile", type=Path, help="cProfile the flow workers into DIR")
     args = p.parse_args(argv)
     if args.loop:
@@ -85,7 +92,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     else:
         args.loops = ["asyncio"] if args.quick else ["asyncio", "uvloop"]
     args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.wait_quiet is None:
+        args.wait_quiet = 1.0 if args.quick else 5.0
     return args
+
+
+BUSY_WARN = report.BUSY_WARN
+
+
+def quiet_or_busy(cpus: Sequence[int], patience: float) -> float:
+    """Sample how busy other processes keep ``cpus`` (0.2 s); while that is above
+    BUSY_WARN, keep sampling for up to ``patience`` seconds. Returns the last sample."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = max(harness.background_load(cpus, 0.2).values(), default=0.0)
+        if busy <= BUSY_WARN or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.2)
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -444,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(step.ids))
         return 0
     started = time.monotonic()
+    res = suite.results
     info = harness.machine_info(args.loops)
     command = shlex.join([sys.executable, *sys.argv])
     print(f"command: {command}")
@@ -479,7 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         for step in suite.steps:
+            busy = quiet_or_busy(sorted({a, b}), args.wait_quiet)
             step.run()
+            if busy > BUSY_WARN:
+                print(f"    (other processes kept cpus {a},{b} {busy:.0%} busy before this step)")
+            for rid in step.ids:
+                rec = res.records.get(rid)
+                if rec is not None and rec.runs and "foreign_load" not in rec.runs[-1]:
+                    rec.runs[-1]["foreign_load"] = busy
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured")
     finally:
@@ -488,7 +519,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leaked:
             print(f"killed leftover testpmd processes {leaked}")
     elapsed = time.monotonic() - started
-    res = suite.results
     report.ratios(res)
     records = list(res.records.values())
     print("\n" + report.table(records) + "\n")
@@ -496,8 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("targets (ratio; PASS / SHORT):")
     print(report.targets_text(tg))
     noisy = [r.id for r in records if r.preempt > report.PREEMPT_WARN and not report.sharing(r)]
+    noisy += [r.id for r in records if r.busy > BUSY_WARN and r.id not in noisy]
     if noisy:
-        print(f"WARNING: preempted (> {report.PREEMPT_WARN} involuntary switches): {noisy}")
+        print(
+            f"WARNING: {len(noisy)} case(s) disturbed by other processes (preempted more than "
+            f"{report.PREEMPT_WARN} times, or cpus > {BUSY_WARN:.0%} busy before the run): "
+            + ", ".join(noisy)
+        )
     print(f"\nelapsed: {elapsed:.1f} s")
     doc: Json = {
         "schema": 2,
