@@ -54,6 +54,11 @@ class Record:
         return statistics.median(vals) if vals else 0.0
 
     @property
+    def disturbed(self) -> bool:
+        """Other processes got in the way (preempted, or the cpus were busy before)."""
+        return (self.preempt > PREEMPT_WARN and not sharing(self)) or self.busy > BUSY_WARN
+
+    @property
     def busy(self) -> float:
         """How busy other processes kept the benchmark cpus just before a run (max)."""
         return max((float(r.get("foreign_load", 0.0)) for r in self.runs), default=0.0)
@@ -103,6 +108,8 @@ class Results:
 
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
+        #: Ids looked up with get() since this was last cleared (for targets' provenance).
+        self.touched: set[str] = set()
 
     def add(self, rec: Record, run: Json | None) -> Record:
         have = self.records.setdefault(rec.id, rec)
@@ -111,6 +118,7 @@ class Results:
         return have
 
     def get(self, rid: str) -> Record | None:
+        self.touched.add(rid)
         rec = self.records.get(rid)
         return rec if rec is not None and rec.kind != "skipped" and rec.good else None
 
@@ -292,8 +300,18 @@ def ratios(res: Results) -> None:
 
 
 def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list[Target]:
-    """The targets of issue 6, each with its measured ratio and PASS / SHORT."""
-    T = target
+    """The targets of issue 6, each with its measured ratio and PASS / SHORT (and a mark
+    when a record behind it was disturbed by other processes)."""
+
+    def T(*args: Any, **kwargs: Any) -> Target:
+        t = target(*args, **kwargs)
+        rec = [res.records.get(i) for i in sorted(res.touched)]
+        res.touched.clear()
+        if any(r is not None and r.disturbed for r in rec) and t.ratio is not None:
+            t.verdict += " (disturbed: rerun)"
+        return t
+
+    res.touched.clear()
     pmd = f"skipped: {pmd_missing}" if pmd_missing else "not run"
     out = []
     for loop in loops:
