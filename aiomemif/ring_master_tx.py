@@ -18,6 +18,7 @@ from .ring_tx import (
     MAX_PACKET,
     Reservation,
     _never_fits,
+    _plain,
     _Reserving,
     _segment_lengths,
     _sink,
@@ -30,6 +31,7 @@ _MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
 _HEAD = w.RING_HEAD_OFF // 2
 
+_ONES = b"\x01" * (1 << w.MAX_LOG2_RING_SIZE)
 #: Checks a run of offered descriptors (region, capacities, offsets) like received ones.
 _offers_ok = _descriptors_ok
 
@@ -46,6 +48,13 @@ class MasterTx(_Reserving):
         self.counters = counters
         self.tail = 0
         self.reservation: Reservation | None = None
+        #: Offered descriptors (bytes) of runs that passed the checks, their offsets, the
+        #: one region they name and the smallest capacity among them (see _offered_run).
+        self._seen = bytearray(16 * ring.size)
+        self._seen_ok = bytearray(ring.size)  # 1 where _seen holds a checked descriptor
+        self._seen_offsets = [0] * ring.size
+        self._seen_region = -1
+        self._seen_cap = 1 << 32
 
     def reset(self) -> None:
         """At CONNECT: tail = 0."""
@@ -124,6 +133,8 @@ class MasterTx(_Reserving):
         if avail <= 0 or start >= len(packets):
             return 0
         n = min(len(packets) - start, avail)
+        if n < len(packets) - start and not _plain(packets[start + n], MAX_PACKET):
+            return self._write_each(packets, start, avail)  # it decides about that packet
         if n == 1:
             return self._write_one(packets, start, avail)
         seq: Sequence[Any] = (
@@ -133,32 +144,71 @@ class MasterTx(_Reserving):
             lengths = list(map(len, seq))
         except TypeError:
             return self._write_each(packets, start, avail)
+        run = self._offered_run(n)
+        if run is None:
+            return self._write_each(packets, start, avail)
+        region, offsets, cap = run
+        size = lengths[0]
+        same = lengths.count(size) == n
+        limit = min(cap, MAX_PACKET)
+        if not ((same and 0 < size <= limit) or (min(lengths) > 0 and max(lengths) <= limit)):
+            return self._write_each(packets, start, avail)
+        sink = self.sinks[region]
+        try:
+            if same:
+                for o, p in zip(offsets, seq, strict=True):
+                    sink[o : o + size] = p
+            else:
+                for o, k, p in zip(offsets, lengths, seq, strict=True):
+                    sink[o : o + k] = p
+        except (TypeError, ValueError, IndexError, BufferError):
+            return self._write_each(packets, start, avail)
         ring, tail = self.ring, self.tail
-        head, caps, offsets = ring.columns(tail, n)
-        first = head[0]  # a run of offers in one region (flags are ours to rewrite)
-        if head.count(first) == n and _offers_ok(first >> 16, caps, offsets, self.sizes):
-            size, cap = lengths[0], caps[0]
-            fits = (
-                (0 < size <= cap and size <= MAX_PACKET and lengths.count(size) == n)
-                if caps.count(cap) == n
-                else False
-            ) or (min(lengths) > 0 and max(lengths) <= min(min(caps), MAX_PACKET))
-            if fits:
-                sink = self.sinks[first >> 16]
-                try:
-                    for o, k, p in zip(offsets, lengths, seq, strict=True):
-                        sink[o : o + k] = p
-                except (TypeError, ValueError, IndexError, BufferError):
-                    return self._write_each(packets, start, avail)
-                ring.write_column(tail, 1, array("I", lengths))
-                ring.write_flags(tail, n)
-                self.tail = (tail + n) & _MASK
-                ring.header[ring.tail_index] = self.tail
-                c = self.counters
-                c.packets += n
-                c.bytes += sum(lengths)
-                return n
-        return self._write_each(packets, start, avail)
+        ring.write_column(tail, 1, array("I", lengths))
+        ring.write_flags(tail, n)
+        self.tail = (tail + n) & _MASK
+        ring.header[ring.tail_index] = self.tail
+        c = self.counters
+        c.packets += n
+        c.bytes += size * n if same else sum(lengths)
+        return n
+
+    def _offered_run(self, n: int) -> tuple[int, list[int], int] | None:
+        """The ``n`` offered slots from tail as (region, offsets, smallest capacity), or
+        None unless they are all usable and in one region.
+
+        A client re-offers each slot with the same descriptor lap after lap, so the bytes
+        of every run that passed the checks are kept: an identical run later is known good
+        from one comparison. Only runs in one region are remembered, and the remembered
+        capacity is the smallest seen (conservative).
+        """
+        ring = self.ring
+        s = ring.mask & self.tail
+        if s + n > ring.size:  # wraps: checked afresh
+            head, caps, offsets = ring.columns(self.tail, n)
+            first = head[0]
+            if head.count(first) != n or not _offers_ok(first >> 16, caps, offsets, self.sizes):
+                return None
+            return first >> 16, offsets, min(caps)
+        a, b = 16 * s, 16 * (s + n)
+        raw = ring.desc[a:b].tobytes()  # one snapshot: what is checked is what is used
+        if raw == self._seen[a:b] and self._seen_ok.find(0, s, s + n) < 0:
+            return self._seen_region, self._seen_offsets[s : s + n], self._seen_cap
+        words = memoryview(raw).cast("I")
+        head, caps, offsets = words[0::4].tolist(), words[1::4].tolist(), words[2::4].tolist()
+        first = head[0]
+        region = first >> 16
+        if head.count(first) != n or not _offers_ok(region, caps, offsets, self.sizes):
+            return None
+        cap = min(caps)
+        if self._seen_region < 0:
+            self._seen_region = region
+        if region == self._seen_region:
+            self._seen[a:b] = raw
+            self._seen_ok[s : s + n] = _ONES[:n]
+            self._seen_offsets[s : s + n] = offsets
+            self._seen_cap = min(self._seen_cap, cap)
+        return region, offsets, cap
 
     def _write_one(self, packets: Sequence[Any], start: int, avail: int) -> int:
         """:meth:`write` of one packet into one usable offered buffer (else the general

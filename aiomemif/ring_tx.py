@@ -65,6 +65,16 @@ def _sink(region: memoryview) -> mmap.mmap | memoryview:
     return region
 
 
+def _plain(packet: object, capacity: int) -> bool:
+    """True if ``packet`` is bytes-like and fits one buffer: the first packet a write
+    leaves for later may only be left if it is not an error (empty, too large, not bytes),
+    which the per-packet path reports before anything of the call is published."""
+    try:
+        return 0 < len(memoryview(packet)) <= capacity  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
 def _too_large(n: int, what: str) -> PacketTooLargeError:
     return PacketTooLargeError(f"packet of {n} bytes {what}")
 
@@ -166,6 +176,8 @@ class SlaveTx(_Reserving):
         if free <= 0 or start >= len(packets):
             return 0
         n = min(len(packets) - start, free)
+        if n < len(packets) - start and not _plain(packets[start + n], self.capacity):
+            return self._write_each(packets, start, free)  # it decides about that packet
         if n == 1:
             return self._write_one(packets, start, free)
         seq: Sequence[Any] = (

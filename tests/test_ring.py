@@ -922,3 +922,59 @@ def test_long_run_through_many_wraps() -> None:
         assert r.slave_rx.counters.packets == len(sent_m2s)
     finally:
         r.close()
+
+
+def test_master_tx_offer_memory_never_trusts_unchecked_or_changed_slots() -> None:
+    """The bulk transmit path remembers checked offers; a run it never checked (here all
+    zero, which is also what the memory starts as) or a checked slot the client rewrote
+    must be checked afresh, never written through."""
+    r = Rig(4, 256)
+    try:
+        n = r.size // 2
+        payload = [bytes([k + 1]) * 40 for k in range(n)]
+        rings_end = r.layout.rings[-1].offset + 2 * CL + 16 * r.size
+        # Lap 1, first half (slots 0..7): checked and remembered.
+        assert r.master_tx.write(payload) == n
+        assert take(r.slave_rx.poll(r.size)) == payload
+        r.slave_rx.release()  # re-offers slots 0..7
+        cookie = bytes(r.mem[:4])
+        # Slots 8..15 were never used; the client now offers them zeroed
+        # (region 0, length 0, offset 0 = the ring headers).
+        for k in range(n, r.size):
+            r.put(r.m2s_slave, k, 0, 0, 0, 0)
+        assert r.master_tx.write(payload) == n  # they are skipped: the packets go to 0..7
+        assert r.master_tx.counters.bad_descriptors == n
+        assert bytes(r.mem[:4]) == cookie
+        assert payload[0] not in bytes(r.mem[:rings_end])  # no packet landed in the rings
+        assert take(r.slave_rx.poll(r.size)) == payload
+        r.slave_rx.release()
+        # Slots 8..15 offered properly again (the refill restored them): checked, kept.
+        assert r.master_tx.tail & r.mask == n
+        assert r.master_tx.write(payload) == n
+        assert take(r.slave_rx.poll(r.size)) == payload
+        r.slave_rx.release()
+        # A remembered slot (3) rewritten to point past the region: checked again.
+        assert r.master_tx.tail & r.mask == 0
+        r.put(r.m2s_slave, 3, 0, 0, 256, len(r.mem) - 100)
+        before = r.master_tx.counters.bad_descriptors
+        assert r.master_tx.write(payload) == n  # slot 3 skipped, the rest go on
+        assert r.master_tx.counters.bad_descriptors == before + 1
+        assert take(r.slave_rx.poll(r.size)) == payload
+        assert bytes(r.mem[-100:]) == bytes(100)  # nothing written past the region's end
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(70_000), "text"])
+def test_transmit_checks_the_first_packet_left_for_later(rig: Rig, bad: object) -> None:
+    """A write that fills the ring still reports an unsendable packet right behind the
+    ones that fit, before publishing anything (as the per-packet path always did)."""
+    r = rig
+    error = TypeError if isinstance(bad, str) else PacketTooLargeError
+    for tx, ring in ((r.slave_tx, r.s2m_slave), (r.master_tx, r.m2s_master)):
+        room = tx.free()
+        before = (ring.head, ring.tail)
+        with pytest.raises(error):
+            tx.write([b"x" * 10] * room + [bad])
+        assert (ring.head, ring.tail) == before
+        assert tx.counters.packets == 0
