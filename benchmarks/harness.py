@@ -37,8 +37,10 @@ __all__ = [
     "Json",
     "Opts",
     "Worker",
+    "ForeignLoad",
     "apply_validation_hook",
     "background_load",
+    "cpu_sample",
     "errors_of",
     "machine_info",
     "percentiles",
@@ -297,22 +299,50 @@ def machine_info(loops: Sequence[str]) -> Json:
     }
 
 
+def cpu_sample() -> dict[int, tuple[int, int]]:
+    """Per-CPU (busy, total) clock ticks from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            vals = [int(v) for v in fields[:8]]
+            out[int(name[3:])] = (sum(vals) - vals[3] - vals[4], sum(vals))
+    return out
+
+
 def background_load(cpus: Sequence[int], seconds: float = 0.4) -> dict[int, float]:
     """Fraction of each CPU something else keeps busy right now (from /proc/stat)."""
-
-    def sample() -> dict[int, tuple[int, int]]:
-        out = {}
-        for line in Path("/proc/stat").read_text().splitlines():
-            name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit():
-                vals = [int(v) for v in fields[:8]]
-                out[int(name[3:])] = (sum(vals) - vals[3] - vals[4], sum(vals))
-        return out
-
-    a = sample()
+    a = cpu_sample()
     time.sleep(seconds)
-    b = sample()
+    b = cpu_sample()
     return {c: (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in cpus if c in a and c in b}
+
+
+class ForeignLoad:
+    """How much CPU processes other than this one and its children used on ``cpus`` while
+    the context was open, as a fraction of those CPUs' capacity (``.fraction``)."""
+
+    def __init__(self, cpus: Sequence[int]) -> None:
+        self.cpus = list(cpus)
+        self.fraction = 0.0
+
+    @staticmethod
+    def _ours() -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def __enter__(self) -> ForeignLoad:
+        self._t, self._cpu, self._ours0 = time.monotonic(), cpu_sample(), self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self._t
+        after = cpu_sample()
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = sum(after[c][0] - self._cpu[c][0] for c in self.cpus if c in after) / hz
+        foreign = busy - (self._ours() - self._ours0)
+        self.fraction = max(0.0, foreign / (wall * len(self.cpus))) if wall > 0 else 0.0
 
 
 def _testpmd_processes(owner_pids: Sequence[int]) -> list[tuple[int, str]]:

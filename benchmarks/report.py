@@ -19,7 +19,8 @@ Json = dict[str, Any]
 
 #: More involuntary context switches than this in a worker marks a case as disturbed.
 PREEMPT_WARN = 300
-#: Other processes keeping the benchmark cpus busier than this before a run mark it too.
+#: Other processes keeping the benchmark cpus busier than this (just before or during a
+#: run, as a fraction of those cpus) mark it too.
 BUSY_WARN = 0.15
 
 
@@ -60,7 +61,7 @@ class Record:
 
     @property
     def busy(self) -> float:
-        """How busy other processes kept the benchmark cpus just before a run (max)."""
+        """How busy other processes kept the benchmark cpus just before or during a run."""
         return max((float(r.get("foreign_load", 0.0)) for r in self.runs), default=0.0)
 
     @property

@@ -503,14 +503,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         for step in suite.steps:
-            busy = quiet_or_busy(sorted({a, b}), args.wait_quiet)
-            step.run()
+            before = quiet_or_busy(sorted({a, b}), args.wait_quiet)
+            with harness.ForeignLoad(sorted({a, b})) as during:
+                step.run()
+            busy = max(before, during.fraction)
             if busy > BUSY_WARN:
-                print(f"    (other processes kept cpus {a},{b} {busy:.0%} busy before this step)")
+                print(
+                    f"    (other processes used cpus {a},{b}: {before:.0%} just before this "
+                    f"step, {during.fraction:.0%} during it)"
+                )
             for rid in step.ids:
                 rec = res.records.get(rid)
                 if rec is not None and rec.runs and "foreign_load" not in rec.runs[-1]:
                     rec.runs[-1]["foreign_load"] = busy
+                    rec.runs[-1]["foreign_before"] = before
+                    rec.runs[-1]["foreign_during"] = during.fraction
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured")
     finally:
