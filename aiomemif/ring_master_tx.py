@@ -323,9 +323,17 @@ class MasterTx(_Reserving):
         if not 0 < size <= MAX_PACKET:
             raise _too_large(size, "cannot be sent (1..65535 bytes)")
         avail = self.free()
+        res = Reservation(self, self.tail)
+        run = self._offered_run(count) if count <= avail else None
+        if run is not None and size <= run[2]:  # one usable buffer each, in bulk
+            region = self.regions[run[0]]
+            res.segments = [[region[o : o + size]] for o in run[1]]
+            res.lengths = [size] * count
+            res.used = count
+            self.reservation = res
+            return res
         offers: list[tuple[int, int, int] | None] = []
         self._offers(avail, offers, count)
-        res = Reservation(self, self.tail)
         pos = 0
         for _ in range(count):
             plan = self._plan(offers, avail, pos, size)
@@ -350,6 +358,11 @@ class MasterTx(_Reserving):
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
         seg_lens, seg_flags = _segment_lengths(res, lengths)
+        if not res.empty:  # nothing to interleave
+            self.ring.write_descriptors(self.tail, seg_lens, seg_flags, None)
+            self.tail = (self.tail + res.used) & _MASK
+            self.ring.header[self.ring.tail_index] = self.tail
+            return self._close(res, sum(seg_lens))
         # Interleave the empty (unusable) slots back in at their positions.
         empty = set(res.empty)
         lens, flags = array("I"), array("H")

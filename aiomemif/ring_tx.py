@@ -99,7 +99,8 @@ class _Reserving:
         c.packets += len(res.segments)
         c.bytes += nbytes
         c.bad_descriptors += bad
-        c.chained += sum(1 for s in res.segments if len(s) > 1)
+        if res.used != len(res.segments):  # some packet took more than one buffer
+            c.chained += sum(1 for s in res.segments if len(s) > 1)
         return len(res.segments)
 
     def cancel(self, res: Reservation) -> None:
@@ -334,6 +335,20 @@ class SlaveTx(_Reserving):
         if count * nseg > self.free():
             return None
         res = Reservation(self, self.head)
+        if nseg == 1:  # one buffer each: views straight from the data offsets
+            s, ring_size = self.head & self.ring.mask, self.ring.size
+            data = self.data
+            offs = (
+                data[s : s + count]
+                if s + count <= ring_size
+                else data[s:] + data[: s + count - ring_size]
+            )
+            region = self.region
+            res.segments = [[region[o : o + size]] for o in offs]
+            res.lengths = [size] * count
+            res.used = count
+            self.reservation = res
+            return res
         mask, bufs, room = self.ring.mask, self.buffers, self.headroom
         slot = self.head
         for _ in range(count):
@@ -361,8 +376,13 @@ class SlaveTx(_Reserving):
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
         lens, flags = _segment_lengths(res, lengths)
-        mask, bufs, room = self.ring.mask, self.buffers, self.headroom
-        offs = array("I", (bufs[(res.start + k) & mask] + room for k in range(res.used)))
+        s, ring_size = res.start & self.ring.mask, self.ring.size
+        data = self.data
+        offs = (
+            data[s : s + res.used]
+            if s + res.used <= ring_size
+            else (data[s:] + data[: s + res.used - ring_size])
+        )
         self._publish(lens, offs, flags)
         return self._close(res, sum(lens))
 
@@ -398,6 +418,11 @@ def _segment_lengths(
     flags: array[int] | None = None
     if lengths is not None and len(lengths) != len(res.segments):
         raise LocalProtocolError("one length per reserved packet is required")
+    if res.segments and res.used == len(res.segments):  # one buffer per packet
+        wanted = res.lengths if lengths is None else list(lengths)
+        size = res.lengths[0]  # every packet of a reservation has the same size
+        if min(wanted) > 0 and max(wanted) <= size:
+            return array("I", wanted), None
     for p, segs in enumerate(res.segments):
         want = res.lengths[p] if lengths is None else lengths[p]
         full = res.lengths[p] - len(segs[-1])
