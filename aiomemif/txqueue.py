@@ -41,8 +41,9 @@ __all__ = ["TxBuffer", "TxBuffers", "TxQueue"]
 
 _FLAGS: Final = w.RING_FLAGS_OFF // 2
 
-#: A full transmit ring is retried this many times by yielding to the loop, then on a timer
-#: (memif has no "space available" signal).
+#: A full transmit ring is retried this many times by yielding the CPU (sched_yield, so a
+#: receiver sharing it can drain the ring) and then the loop, then on a 1 ms timer (memif
+#: has no "space available" signal).
 _SPIN_RETRIES: Final = 64
 _RETRY_DELAY: Final = 0.001
 
