@@ -17,6 +17,8 @@ from .ring import QueueCounters, Ring, _descriptors_ok, as_wire_buffer
 from .ring_tx import (
     MAX_PACKET,
     Reservation,
+    _copy_run,
+    _lengths_of,
     _never_fits,
     _plain,
     _Reserving,
@@ -137,13 +139,10 @@ class MasterTx(_Reserving):
             return self._write_each(packets, start, avail)  # it decides about that packet
         if n == 1:
             return self._write_one(packets, start, avail)
-        seq: Sequence[Any] = (
-            packets if start == 0 and n == len(packets) else packets[start : start + n]
-        )
-        try:
-            lengths = list(map(len, seq))
-        except TypeError:
+        batch = _lengths_of(packets, start, n)
+        if batch is None:
             return self._write_each(packets, start, avail)
+        seq, lengths = batch
         run = self._offered_run(n)
         if run is None:
             return self._write_each(packets, start, avail)
@@ -153,15 +152,7 @@ class MasterTx(_Reserving):
         limit = min(cap, MAX_PACKET)
         if not ((same and 0 < size <= limit) or (min(lengths) > 0 and max(lengths) <= limit)):
             return self._write_each(packets, start, avail)
-        sink = self.sinks[region]
-        try:
-            if same:
-                for o, p in zip(offsets, seq, strict=True):
-                    sink[o : o + size] = p
-            else:
-                for o, k, p in zip(offsets, lengths, seq, strict=True):
-                    sink[o : o + k] = p
-        except (TypeError, ValueError, IndexError, BufferError):
+        if not _copy_run(self.sinks[region], offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, avail)
         ring, tail = self.ring, self.tail
         ring.write_column(tail, 1, array("I", lengths))

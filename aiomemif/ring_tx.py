@@ -75,6 +75,39 @@ def _plain(packet: object, capacity: int) -> bool:
         return False
 
 
+def _lengths_of(
+    packets: Sequence[Any], start: int, n: int
+) -> tuple[Sequence[Any], list[int]] | None:
+    """``packets[start:start + n]`` and their lengths, or None if one has no length."""
+    seq = packets if start == 0 and n == len(packets) else packets[start : start + n]
+    try:
+        return seq, list(map(len, seq))
+    except TypeError:
+        return None
+
+
+def _copy_run(
+    sink: mmap.mmap | memoryview,
+    offsets: Sequence[int],
+    seq: Sequence[Any],
+    lengths: list[int],
+    size: int,
+) -> bool:
+    """Copy ``seq[k]`` to ``offsets[k]`` in ``sink`` (``size`` > 0: every packet has that
+    length). False if a packet is not a plain contiguous byte buffer; nothing is published
+    yet then, so the caller takes the per-packet path, which converts or refuses it."""
+    try:
+        if size:
+            for o, p in zip(offsets, seq, strict=True):
+                sink[o : o + size] = p
+        else:
+            for o, k, p in zip(offsets, lengths, seq, strict=True):
+                sink[o : o + k] = p
+    except (TypeError, ValueError, IndexError, BufferError):
+        return False
+    return True
+
+
 def _too_large(n: int, what: str) -> PacketTooLargeError:
     return PacketTooLargeError(f"packet of {n} bytes {what}")
 
@@ -181,13 +214,10 @@ class SlaveTx(_Reserving):
             return self._write_each(packets, start, free)  # it decides about that packet
         if n == 1:
             return self._write_one(packets, start, free)
-        seq: Sequence[Any] = (
-            packets if start == 0 and n == len(packets) else packets[start : start + n]
-        )
-        try:
-            lengths = list(map(len, seq))
-        except TypeError:
+        run = _lengths_of(packets, start, n)
+        if run is None:
             return self._write_each(packets, start, free)
+        seq, lengths = run
         size = lengths[0]
         cap = self.capacity
         same = lengths.count(size) == n
@@ -200,14 +230,7 @@ class SlaveTx(_Reserving):
         s = head & ring.mask
         data = self.data
         offsets = data[s : s + n] if s + n <= ring.size else data[s:] + data[: s + n - ring.size]
-        try:
-            if same:
-                for o, p in zip(offsets, seq, strict=True):
-                    sink[o : o + size] = p
-            else:
-                for o, k, p in zip(offsets, lengths, seq, strict=True):
-                    sink[o : o + k] = p
-        except (TypeError, ValueError, IndexError, BufferError):
+        if not _copy_run(sink, offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, free)
         if s + n <= ring.size:
             ring.words[4 * s + 1 : 4 * (s + n) : 4] = array("I", lengths)
