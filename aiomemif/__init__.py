@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from ._wire import Mode as Mode
 from ._wire import Role as Role
+from .buffers import ChainedPacket as ChainedPacket
+from .buffers import Packet as Packet
 from .client import Client as Client
 from .client import LinkEvent as LinkEvent
 from .client import ReconnectPolicy as ReconnectPolicy
@@ -31,8 +33,6 @@ from .layout import RegionLayout as RegionLayout
 from .queues import Batch as Batch
 from .queues import RxMode as RxMode
 from .queues import RxQueue as RxQueue
-from .ring import ChainedPacket as ChainedPacket
-from .ring import Packet as Packet
 from .server import HandshakeFailure as HandshakeFailure
 from .server import Server as Server
 from .server import serve as serve

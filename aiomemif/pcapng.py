@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Final
 
-from .ring import ChainedPacket
+from .buffers import ChainedPacket
 
 __all__ = [
     "BLOCK_EPB",

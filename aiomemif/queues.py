@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, overload
 
 from . import _loopio
 from . import _wire as w
+from .buffers import ChainedPacket, Packet
 from .errors import (
     BusyResourceError,
     ClosedResourceError,
@@ -24,7 +25,7 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .ring import ChainedPacket, MasterRx, Packet, QueueCounters, SlaveRx, fence
+from .ring import MasterRx, QueueCounters, SlaveRx, fence
 from .shm import EventFd
 
 if TYPE_CHECKING:

@@ -28,15 +28,14 @@ from array import array
 from collections.abc import Iterator, Sequence
 
 from . import _wire as w
+from .buffers import ChainedPacket, Packet
 from .errors import RemoteProtocolError
 
 __all__ = [
-    "ChainedPacket",
     "MasterRx",
     "QueueCounters",
     "Ring",
     "SlaveRx",
-    "as_wire_buffer",
     "descriptor_table",
     "init_ring",
     "ring_cookie_ok",
@@ -102,28 +101,6 @@ def descriptor_table(
     for k, base in enumerate(buffers):
         _DESC.pack_into(out, k * w.DESC_SIZE, 0, region, length, base + headroom, 0)
     return out
-
-
-def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
-    """Return ``packet`` as something a byte slice of shared memory accepts.
-
-    bytes, bytearray and byte-format memoryviews pass through; other buffers are viewed as
-    bytes; objects with ``__bytes__`` (scapy, dpkt) are converted.
-
-    Raises:
-        TypeError: the object is neither a buffer nor convertible with ``bytes()``.
-    """
-    if isinstance(packet, bytes | bytearray):
-        return packet
-    try:
-        view = memoryview(packet)  # type: ignore[arg-type]
-    except TypeError:
-        if hasattr(packet, "__bytes__"):
-            return bytes(packet)
-        raise TypeError(f"cannot send {type(packet).__name__}: not bytes-like") from None
-    if view.format == "B" and view.ndim == 1:
-        return view
-    return view.cast("B") if view.c_contiguous else view.tobytes()
 
 
 class QueueCounters:
@@ -270,55 +247,6 @@ class Ring:
             view.release()
 
 
-class ChainedPacket:
-    """A packet that arrived in several buffers (a NEXT chain), without copying.
-
-    ``segments`` are views into shared memory, valid as long as the batch that holds the
-    packet. ``len()`` is the total size; ``bytes()`` (or :meth:`tobytes`) joins a copy.
-    """
-
-    __slots__ = ("_length", "segments")
-
-    def __init__(self, segments: Sequence[memoryview]) -> None:
-        self.segments = tuple(segments)
-        self._length = sum(len(s) for s in self.segments)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.segments)
-
-    def tobytes(self) -> bytes:
-        """A copy of the whole packet."""
-        return b"".join(self.segments)
-
-    def copy_into(self, buffer: memoryview | bytearray, offset: int = 0) -> int:
-        """Copy the packet into ``buffer`` at ``offset``; return its length.
-
-        Raises:
-            ValueError: the buffer is too small.
-        """
-        out = memoryview(buffer).cast("B")
-        if offset < 0 or offset + self._length > len(out):
-            raise ValueError(f"buffer too small for a {self._length}-byte packet")
-        for seg in self.segments:
-            out[offset : offset + len(seg)] = seg
-            offset += len(seg)
-        return self._length
-
-    def release(self) -> None:
-        for seg in self.segments:
-            seg.release()
-
-    def __repr__(self) -> str:
-        return f"<ChainedPacket {self._length} bytes in {len(self.segments)} buffers>"
-
-
-#: One received packet: a view of one buffer, or a chain of them.
-Packet = memoryview | ChainedPacket
-
-
 class _Receiver:
     """Shared receive logic: scan published descriptors, validate, build views."""
 
@@ -366,7 +294,55 @@ class _Receiver:
             c.packets += n
             c.bytes += nbytes
             return pkts
+        if first & 0xFFFF == _NEXT:
+            chains = self._collect_chains(start, count, limit, head)
+            if chains is not None:
+                return chains
         return self._collect_each(start, count, limit)
+
+    def _collect_chains(
+        self, start: int, count: int, limit: int, head: list[int]
+    ) -> list[Packet] | None:
+        """:meth:`_collect` of a run of equally long chains in one region (jumbo frames of
+        one size), or None for anything else. Only whole chains are taken."""
+        first = head[0]
+        end = first ^ _NEXT  # the last descriptor of a chain: same region, no flags
+        try:
+            k = head.index(end) + 1
+        except ValueError:
+            if len(head) == count:
+                return None  # no chain ends inside the published slots
+            k = 0
+        if not k:  # the first chain is longer than what we read: read more
+            head = self.ring.columns(start, count)[0]
+            if end not in head:
+                return None
+            k = head.index(end) + 1
+        m = min(count // k, limit)
+        used = m * k
+        if m < limit and used < count:
+            return None  # something else follows: the general path takes it all
+        head, lengths, offsets = self.ring.columns(start, used)
+        region = end >> 16
+        if head != ([first] * (k - 1) + [end]) * m or not _descriptors_ok(
+            region, lengths, offsets, self.sizes
+        ):
+            return None
+        mv = self.regions[region]
+        views = [mv[o : o + n] for o, n in zip(offsets, lengths, strict=True)]
+        pkts: list[Packet] = [
+            ChainedPacket._of(tuple(views[i : i + k]), sum(lengths[i : i + k]))
+            for i in range(0, used, k)
+        ]
+        self.last_start = start
+        self.last_slots = list(range(start, start + used, k))
+        self.read = (start + used) & _MASK
+        self.held += used
+        c = self.counters
+        c.packets += m
+        c.bytes += sum(lengths)
+        c.chained += m
+        return pkts
 
     def _collect_one(self, start: int, count: int, limit: int) -> list[Packet]:
         """:meth:`_collect` of a single unchained descriptor (else the general path)."""

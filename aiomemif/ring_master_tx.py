@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _wire as w
+from .buffers import as_wire_buffer
 from .errors import LocalProtocolError, RemoteProtocolError
-from .ring import QueueCounters, Ring, _descriptors_ok, as_wire_buffer
+from .ring import QueueCounters, Ring, _descriptors_ok
 from .ring_tx import (
     MAX_PACKET,
     Reservation,
+    _chain_columns,
+    _copy_chains,
     _copy_run,
     _lengths_of,
     _never_fits,
@@ -149,6 +152,8 @@ class MasterTx(_Reserving):
         region, offsets, cap = run
         size = lengths[0]
         same = lengths.count(size) == n
+        if same and cap < size <= MAX_PACKET:
+            return self._write_chains(seq, size, avail, cap)
         limit = min(cap, MAX_PACKET)
         if not ((same and 0 < size <= limit) or (min(lengths) > 0 and max(lengths) <= limit)):
             return self._write_each(packets, start, avail)
@@ -163,6 +168,31 @@ class MasterTx(_Reserving):
         c.packets += n
         c.bytes += size * n if same else sum(lengths)
         return n
+
+    def _write_chains(self, seq: Sequence[Any], size: int, avail: int, cap: int) -> int:
+        """:meth:`write` of packets that all have the same size, larger than the offered
+        buffers (``cap``, the smallest in the first slots): as many whole chains as fit."""
+        k = -(-size // cap)
+        count = min(len(seq), avail // k)
+        run = self._offered_run(count * k) if count else None
+        if run is None or -(-size // run[2]) != k:
+            return self._write_each(seq, 0, avail)
+        caps = self.ring.columns(self.tail, count * k)[1]
+        if caps.count(caps[0]) != len(caps):  # uneven offers: fit each packet on its own
+            return self._write_each(seq, 0, avail)
+        region, offsets, cap = run
+        if not _copy_chains(self.sinks[region], offsets, seq[:count], size, cap):
+            return self._write_each(seq, 0, avail)
+        lengths, flags = _chain_columns(size, cap, count)
+        ring, tail = self.ring, self.tail
+        ring.write_descriptors(tail, lengths, flags, None)
+        self.tail = (tail + count * k) & _MASK
+        ring.header[ring.tail_index] = self.tail
+        c = self.counters
+        c.packets += count
+        c.bytes += size * count
+        c.chained += count
+        return count
 
     def _offered_run(self, n: int) -> tuple[int, list[int], int] | None:
         """The ``n`` offered slots from tail as (region, offsets, smallest capacity), or

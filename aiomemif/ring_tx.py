@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _wire as w
+from .buffers import as_wire_buffer
 from .errors import (
     ConfigurationError,
     LocalProtocolError,
     PacketTooLargeError,
     RemoteProtocolError,
 )
-from .ring import QueueCounters, Ring, as_wire_buffer
+from .ring import QueueCounters, Ring
 
 __all__ = ["MAX_PACKET", "Reservation", "SlaveTx"]
 
@@ -106,6 +107,35 @@ def _copy_run(
     except (TypeError, ValueError, IndexError, BufferError):
         return False
     return True
+
+
+def _copy_chains(
+    sink: mmap.mmap | memoryview, offsets: Sequence[int], seq: Sequence[Any], size: int, seg: int
+) -> bool:
+    """Copy each ``size``-byte packet of ``seq`` in ``seg``-byte pieces to consecutive
+    ``offsets``. False as :func:`_copy_run`."""
+    k = -(-size // seg)
+    cuts = [(j * seg, min(seg, size - j * seg)) for j in range(k)]
+    slot = iter(offsets)
+    try:
+        for p in seq:
+            view = memoryview(p)
+            if view.format != "B" or view.ndim != 1:
+                return False
+            for at, n in cuts:
+                o = next(slot)
+                sink[o : o + n] = view[at : at + n]
+    except (TypeError, ValueError, IndexError, BufferError):
+        return False
+    return True
+
+
+def _chain_columns(size: int, seg: int, count: int) -> tuple[array[int], array[int]]:
+    """Lengths and flags of ``count`` chains of ``size`` bytes in ``seg``-byte pieces."""
+    k = -(-size // seg)
+    lengths = array("I", [seg] * (k - 1) + [size - seg * (k - 1)]) * count
+    flags = array("H", [_NEXT] * (k - 1) + [0]) * count
+    return lengths, flags
 
 
 def _too_large(n: int, what: str) -> PacketTooLargeError:
@@ -221,6 +251,8 @@ class SlaveTx(_Reserving):
         size = lengths[0]
         cap = self.capacity
         same = lengths.count(size) == n
+        if same and cap < size <= MAX_PACKET and -(-size // cap) <= self.ring.size:
+            return self._write_chains(seq, size, free)
         if not ((same and 0 < size <= cap) or (min(lengths) > 0 and max(lengths) <= cap)):
             return self._write_each(packets, start, free)
         # The bulk path: every packet fits one buffer. Nothing is visible to the peer
@@ -246,6 +278,29 @@ class SlaveTx(_Reserving):
         c.packets += n
         c.bytes += size * n if same else sum(lengths)
         return n
+
+    def _write_chains(self, seq: Sequence[Any], size: int, free: int) -> int:
+        """:meth:`write` of packets that all have the same size, over one buffer: each is
+        a chain of ``k`` buffers; as many whole chains as fit."""
+        ring, head, cap = self.ring, self.head, self.capacity
+        k = -(-size // cap)
+        count = min(len(seq), free // k)
+        if not count:
+            return 0
+        used = count * k
+        s, data = head & ring.mask, self.data
+        offsets = (
+            data[s : s + used] if s + used <= ring.size else data[s:] + data[: s + used - ring.size]
+        )
+        if not _copy_chains(self.sink, offsets, seq[:count], size, cap):
+            return self._write_each(seq, 0, free)
+        lengths, flags = _chain_columns(size, cap, count)
+        self._publish(lengths, offsets, flags)
+        c = self.counters
+        c.packets += count
+        c.bytes += size * count
+        c.chained += count
+        return count
 
     def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:
         """:meth:`write` of one packet that fits one buffer (else the general path)."""

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, overload
 
 from . import _wire as w
+from .buffers import ChainedPacket
 from .errors import (
     BusyResourceError,
     ConfigurationError,
@@ -29,7 +30,7 @@ from .errors import (
     WouldBlockError,
 )
 from .queues import Batch, QueueBase, RxQueue, fresh
-from .ring import ChainedPacket, SlaveRx, fence
+from .ring import SlaveRx, fence
 from .ring_master_tx import MasterTx
 from .ring_tx import Reservation, SlaveTx
 from .shm import EventFd

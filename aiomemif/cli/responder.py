@@ -12,10 +12,10 @@ from typing import IO, Any
 
 from .. import packets
 from .._wire import Role
+from ..buffers import Packet
 from ..config import InterfaceConfig
 from ..connection import Connection
 from ..errors import ClosedResourceError, DisconnectedError, MemifError, PeerDisconnectedError
-from ..ring import Packet
 from ..server import serve
 from .common import add_link_options, emit, interface_config, open_link, positive
 from .tap import Tap, add_pcap_option, open_tap

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, Final
 
+from ..buffers import ChainedPacket
 from ..pcapng import (
     DIRECTION_INBOUND,
     DIRECTION_OUTBOUND,
@@ -29,7 +30,6 @@ from ..pcapng import (
     LINKTYPE_RAW,
     PcapngWriter,
 )
-from ..ring import ChainedPacket
 from .common import UsageError
 
 __all__ = ["Tap", "add_pcap_option", "linktype_of", "open_pcap_stream", "open_tap"]

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
+from ..buffers import ChainedPacket
 from ..errors import DisconnectedError, PeerDisconnectedError
-from ..ring import ChainedPacket
 
 __all__ = [
     "DST_MAC",
