@@ -226,6 +226,17 @@ class _Interrupt:
         finally:
             self._waiter = None
 
+    async def nap(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless woken first (``wake``/``fail`` reach it like ``wait``)."""
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._waiter = fut
+        timer = self._loop.call_later(seconds, _settle, fut, False)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     def _rescan(self) -> None:
         self._safety = None
         if self._waiter is not None:
@@ -420,7 +431,7 @@ class RxQueue(QueueBase):
                 await asyncio.sleep(0)  # let the loop run between spin slices
             return
         if mode is RxMode.POLLING:
-            await asyncio.sleep(self.poll_interval)
+            await self._interrupt.nap(self.poll_interval)  # set_mode/close cut it short
             return
         await self._sleep()
         self._last_packet = time.perf_counter()  # woken: spin again for the next packets

@@ -53,13 +53,13 @@ class MasterTx(_Reserving):
         self.counters = counters
         self.tail = 0
         self.reservation: Reservation | None = None
-        #: Offered descriptors (bytes) of runs that passed the checks, their offsets, the
-        #: one region they name and the smallest capacity among them (see _offered_run).
+        #: Offered descriptors (bytes) of runs that passed the checks, with each slot's
+        #: offset and capacity and the one region they name (see _offered_run).
         self._seen = bytearray(16 * ring.size)
         self._seen_ok = bytearray(ring.size)  # 1 where _seen holds a checked descriptor
         self._seen_offsets = [0] * ring.size
         self._seen_region = -1
-        self._seen_cap = 1 << 32
+        self._seen_caps = [0] * ring.size
 
     def reset(self) -> None:
         """At CONNECT: tail = 0."""
@@ -174,6 +174,8 @@ class MasterTx(_Reserving):
         buffers (``cap``, the smallest in the first slots): as many whole chains as fit."""
         k = -(-size // cap)
         count = min(len(seq), avail // k)
+        if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
+            return self._write_each(seq, 0, avail)
         run = self._offered_run(count * k) if count else None
         if run is None or -(-size // run[2]) != k:
             return self._write_each(seq, 0, avail)
@@ -200,8 +202,7 @@ class MasterTx(_Reserving):
 
         A client re-offers each slot with the same descriptor lap after lap, so the bytes
         of every run that passed the checks are kept: an identical run later is known good
-        from one comparison. Only runs in one region are remembered, and the remembered
-        capacity is the smallest seen (conservative).
+        from one comparison. Only runs in one region are remembered.
         """
         ring = self.ring
         s = ring.mask & self.tail
@@ -214,7 +215,7 @@ class MasterTx(_Reserving):
         a, b = 16 * s, 16 * (s + n)
         raw = ring.desc[a:b].tobytes()  # one snapshot: what is checked is what is used
         if raw == self._seen[a:b] and self._seen_ok.find(0, s, s + n) < 0:
-            return self._seen_region, self._seen_offsets[s : s + n], self._seen_cap
+            return self._seen_region, self._seen_offsets[s : s + n], min(self._seen_caps[s : s + n])
         words = memoryview(raw).cast("I")
         head, caps, offsets = words[0::4].tolist(), words[1::4].tolist(), words[2::4].tolist()
         first = head[0]
@@ -228,7 +229,7 @@ class MasterTx(_Reserving):
             self._seen[a:b] = raw
             self._seen_ok[s : s + n] = _ONES[:n]
             self._seen_offsets[s : s + n] = offsets
-            self._seen_cap = min(self._seen_cap, cap)
+            self._seen_caps[s : s + n] = caps
         return region, offsets, cap
 
     def _write_one(self, packets: Sequence[Any], start: int, avail: int) -> int:

@@ -71,7 +71,7 @@ def _plain(packet: object, capacity: int) -> bool:
     leaves for later may only be left if it is not an error (empty, too large, not bytes),
     which the per-packet path reports before anything of the call is published."""
     try:
-        return 0 < len(memoryview(packet)) <= capacity  # type: ignore[arg-type]
+        return 0 < memoryview(packet).nbytes <= capacity  # type: ignore[arg-type]
     except TypeError:
         return False
 

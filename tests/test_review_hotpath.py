@@ -1,10 +1,11 @@
-"""Review of the hot-path fast paths (985bf67..c0b60b7): bugs found, and one behaviour pinned.
+"""Review of the hot-path fast paths (985bf67..c0b60b7): the bugs it found, now fixed, and
+one behaviour pinned.
 
-Each ``xfail(strict=True)`` test shows a difference between a bulk path and the per-packet
-path it replaces (or, for the polling sleep, a pre-existing stuck receive); it must start
-passing once the bug is fixed. Ring-level tests use :class:`test_fastpath.MmapRig` (the
-client layout in anonymous mmaps, every endpoint copying through the mmap as on a real
-connection); the others run over real links (``test_datapath.linked``).
+Each test shows a difference a bulk path had from the per-packet path it replaces (or, for
+the polling sleep, a pre-existing stuck receive). Ring-level tests use
+:class:`test_fastpath.MmapRig` (the client layout in anonymous mmaps, every endpoint copying
+through the mmap as on a real connection); the others run over real links
+(``test_datapath.linked``).
 """
 
 from __future__ import annotations
@@ -42,12 +43,6 @@ def _lap(r: MmapRig, packets: list[bytes]) -> tuple[int, list[bool], list[bytes]
     return sent, chained, got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MasterTx._offered_run returns _seen_cap, the smallest capacity ever cached, "
-    "for a cache hit: after the client offers larger buffers (lower rx headroom), equal "
-    "packets that fit one buffer are cut into chains at the stale capacity",
-)
 def test_server_chains_packets_that_fit_after_offers_grow() -> None:
     """The client offers 16-byte buffers for one lap (headroom 48 of 64), then 64-byte
     buffers again. Four 40-byte packets fit one offered buffer each, as the per-packet
@@ -72,11 +67,6 @@ def test_server_chains_packets_that_fit_after_offers_grow() -> None:
         r.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stale _seen_cap in MasterTx._offered_run (see the ring-level test): reachable "
-    "through the public RxQueue.set_headroom",
-)
 async def test_link_server_chains_after_client_lowers_rx_headroom(sock_path: str) -> None:
     """A real pair: the client receives with 192 bytes of headroom in 256-byte buffers (64
     usable), then ``set_headroom(0)``. 200-byte frames from the server must still arrive
@@ -109,13 +99,6 @@ def _short_array() -> array[int]:
     return array("H", bytes(70_000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ring_tx._plain measures the packet behind a full ring with "
-    "len(memoryview(p)) (items of the first dimension), not its bytes: an oversized "
-    "multi-dimensional or wide-item buffer is not reported and the ones before it are "
-    "published, where the per-packet path raised PacketTooLargeError with nothing published",
-)
 @pytest.mark.parametrize(
     ("side", "make"),
     [("client", _wide_view), ("server", _wide_view), ("server", _short_array)],
@@ -141,12 +124,6 @@ def test_transmit_reports_an_oversized_buffer_left_for_later(side: str, make: ob
 # ================================== server transmit: a chain run and the offers after it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MasterTx._write_chains sends only the whole chains that fit count*k slots; a "
-    "later offer large enough for the next packet on its own is left unused, where the "
-    "per-packet path fills it (a partial send of fewer packets than fit)",
-)
 def test_server_chain_run_leaves_a_larger_offer_unused() -> None:
     """Offers of 64 bytes except slot 6 (256 bytes, still inside the client's region).
     Three 150-byte packets: the per-packet path sends two 3-buffer chains (slots 0..5) and
@@ -164,12 +141,6 @@ def test_server_chain_run_leaves_a_larger_offer_unused() -> None:
 # ============================================================ receive: modes and waits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (also at 985bf67): a POLLING receive past its spin budget sleeps "
-    "asyncio.sleep(poll_interval) uninterruptibly; set_mode ('a waiting receive re-scans "
-    "at once') and close only take effect when that sleep ends",
-)
 @pytest.mark.parametrize("event", ["set_mode", "close"])
 @pytest.mark.parametrize("receiver", ROLES)
 async def test_polling_receive_reacts_to_set_mode_and_close(
