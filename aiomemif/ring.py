@@ -196,30 +196,6 @@ class Ring:
             words[a + 2 :: 4].tolist() + words[2:b:4].tolist(),
         )
 
-    def write_column(self, start: int, word: int, values: array[int]) -> None:
-        """Store ``values`` into 32-bit word ``word`` (1 = length, 2 = offset) of consecutive
-        descriptors from free-running index ``start``, wrapping once."""
-        s = start & self.mask
-        count = len(values)
-        words = self.words
-        if s + count <= self.size:
-            words[4 * s + word : 4 * (s + count) : 4] = values
-        else:
-            first = self.size - s
-            words[4 * s + word :: 4] = values[:first]
-            words[word : 4 * (count - first) : 4] = values[first:]
-
-    def write_flags(self, start: int, count: int) -> None:
-        """Zero the flags of ``count`` descriptors from free-running index ``start``."""
-        s = start & self.mask
-        halves = self.halves
-        if s + count <= self.size:
-            halves[8 * s : 8 * (s + count) : 8] = _ZERO_FLAGS[:count]
-        else:
-            first = self.size - s
-            halves[8 * s :: 8] = _ZERO_FLAGS[:first]
-            halves[: 8 * (count - first) : 8] = _ZERO_FLAGS[: count - first]
-
     def write_descriptors(
         self,
         start: int,
@@ -286,14 +262,7 @@ class _Receiver:
             else:
                 pkts = [region[o : o + k] for o, k in zip(offsets, lengths, strict=True)]
                 nbytes = sum(lengths)
-            self.last_start = start
-            self.last_slots = None
-            self.read = (start + n) & _MASK
-            self.held += n
-            c = self.counters
-            c.packets += n
-            c.bytes += nbytes
-            return pkts
+            return self._took(pkts, start, n, None, nbytes)
         if first & 0xFFFF == _NEXT:
             chains = self._collect_chains(start, count, limit, head)
             if chains is not None:
@@ -334,15 +303,8 @@ class _Receiver:
             ChainedPacket._of(tuple(views[i : i + k]), sum(lengths[i : i + k]))
             for i in range(0, used, k)
         ]
-        self.last_start = start
-        self.last_slots = list(range(start, start + used, k))
-        self.read = (start + used) & _MASK
-        self.held += used
-        c = self.counters
-        c.packets += m
-        c.bytes += sum(lengths)
-        c.chained += m
-        return pkts
+        slots = list(range(start, start + used, k))
+        return self._took(pkts, start, used, slots, sum(lengths), chained=m)
 
     def _collect_one(self, start: int, count: int, limit: int) -> list[Packet]:
         """:meth:`_collect` of a single unchained descriptor (else the general path)."""
@@ -353,14 +315,7 @@ class _Receiver:
         sizes = self.sizes
         if flags or region >= len(sizes) or not 0 < length <= sizes[region] - offset:
             return self._collect_each(start, count, limit)
-        self.last_start = start
-        self.last_slots = None
-        self.read = (start + 1) & _MASK
-        self.held += 1
-        c = self.counters
-        c.packets += 1
-        c.bytes += length
-        return [self.regions[region][offset : offset + length]]
+        return self._took([self.regions[region][offset : offset + length]], start, 1, None, length)
 
     def _collect_each(self, start: int, count: int, limit: int) -> list[Packet]:
         """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed
@@ -419,6 +374,20 @@ class _Receiver:
                 v.release()
             if slots is None:
                 slots = list(range(start, start + len(pkts)))
+        return self._took(pkts, start, used, slots, nbytes, bad, chained)
+
+    def _took(
+        self,
+        pkts: list[Packet],
+        start: int,
+        used: int,
+        slots: list[int] | None,
+        nbytes: int,
+        bad: int = 0,
+        chained: int = 0,
+    ) -> list[Packet]:
+        """Record a collect of ``used`` slots from ``start`` (``slots``: the first slot of
+        each packet, None if one packet per slot) and return its packets."""
         self.last_start = start
         self.last_slots = slots
         self.read = (start + used) & _MASK

@@ -78,6 +78,13 @@ class MasterTx(_Reserving):
             raise RemoteProtocolError("Ring head out of range")
         return offered
 
+    def _publish(self, lengths: array[int], flags: array[int] | None) -> None:
+        """Write the lengths and flags (zero if None) of the slots from tail; move tail."""
+        ring = self.ring
+        ring.write_descriptors(self.tail, lengths, flags, None)
+        self.tail = (self.tail + len(lengths)) & _MASK
+        ring.header[ring.tail_index] = self.tail
+
     def _offers(self, avail: int, offers: list[tuple[int, int, int] | None], want: int) -> bool:
         """Extend ``offers`` (the checked offered slots from ``tail``) by up to ``want`` more
         slots, never past ``avail``; False when there are no more offered slots."""
@@ -159,11 +166,7 @@ class MasterTx(_Reserving):
             return self._write_each(packets, start, avail)
         if not _copy_run(self.sinks[region], offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, avail)
-        ring, tail = self.ring, self.tail
-        ring.write_column(tail, 1, array("I", lengths))
-        ring.write_flags(tail, n)
-        self.tail = (tail + n) & _MASK
-        ring.header[ring.tail_index] = self.tail
+        self._publish(array("I", lengths), None)
         c = self.counters
         c.packets += n
         c.bytes += size * n if same else sum(lengths)
@@ -185,11 +188,7 @@ class MasterTx(_Reserving):
         region, offsets, cap = run
         if not _copy_chains(self.sinks[region], offsets, seq[:count], size, cap):
             return self._write_each(seq, 0, avail)
-        lengths, flags = _chain_columns(size, cap, count)
-        ring, tail = self.ring, self.tail
-        ring.write_descriptors(tail, lengths, flags, None)
-        self.tail = (tail + count * k) & _MASK
-        ring.header[ring.tail_index] = self.tail
+        self._publish(*_chain_columns(size, cap, count))
         c = self.counters
         c.packets += count
         c.bytes += size * count
@@ -320,9 +319,7 @@ class MasterTx(_Reserving):
             i = len(packets)
         if not lengths:
             return 0
-        self.ring.write_descriptors(self.tail, lengths, flags, None)
-        self.tail = (self.tail + len(lengths)) & _MASK
-        self.ring.header[self.ring.tail_index] = self.tail
+        self._publish(lengths, flags)
         c = self.counters
         c.packets += i - start
         c.bytes += nbytes
@@ -381,9 +378,7 @@ class MasterTx(_Reserving):
             raise LocalProtocolError("not the open reservation of this queue")
         seg_lens, seg_flags = _segment_lengths(res, lengths)
         if not res.empty:  # nothing to interleave
-            self.ring.write_descriptors(self.tail, seg_lens, seg_flags, None)
-            self.tail = (self.tail + res.used) & _MASK
-            self.ring.header[self.ring.tail_index] = self.tail
+            self._publish(seg_lens, seg_flags)
             return self._close(res, sum(seg_lens))
         # Interleave the empty (unusable) slots back in at their positions.
         empty = set(res.empty)
@@ -397,7 +392,5 @@ class MasterTx(_Reserving):
                 lens.append(seg_lens[k])
                 flags.append(seg_flags[k] if seg_flags is not None else 0)
                 k += 1
-        self.ring.write_descriptors(self.tail, lens, flags, None)
-        self.tail = (self.tail + res.used) & _MASK
-        self.ring.header[self.ring.tail_index] = self.tail
+        self._publish(lens, flags)
         return self._close(res, sum(seg_lens), len(empty))

@@ -219,6 +219,11 @@ class SlaveTx(_Reserving):
             raise RemoteProtocolError("Ring tail out of range")
         return ring.size - used
 
+    def _data_run(self, start: int, count: int) -> array[int]:
+        """Data offsets of ``count`` slots from free-running index ``start`` (wrapping)."""
+        s, size, data = start & self.ring.mask, self.ring.size, self.data
+        return data[s : s + count] if s + count <= size else data[s:] + data[: s + count - size]
+
     def _publish(self, lengths: array[int], offsets: array[int], flags: array[int] | None) -> None:
         ring = self.ring
         ring.write_descriptors(self.head, lengths, flags, offsets)
@@ -258,20 +263,18 @@ class SlaveTx(_Reserving):
         # The bulk path: every packet fits one buffer. Nothing is visible to the peer
         # until head moves, so a packet that turns out not to be plain bytes just sends
         # the whole call down the general path.
-        ring, head, sink = self.ring, self.head, self.sink
-        s = head & ring.mask
-        data = self.data
-        offsets = data[s : s + n] if s + n <= ring.size else data[s:] + data[: s + n - ring.size]
-        if not _copy_run(sink, offsets, seq, lengths, size if same else 0):
+        ring, head = self.ring, self.head
+        offsets = self._data_run(head, n)
+        if not _copy_run(self.sink, offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, free)
-        if s + n <= ring.size:
+        s = head & ring.mask
+        if self.dirty > 0:  # lengths, flags 0 and the data offsets
+            ring.write_descriptors(head, array("I", lengths), None, offsets)
+            self.dirty -= n
+        elif s + n <= ring.size:  # clean: only the lengths change
             ring.words[4 * s + 1 : 4 * (s + n) : 4] = array("I", lengths)
         else:
-            ring.write_column(head, 1, array("I", lengths))
-        if self.dirty > 0:
-            ring.write_column(head, 2, offsets)
-            ring.write_flags(head, n)
-            self.dirty -= n
+            ring.write_descriptors(head, array("I", lengths), None, None)
         self.head = (head + n) & _MASK
         ring.header[_HEAD] = self.head
         c = self.counters
@@ -282,16 +285,12 @@ class SlaveTx(_Reserving):
     def _write_chains(self, seq: Sequence[Any], size: int, free: int) -> int:
         """:meth:`write` of packets that all have the same size, over one buffer: each is
         a chain of ``k`` buffers; as many whole chains as fit."""
-        ring, head, cap = self.ring, self.head, self.capacity
+        head, cap = self.head, self.capacity
         k = -(-size // cap)
         count = min(len(seq), free // k)
         if not count:
             return 0
-        used = count * k
-        s, data = head & ring.mask, self.data
-        offsets = (
-            data[s : s + used] if s + used <= ring.size else data[s:] + data[: s + used - ring.size]
-        )
+        offsets = self._data_run(head, count * k)
         if not _copy_chains(self.sink, offsets, seq[:count], size, cap):
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
@@ -414,15 +413,8 @@ class SlaveTx(_Reserving):
             return None
         res = Reservation(self, self.head)
         if nseg == 1:  # one buffer each: views straight from the data offsets
-            s, ring_size = self.head & self.ring.mask, self.ring.size
-            data = self.data
-            offs = (
-                data[s : s + count]
-                if s + count <= ring_size
-                else data[s:] + data[: s + count - ring_size]
-            )
             region = self.region
-            res.segments = [[region[o : o + size]] for o in offs]
+            res.segments = [[region[o : o + size]] for o in self._data_run(self.head, count)]
             res.lengths = [size] * count
             res.used = count
             self.reservation = res
@@ -454,14 +446,7 @@ class SlaveTx(_Reserving):
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
         lens, flags = _segment_lengths(res, lengths)
-        s, ring_size = res.start & self.ring.mask, self.ring.size
-        data = self.data
-        offs = (
-            data[s : s + res.used]
-            if s + res.used <= ring_size
-            else (data[s:] + data[: s + res.used - ring_size])
-        )
-        self._publish(lens, offs, flags)
+        self._publish(lens, self._data_run(res.start, res.used), flags)
         return self._close(res, sum(lens))
 
     # -- zero-copy forwarding --------------------------------------------------------
