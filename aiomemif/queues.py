@@ -303,6 +303,8 @@ class RxQueue(QueueBase):
     ) -> None:
         super().__init__(conn, qid, efd, endpoint.counters)
         self._endpoint = endpoint
+        #: The header word the peer publishes into: tail (M2S, we are the client) or head.
+        self._published = endpoint.ring.tail_index if isinstance(endpoint, SlaveRx) else _HEAD
         self._interrupt = _Interrupt(loop, efd, endpoint.counters)
         self._batch: Batch | None = None
         self._busy = False
@@ -378,8 +380,7 @@ class RxQueue(QueueBase):
     def _poll(self, limit: int) -> list[Packet]:
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
-        if self._error is not None:
-            raise fresh(self._error)
+        self._check()
         if self._batch is not None:
             self._batch.release()
         ep = self._endpoint
@@ -440,9 +441,7 @@ class RxQueue(QueueBase):
         """Scan the ring index without yielding for one spin slice (or until ``until``);
         True as soon as the peer published something."""
         ep = self._endpoint
-        header = ep.ring.header
-        index = ep.ring.tail_index if isinstance(ep, SlaveRx) else _HEAD
-        read = ep.read
+        header, index, read = ep.ring.header, self._published, ep.read
         perf = time.perf_counter
         end = min(until, perf() + _SPIN_SLICE)
         while header[index] == read:
@@ -469,9 +468,7 @@ class RxQueue(QueueBase):
     def _pending(self) -> bool:
         """True if the peer has published slots we have not read (no side effects)."""
         ep = self._endpoint
-        ring = ep.ring
-        index = ring.header[ring.tail_index] if isinstance(ep, SlaveRx) else ring.head
-        return index != ep.read
+        return ep.ring.header[self._published] != ep.read
 
     def receive_nowait(self, max_packets: int = DEFAULT_BATCH) -> Batch:
         """Return the packets waiting now.

@@ -29,7 +29,7 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .queues import Batch, QueueBase, RxQueue, fresh
+from .queues import Batch, QueueBase, RxQueue
 from .ring import SlaveRx, fence
 from .ring_master_tx import MasterTx
 from .ring_tx import Reservation, SlaveTx
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 __all__ = ["TxBuffer", "TxBuffers", "TxQueue"]
-
-_FLAGS: Final = w.RING_FLAGS_OFF // 2
 
 #: A full transmit ring is retried this many times by yielding the CPU (sched_yield, so a
 #: receiver sharing it can drain the ring) and then the loop, then on a 1 ms timer (memif
@@ -131,7 +129,6 @@ class TxQueue(QueueBase):
     ) -> None:
         super().__init__(conn, qid, efd, endpoint.counters)
         self._endpoint = endpoint
-        self._header = endpoint.ring.header
 
     def free_slots(self) -> int:
         """Slots available for packets right now.
@@ -147,13 +144,12 @@ class TxQueue(QueueBase):
 
     def _signal(self) -> None:
         fence()  # our publish must be visible before we read the receiver's MASK_INT
-        if not self._header[_FLAGS] & w.RING_FLAG_MASK_INT:
+        if self._endpoint.ring.wants_signal():
             self._efd.signal()
             self.counters.interrupts_sent += 1
 
     def _write(self, packets: Sequence[object], start: int) -> int:
-        if self._error is not None:
-            raise fresh(self._error)
+        self._check()
         ep = self._endpoint
         if ep.reservation is not None:
             raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
@@ -180,15 +176,17 @@ class TxQueue(QueueBase):
         seq = packets if isinstance(packets, list | tuple) else list(packets)
         n = self._write(seq, 0)
         if n == 0 and seq:
-            self.counters.ring_full += 1
-            raise WouldBlockError(f"tx queue {self.qid} is full")
+            raise self._full()
         return n
+
+    def _full(self) -> WouldBlockError:
+        self.counters.ring_full += 1
+        return WouldBlockError(f"tx queue {self.qid} is full")
 
     def send_nowait(self, packet: object) -> None:
         """Send one packet now. Raises as :meth:`send_batch_nowait`."""
-        if not self._write((packet,), 0):
-            self.counters.ring_full += 1
-            raise WouldBlockError(f"tx queue {self.qid} is full")
+        if not self._write((packet,), 0):  # (send_batch_nowait without its conversions)
+            raise self._full()
 
     async def _backoff(self, retries: int) -> None:
         if retries < _SPIN_RETRIES:
@@ -206,7 +204,7 @@ class TxQueue(QueueBase):
         Raises:
             As :meth:`send_batch_nowait`, except that a full ring is waited for.
         """
-        seq = packets if type(packets) is list or isinstance(packets, tuple) else list(packets)
+        seq = packets if isinstance(packets, list | tuple) else list(packets)
         total = len(seq)
         sent = self._write(seq, 0)
         retries = 0
