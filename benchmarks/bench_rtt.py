@@ -256,10 +256,11 @@ def run_rtt(
         ]
     results = harness.run_workers(ctx, workers, timeout)
     ping = results["pinger"]
-    errors = harness.errors_of(results)
-    ok = not errors and bool(ping.get("ok")) and bool(results["ponger"].get("ok"))
-    if not errors and not ok:
-        errors.append(f"check failed: {ping.get('bad')} bad replies")
+    ok, errors = harness.verdict(
+        results,
+        bool(ping.get("ok")) and bool(results["ponger"].get("ok")),
+        f"{ping.get('bad')} bad replies",
+    )
     return {
         "rtt_us": ping.get("rtt_us", {}) if ok else {},
         "round_trips": ping.get("round_trips", 0),

@@ -129,10 +129,9 @@ def run_handshakes(
         for side, cpu in (("server", pins[0]), ("client", pins[1]))
     ]
     results = harness.run_workers(ctx, workers, timeout)
-    errors = harness.errors_of(results)
-    ok = not errors and all(r.get("ok") for r in results.values())
-    if not errors and not ok:
-        errors.append("check failed: not every interface connected")
+    ok, errors = harness.verdict(
+        results, all(r.get("ok") for r in results.values()), "not every interface connected"
+    )
     return {
         "ok": ok,
         "errors": errors,

@@ -222,11 +222,9 @@ def run_macswap(
     opts = Opts(role="aiomemif", cpu=cpu, timeout=timeout, loop=loop)
     results = harness.run_workers(ctx, [Worker("aiomemif", macswap_worker, (opts, spec))], timeout)
     res = results["aiomemif"]
-    errors = harness.errors_of(results)
-    if not errors and not res.get("ok"):
-        errors.append("check failed: frames lost or not MAC-swapped")
-    res["errors"] = errors
-    res["ok"] = not errors
+    res["ok"], res["errors"] = harness.verdict(
+        results, bool(res.get("ok")), "frames lost or not MAC-swapped"
+    )
     res["preempt"] = harness.preemptions(results)
     return res
 
@@ -309,9 +307,7 @@ def run_c_baseline(ctx: SpawnContext, spec: CSpec, *, timeout: float) -> Json:
     opts = Opts(role="controller", cpu=None, timeout=timeout)
     results = harness.run_workers(ctx, [Worker("controller", c_worker, (opts, spec))], timeout)
     res = results["controller"]
-    errors = harness.errors_of(results)
-    if not errors and not res.get("ok"):
-        errors.append("check failed: the rxonly side received nothing")
-    res["errors"] = errors
-    res["ok"] = not errors
+    res["ok"], res["errors"] = harness.verdict(
+        results, bool(res.get("ok")), "the rxonly side received nothing"
+    )
     return res

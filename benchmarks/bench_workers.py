@@ -455,14 +455,13 @@ def run_flow(
         )
         rx_name, tx_name = "receiver", "sender"
     rx, tx = results[rx_name], results[tx_name]
-    errors = harness.errors_of(results)
-    ok = not errors and bool(rx.get("ok")) and tx.get("sent") == rx.get("received")
-    if not errors and not ok:
-        errors.append(
-            f"check failed: sent {tx.get('sent')}, received {rx.get('received')} "
-            f"(announced {rx.get('announced')}), {rx.get('bad_packets')} bad, "
-            f"{rx.get('extra_packets')} extra, {rx.get('bad_descriptors', 0)} bad descriptors"
-        )
+    ok, errors = harness.verdict(
+        results,
+        bool(rx.get("ok")) and tx.get("sent") == rx.get("received"),
+        f"sent {tx.get('sent')}, received {rx.get('received')} "
+        f"(announced {rx.get('announced')}), {rx.get('bad_packets')} bad, "
+        f"{rx.get('extra_packets')} extra, {rx.get('bad_descriptors', 0)} bad descriptors",
+    )
     pps = float(rx.get("pps", 0.0)) if ok else 0.0
     run: Json = {
         "pps": pps,

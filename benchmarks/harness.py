@@ -460,6 +460,17 @@ def errors_of(results: dict[str, Json]) -> list[str]:
     ]
 
 
+def verdict(results: dict[str, Json], passed: bool, failure: str) -> tuple[bool, list[str]]:
+    """(ok, errors) of a step: the workers' errors if any failed, else ``failure`` (as a
+    "check failed" line) unless the step's own check ``passed``."""
+    errors = errors_of(results)
+    if errors:
+        return False, errors
+    if not passed:
+        return False, [f"check failed: {failure}"]
+    return True, []
+
+
 def preemptions(results: dict[str, Json]) -> int:
     """Involuntary context switches of the busiest worker."""
     return max(
