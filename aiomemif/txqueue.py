@@ -148,11 +148,16 @@ class TxQueue(QueueBase):
             self._efd.signal()
             self.counters.interrupts_sent += 1
 
-    def _write(self, packets: Sequence[object], start: int) -> int:
+    def _free_endpoint(self) -> SlaveTx | MasterTx:
+        """The ring endpoint, provided the link is up and no alloc() buffers are open."""
         self._check()
         ep = self._endpoint
         if ep.reservation is not None:
             raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+        return ep
+
+    def _write(self, packets: Sequence[object], start: int) -> int:
+        ep = self._free_endpoint()
         try:
             n = ep.write(packets, start)
         except RemoteProtocolError as exc:
@@ -239,10 +244,7 @@ class TxQueue(QueueBase):
         """
         if count < 1:
             raise ConfigurationError(f"count must be at least 1, got {count}")
-        self._check()
-        ep = self._endpoint
-        if ep.reservation is not None:
-            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+        ep = self._free_endpoint()
         try:
             res = ep.reserve(count, size)
         except RemoteProtocolError as exc:
