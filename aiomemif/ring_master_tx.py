@@ -21,6 +21,7 @@ from .ring_tx import (
     _chain_columns,
     _copy_chains,
     _copy_run,
+    _length_column,
     _lengths_of,
     _never_fits,
     _plain,
@@ -166,7 +167,7 @@ class MasterTx(_Reserving):
             return self._write_each(packets, start, avail)
         if not _copy_run(self.sinks[region], offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, avail)
-        self._publish(array("I", lengths), None)
+        self._publish(_length_column(lengths, same), None)
         c = self.counters
         c.packets += n
         c.bytes += size * n if same else sum(lengths)
@@ -346,7 +347,7 @@ class MasterTx(_Reserving):
         run = self._offered_run(count) if count <= avail else None
         if run is not None and size <= run[2]:  # one usable buffer each, in bulk
             region = self.regions[run[0]]
-            res.segments = [[region[o : o + size]] for o in run[1]]
+            res.views = [region[o : o + size] for o in run[1]]
             res.lengths = [size] * count
             res.used = count
             self.reservation = res

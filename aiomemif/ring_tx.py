@@ -38,12 +38,14 @@ MAX_PACKET = 65535
 class Reservation:
     """Slots reserved for zero-copy transmit: writable views, published by ``commit``."""
 
-    __slots__ = ("empty", "endpoint", "lengths", "segments", "start", "used")
+    __slots__ = ("empty", "endpoint", "lengths", "segments", "start", "used", "views")
 
     def __init__(self, endpoint: _Reserving, start: int) -> None:
         self.endpoint = endpoint
         self.start = start
-        #: Per packet, the writable segment views (one unless the packet is chained).
+        #: One buffer per packet: the packets' writable views (then ``segments`` is empty).
+        self.views: list[memoryview] | None = None
+        #: Otherwise, per packet, the writable segment views (several for a chain).
         self.segments: list[list[memoryview]] = []
         #: Per packet, the requested length.
         self.lengths: list[int] = []
@@ -51,7 +53,20 @@ class Reservation:
         self.empty: list[int] = []
         self.used = 0
 
+    @property
+    def count(self) -> int:
+        """Packets reserved."""
+        return len(self.views) if self.views is not None else len(self.segments)
+
+    def per_packet(self) -> list[list[memoryview]]:
+        """Every packet's segment views (one-element lists in a one-buffer reservation)."""
+        if self.views is not None:
+            return [[v] for v in self.views]
+        return self.segments
+
     def release_views(self) -> None:
+        for v in self.views or ():
+            v.release()
         for segs in self.segments:
             for v in segs:
                 v.release()
@@ -96,17 +111,23 @@ def _copy_run(
 ) -> bool:
     """Copy ``seq[k]`` to ``offsets[k]`` in ``sink`` (``size`` > 0: every packet has that
     length). False if a packet is not a plain contiguous byte buffer; nothing is published
-    yet then, so the caller takes the per-packet path, which converts or refuses it."""
+    yet then, so the caller takes the per-packet path, which converts or refuses it.
+    The three sequences have the same length (not re-checked here: ``strict`` costs)."""
     try:
         if size:
-            for o, p in zip(offsets, seq, strict=True):
+            for o, p in zip(offsets, seq):  # noqa: B905
                 sink[o : o + size] = p
         else:
-            for o, k, p in zip(offsets, lengths, seq, strict=True):
+            for o, k, p in zip(offsets, lengths, seq):  # noqa: B905
                 sink[o : o + k] = p
     except (TypeError, ValueError, IndexError, BufferError):
         return False
     return True
+
+
+def _length_column(lengths: list[int], same: bool) -> array[int]:
+    """The descriptors' length words for a run (``same``: all equal to the first)."""
+    return array("I", lengths[:1]) * len(lengths) if same else array("I", lengths)
 
 
 def _copy_chains(
@@ -159,12 +180,13 @@ class _Reserving:
         self.reservation = None
         res.release_views()
         c = self.counters
-        c.packets += len(res.segments)
+        n = res.count
+        c.packets += n
         c.bytes += nbytes
         c.bad_descriptors += bad
-        if res.used != len(res.segments):  # some packet took more than one buffer
+        if res.used != n:  # some packet took more than one buffer
             c.chained += sum(1 for s in res.segments if len(s) > 1)
-        return len(res.segments)
+        return n
 
     def cancel(self, res: Reservation) -> None:
         """Drop a reservation without publishing anything."""
@@ -225,11 +247,20 @@ class SlaveTx(_Reserving):
         return data[s : s + count] if s + count <= size else data[s:] + data[: s + count - size]
 
     def _publish(self, lengths: array[int], offsets: array[int], flags: array[int] | None) -> None:
-        ring = self.ring
-        ring.write_descriptors(self.head, lengths, flags, offsets)
-        if flags is not None:
-            self.dirty = ring.size
-        self.head = (self.head + len(lengths)) & _MASK
+        """Write descriptors from ``head`` (``offsets``: each slot's data offset unless the
+        ring is marked dirty first) and publish them by moving head."""
+        ring, head = self.ring, self.head
+        n = len(lengths)
+        if flags is not None or self.dirty > 0:
+            ring.write_descriptors(head, lengths, flags, offsets)
+            self.dirty = ring.size if flags is not None else self.dirty - n
+        else:  # clean: flags are 0 and offsets the slots' own, so only lengths change
+            s = head & ring.mask
+            if s + n <= ring.size:
+                ring.words[4 * s + 1 : 4 * (s + n) : 4] = lengths
+            else:
+                ring.write_descriptors(head, lengths, None, None)
+        self.head = (head + n) & _MASK
         ring.header[_HEAD] = self.head
 
     def write(self, packets: Sequence[object], start: int = 0) -> int:
@@ -263,20 +294,10 @@ class SlaveTx(_Reserving):
         # The bulk path: every packet fits one buffer. Nothing is visible to the peer
         # until head moves, so a packet that turns out not to be plain bytes just sends
         # the whole call down the general path.
-        ring, head = self.ring, self.head
-        offsets = self._data_run(head, n)
+        offsets = self._data_run(self.head, n)
         if not _copy_run(self.sink, offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, free)
-        s = head & ring.mask
-        if self.dirty > 0:  # lengths, flags 0 and the data offsets
-            ring.write_descriptors(head, array("I", lengths), None, offsets)
-            self.dirty -= n
-        elif s + n <= ring.size:  # clean: only the lengths change
-            ring.words[4 * s + 1 : 4 * (s + n) : 4] = array("I", lengths)
-        else:
-            ring.write_descriptors(head, array("I", lengths), None, None)
-        self.head = (head + n) & _MASK
-        ring.header[_HEAD] = self.head
+        self._publish(_length_column(lengths, same), offsets, None)
         c = self.counters
         c.packets += n
         c.bytes += size * n if same else sum(lengths)
@@ -414,7 +435,7 @@ class SlaveTx(_Reserving):
         res = Reservation(self, self.head)
         if nseg == 1:  # one buffer each: views straight from the data offsets
             region = self.region
-            res.segments = [[region[o : o + size]] for o in self._data_run(self.head, count)]
+            res.views = [region[o : o + size] for o in self._data_run(self.head, count)]
             res.lengths = [size] * count
             res.used = count
             self.reservation = res
@@ -469,8 +490,9 @@ class SlaveTx(_Reserving):
             self.data[s] = bufs[s] + self.headroom
             lens.append(length)
             offs.append(off)
-        self._publish(lens, offs, flags)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start
+        self._publish(lens, offs, flags)
+        self.dirty = self.ring.size
 
 
 def _segment_lengths(
@@ -479,14 +501,15 @@ def _segment_lengths(
     """Segment lengths and flags of a reservation whose packets may have shrunk."""
     lens = array("I")
     flags: array[int] | None = None
-    if lengths is not None and len(lengths) != len(res.segments):
+    if lengths is not None and len(lengths) != res.count:
         raise LocalProtocolError("one length per reserved packet is required")
-    if res.segments and res.used == len(res.segments):  # one buffer per packet
-        wanted = res.lengths if lengths is None else list(lengths)
-        size = res.lengths[0]  # every packet of a reservation has the same size
-        if min(wanted) > 0 and max(wanted) <= size:
+    if res.views is not None:  # one buffer per packet, all reserved with the same size
+        if lengths is None:
+            return array("I", res.lengths[:1]) * len(res.views), None
+        wanted = list(lengths)
+        if min(wanted) > 0 and max(wanted) <= res.lengths[0]:
             return array("I", wanted), None
-    for p, segs in enumerate(res.segments):
+    for p, segs in enumerate(res.per_packet()):
         want = res.lengths[p] if lengths is None else lengths[p]
         full = res.lengths[p] - len(segs[-1])
         if not full < want <= res.lengths[p]:

@@ -98,27 +98,60 @@ class TxBuffer:
 
 
 class TxBuffers(Sequence[TxBuffer]):
-    """Buffers reserved by :meth:`TxQueue.alloc`, published by :meth:`TxQueue.commit`."""
+    """Buffers reserved by :meth:`TxQueue.alloc`, published by :meth:`TxQueue.commit`.
 
-    __slots__ = ("_buffers", "_queue", "_reservation")
+    Indexing or iterating gives one :class:`TxBuffer` per packet (made on first use).
+    :attr:`views` is the faster way to fill many unchained packets: plain writable views,
+    with no per-packet objects beyond them.
+    """
+
+    __slots__ = ("_buffers", "_count", "_queue", "_reservation", "_reserved", "_size")
 
     def __init__(self, queue: TxQueue, reservation: Reservation, size: int) -> None:
         self._queue = queue
+        #: The open reservation (None once committed or cancelled).
         self._reservation: Reservation | None = reservation
-        self._buffers = [TxBuffer(segs, size) for segs in reservation.segments]
+        self._reserved = reservation
+        self._size = size
+        self._count = reservation.count
+        self._buffers: list[TxBuffer] | None = None
+
+    def _all(self) -> list[TxBuffer]:
+        if self._buffers is None:
+            size = self._size
+            self._buffers = [TxBuffer(segs, size) for segs in self._reserved.per_packet()]
+        return self._buffers
+
+    @property
+    def views(self) -> list[memoryview]:
+        """One writable view per packet, each exactly the reserved size (a new list).
+
+        Lengths then come from :meth:`TxQueue.commit`'s ``lengths`` (default: the
+        reserved size), not from ``TxBuffer.set_length``.
+
+        Raises:
+            ValueError: the packets are chained (use each :class:`TxBuffer`'s segments),
+                or ``TxBuffer`` objects were already taken (their lengths would be lost).
+        """
+        views = self._reserved.views
+        if views is None:
+            raise ValueError("these packets span several buffers each: use their segments")
+        if self._buffers is not None:
+            raise ValueError("use either the TxBuffer objects or views, not both")
+        return list(views)
 
     def __len__(self) -> int:
-        return len(self._buffers)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> TxBuffer: ...
     @overload
     def __getitem__(self, index: slice) -> list[TxBuffer]: ...
     def __getitem__(self, index: int | slice) -> TxBuffer | list[TxBuffer]:
-        return self._buffers[index]
+        return self._all()[index]
 
     def __iter__(self) -> Iterator[TxBuffer]:
-        return iter(self._buffers)
+        return iter(self._all())
 
 
 class TxQueue(QueueBase):
@@ -264,19 +297,25 @@ class TxQueue(QueueBase):
                 await self._backoff(retries)
                 retries += 1
 
-    def commit(self, buffers: TxBuffers) -> int:
-        """Publish allocated buffers (with each ``TxBuffer.length``); return packets sent.
+    def commit(self, buffers: TxBuffers, lengths: Sequence[int] | None = None) -> int:
+        """Publish allocated buffers; return packets sent.
+
+        Each packet's length is ``lengths[i]`` if given, else its ``TxBuffer.length`` (the
+        reserved size unless ``set_length`` shrank it).
 
         Raises:
-            LocalProtocolError: the buffers were already committed or cancelled, or a
-                length leaves a reserved buffer of a chain empty.
+            LocalProtocolError: the buffers were already committed or cancelled, ``lengths``
+                does not have one entry per packet, or a length is 0, above the reserved
+                size, or leaves a reserved buffer of a chain empty.
             ClosedResourceError / DisconnectedError: the connection is down.
         """
         self._check()
         res = buffers._reservation
         if res is None or buffers._queue is not self:
             raise LocalProtocolError("these buffers were already committed or cancelled")
-        n = self._endpoint.commit(res, [b.length for b in buffers])
+        if lengths is None and buffers._buffers is not None:
+            lengths = [b.length for b in buffers._buffers]
+        n = self._endpoint.commit(res, lengths)
         buffers._reservation = None
         self._signal()
         return n
