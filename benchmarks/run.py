@@ -6,8 +6,10 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
   9000 bytes (9000 travels as 5-buffer chains), batches of 1, 32 and 256, per event loop,
   next to an asyncio ``SOCK_SEQPACKET`` socketpair doing the same transfer (the "socket"
   ratio);
-- zero-copy: 1500 B, the receiver reads every packet through its memoryview only, the
-  sender copies (``send_batch``) or writes in place (``alloc``/``commit``);
+- zero-copy: 1500 B, the receiver takes up to 256 packets per call (the default) and reads
+  every packet's first and last byte in place through its memoryview; the sender copies
+  batches of 32 (``send_batch``) or writes them in place (``alloc``, ``TxBuffers.views``,
+  ``commit``);
 - validation: 64 B and 1500 B with descriptor validation switched off in the two worker
   processes only (next to the same case with it on);
 - shared-core: both processes pinned to ONE cpu (compare: two C busy-pollers on one core);
@@ -257,7 +259,7 @@ class Suite:
                     self.flow(
                         f"zero-copy/memif/1500B/{style}/{d}/{loop}",
                         "zero-copy",
-                        f"memif 1500B views, {style} {d}",
+                        f"memif 1500B views tx32 rx256, {style} {d}",
                         loop,
                         "memif",
                         pins,
@@ -265,6 +267,7 @@ class Suite:
                         direction=d,
                         tx_style=tx,
                         rx_style="views",
+                        rx_batch=256,  # what receive() and ``async for`` take by default
                     )
         if not q:
             self.c_sessions()
