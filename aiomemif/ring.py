@@ -23,7 +23,6 @@ head and tail are read and written as single 16-bit elements of a ``cast("H")`` 
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 from array import array
 from collections.abc import Iterator, Sequence
@@ -69,9 +68,8 @@ def _descriptors_ok(
 ) -> bool:
     """True if every descriptor of a run (all naming ``region``) is usable as it stands:
     the region exists, every length is positive and every buffer ends inside the region
-    (checked conservatively: the largest offset plus the largest length). ``lengths`` is the
-    run's lengths, or a single length that all of them share. A run that fails goes
-    through the per-descriptor path, which checks and counts each descriptor."""
+    (checked conservatively: the largest offset plus the largest length). A run that fails
+    goes through the per-descriptor path, which checks and counts each descriptor."""
     if region >= len(limits):
         return False
     size = lengths[0]
@@ -248,24 +246,7 @@ class _Receiver:
         n = min(count, limit)
         if n == 1:
             return self._collect_one(start, count, limit)
-        ring = self.ring
-        s = start & ring.mask
-        if s + n <= ring.size:
-            # The common run: n equal packets in one region. Compare the first-word and
-            # length columns as bytes (no int objects) before building any list.
-            words = ring.words
-            a, b = 4 * s, 4 * (s + n)
-            heads = words[a:b:4].tobytes()
-            lens = words[a + 1 : b : 4].tobytes()
-            if heads == heads[:4] * n and lens == lens[:4] * n:
-                first = int.from_bytes(heads[:4], sys.byteorder)
-                size = int.from_bytes(lens[:4], sys.byteorder)
-                offsets = words[a + 2 : b : 4].tolist()
-                if not first & 0xFFFF and _descriptors_ok(first >> 16, [size], offsets, self.sizes):
-                    region = self.regions[first >> 16]
-                    pkts: list[Packet] = [region[o : o + size] for o in offsets]
-                    return self._took(pkts, start, n, None, size * n)
-        head, lengths, offsets = ring.columns(start, n)
+        head, lengths, offsets = self.ring.columns(start, n)
         first = head[0]  # flags | region << 16: a run without chains in one region
         if (
             not first & 0xFFFF
@@ -274,6 +255,7 @@ class _Receiver:
         ):
             region = self.regions[first >> 16]
             size = lengths[0]
+            pkts: list[Packet]
             if lengths.count(size) == n:
                 pkts = [region[o : o + size] for o in offsets]
                 nbytes = size * n
