@@ -36,6 +36,7 @@ from hostile import M2S, S2M, SlaveMemory
 from test_datapath import ROLES, TIMEOUT, eventually, linked, payload
 from test_hostile import fake_client_link, fake_master_link, master_publish, master_send
 
+import aiomemif.ring
 from aiomemif import (
     ChainedPacket,
     Connection,
@@ -197,12 +198,23 @@ class MmapRig:
                 pass
 
 
-@pytest.fixture
-def rigs() -> Iterator[Callable[..., MmapRig]]:
-    """Build :class:`MmapRig` objects (closed after the test)."""
+@pytest.fixture(params=["long-runs-only", "bytes-from-2"])
+def rigs(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., MmapRig]]:
+    """Build :class:`MmapRig` objects (closed after the test). Every test runs twice: with
+    the receive path's bytes comparison left to long runs (as shipped), and with it taking
+    every run of two or more descriptors (these rings hold 8). That path only takes runs
+    that do not cross the ring's end, so there the default start is slot 0 of the ring
+    (the free-running index still wraps at the end of an 8-slot run)."""
+    bytes_path = request.param == "bytes-from-2"
+    if bytes_path:
+        monkeypatch.setattr(aiomemif.ring, "_BYTES_RUN", 2)
     made: list[MmapRig] = []
 
     def make(**kw: Any) -> MmapRig:
+        if bytes_path:
+            kw.setdefault("start", MASK - 7)
         made.append(MmapRig(**kw))
         return made[-1]
 
@@ -551,6 +563,29 @@ def test_run_with_two_regions_or_a_chain(
     assert c.chained == sum(chain for _, chain in expected)
     assert rx.held == 8
     rx.release()
+
+
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_equal_run_with_next_on_every_descriptor(
+    rigs: Callable[..., MmapRig], direction: str
+) -> None:
+    """Eight descriptors alike in every word but the offset, all with NEXT: one chain that
+    the published index cuts off. Nothing is delivered, one bad chain is counted, and all
+    eight slots still go back."""
+    r = rigs()
+    rx = r.receiver(direction)
+    first = rx.read
+    descs = []
+    for j in range(8):
+        base = r.own_buffer(direction, first + j)
+        r.write(r.breg, base, payload(j, L))
+        descs.append((NEXT, r.breg, L, base))
+    r.publish(direction, descs)
+    assert rx.poll(64) == []
+    c = rx.counters
+    assert (c.packets, c.bad_descriptors, rx.held) == (0, 1, 8)
+    rx.release()
+    assert rx.held == 0
 
 
 # ============================================================= 4. bulk runs across the ring end
