@@ -186,6 +186,18 @@ class MmapRig:
         table = self.tx_table if direction == "s2m" else self.rx_table
         return table[idx & self.mask]
 
+    def stage(
+        self, direction: str, first: int, packets: Sequence[bytes], flags: Sequence[int] = ()
+    ) -> list[tuple[int, int, int, int]]:
+        """Write ``packets[j]`` into the client's buffer behind slot ``first + j``; return
+        their ``(flags, region, length, offset)`` descriptors (flags 0 unless given)."""
+        descs = []
+        for j, p in enumerate(packets):
+            base = self.own_buffer(direction, first + j)
+            self.write(self.breg, base, p)
+            descs.append((flags[j] if flags else 0, self.breg, len(p), base))
+        return descs
+
     def close(self) -> None:
         for ring in (self.s2m_slave, self.s2m_master, self.m2s_slave, self.m2s_master):
             ring.release()
@@ -356,11 +368,7 @@ def test_run_with_one_bad_descriptor(
     rx = r.receiver(direction)
     first = rx.read
     packets = [payload(j, L) for j in range(8)]
-    descs = []
-    for j, p in enumerate(packets):
-        base = r.own_buffer(direction, first + j)
-        r.write(r.breg, base, p)
-        descs.append((0, r.breg, L, base))
+    descs = r.stage(direction, first, packets)
     good = list(range(8))
     if kind is None:
         forbid(monkeypatch, rx, "_collect_each")
@@ -435,11 +443,7 @@ def test_poll_one_at_a_time_over_a_bad_descriptor(
     rx = r.receiver(direction)
     first = rx.read
     packets = [payload(10 + j, L) for j in range(3)]
-    descs = []
-    for j, p in enumerate(packets):
-        base = r.own_buffer(direction, first + j)
-        r.write(r.breg, base, p)
-        descs.append((0, r.breg, L, base))
+    descs = r.stage(direction, first, packets)
     descs[0] = bad_descriptor(r, direction, kind, first)
     r.publish(direction, descs)
     assert take(rx.poll(1)) == [packets[1]]
@@ -457,12 +461,7 @@ def test_poll_one_returns_a_whole_chain(rigs: Callable[..., MmapRig], direction:
     rx = r.receiver(direction)
     first = rx.read
     parts = [payload(20 + j, L) for j in range(3)]
-    descs = []
-    for j, p in enumerate(parts):
-        base = r.own_buffer(direction, first + j)
-        r.write(r.breg, base, p)
-        descs.append((NEXT if j == 0 else 0, r.breg, L, base))
-    r.publish(direction, descs)
+    r.publish(direction, r.stage(direction, first, parts, [NEXT, 0, 0]))
     views = rx.poll(1)
     assert [isinstance(v, ChainedPacket) for v in views] == [True]
     assert take(views) == [parts[0] + parts[1]]
@@ -575,12 +574,8 @@ def test_equal_run_with_next_on_every_descriptor(
     r = rigs()
     rx = r.receiver(direction)
     first = rx.read
-    descs = []
-    for j in range(8):
-        base = r.own_buffer(direction, first + j)
-        r.write(r.breg, base, payload(j, L))
-        descs.append((NEXT, r.breg, L, base))
-    r.publish(direction, descs)
+    packets = [payload(j, L) for j in range(8)]
+    r.publish(direction, r.stage(direction, first, packets, [NEXT] * 8))
     assert rx.poll(64) == []
     c = rx.counters
     assert (c.packets, c.bad_descriptors, rx.held) == (0, 1, 8)
