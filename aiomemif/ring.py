@@ -200,6 +200,27 @@ class Ring:
             words[a + 2 :: 4].tolist() + words[2:b:4].tolist(),
         )
 
+    def uniform_run(self, start: int, count: int) -> tuple[int, int, list[int]] | None:
+        """``(first word, length, offsets)`` of ``count`` descriptors from free-running
+        index ``start`` if they all share their first word (flags | region << 16) and
+        their length, else None (also when the run crosses the ring's end).
+
+        The two columns are compared as bytes, without making int objects. The first
+        word and length are read on their own: callers check them like any other values,
+        the comparison only tells that every descriptor matched them when it was made.
+        """
+        s = start & self.mask
+        if s + count > self.size:
+            return None
+        words = self.words
+        a, b = 4 * s, 4 * (s + count)
+        first, length = words[a], words[a + 1]
+        heads = words[a:b:4].tobytes()
+        lengths = words[a + 1 : b : 4].tobytes()
+        if heads != heads[:4] * count or lengths != lengths[:4] * count:
+            return None
+        return first, length, words[a + 2 : b : 4].tolist()
+
     def write_descriptors(
         self,
         start: int,
@@ -251,23 +272,13 @@ class _Receiver:
         if n == 1:
             return self._collect_one(start, count, limit)
         ring = self.ring
-        s = start & ring.mask
-        if n >= _BYTES_RUN and s + n <= ring.size:
-            # A long run of equal packets in one region: compare the first-word and length
-            # columns as bytes (no int objects) before building any list. (The values
-            # read first are checked below like any other; the snapshot only tells that
-            # every descriptor of the run matched them.)
-            words = ring.words
-            a, b = 4 * s, 4 * (s + n)
-            first, size = words[a], words[a + 1]
-            heads = words[a:b:4].tobytes()
-            lens = words[a + 1 : b : 4].tobytes()
-            if heads == heads[:4] * n and lens == lens[:4] * n:
-                offsets = words[a + 2 : b : 4].tolist()
-                if not first & 0xFFFF and _descriptors_ok(first >> 16, [size], offsets, self.sizes):
-                    region = self.regions[first >> 16]
-                    pkts: list[Packet] = [region[o : o + size] for o in offsets]
-                    return self._took(pkts, start, n, None, size * n)
+        run = ring.uniform_run(start, n) if n >= _BYTES_RUN else None
+        if run is not None:  # a long run of equal packets: no int lists for two columns
+            first, size, offsets = run
+            if not first & 0xFFFF and _descriptors_ok(first >> 16, [size], offsets, self.sizes):
+                region = self.regions[first >> 16]
+                pkts: list[Packet] = [region[o : o + size] for o in offsets]
+                return self._took(pkts, start, n, None, size * n)
         head, lengths, offsets = ring.columns(start, n)
         first = head[0]  # flags | region << 16: a run without chains in one region
         if (
