@@ -18,6 +18,7 @@ from .ring import QueueCounters, Ring, _descriptors_ok
 from .ring_tx import (
     MAX_PACKET,
     Reservation,
+    _all_fit,
     _chain_columns,
     _copy_chains,
     _copy_run,
@@ -162,8 +163,7 @@ class MasterTx(_Reserving):
         same = lengths.count(size) == n
         if same and cap < size <= MAX_PACKET:
             return self._write_chains(seq, size, avail, cap)
-        limit = min(cap, MAX_PACKET)
-        if not ((same and 0 < size <= limit) or (min(lengths) > 0 and max(lengths) <= limit)):
+        if not _all_fit(lengths, same, min(cap, MAX_PACKET)):
             return self._write_each(packets, start, avail)
         if not _copy_run(self.sinks[region], offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, avail)

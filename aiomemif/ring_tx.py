@@ -125,6 +125,13 @@ def _copy_run(
     return True
 
 
+def _all_fit(lengths: list[int], same: bool, limit: int) -> bool:
+    """True if every packet of a run is non-empty and at most ``limit`` bytes (``same``:
+    all have the first one's length)."""
+    size = lengths[0]
+    return (same and 0 < size <= limit) or (min(lengths) > 0 and max(lengths) <= limit)
+
+
 def _length_column(lengths: list[int], same: bool) -> array[int]:
     """The descriptors' length words for a run (``same``: all equal to the first)."""
     return array("I", lengths[:1]) * len(lengths) if same else array("I", lengths)
@@ -289,7 +296,7 @@ class SlaveTx(_Reserving):
         same = lengths.count(size) == n
         if same and cap < size <= MAX_PACKET and -(-size // cap) <= self.ring.size:
             return self._write_chains(seq, size, free)
-        if not ((same and 0 < size <= cap) or (min(lengths) > 0 and max(lengths) <= cap)):
+        if not _all_fit(lengths, same, cap):
             return self._write_each(packets, start, free)
         # The bulk path: every packet fits one buffer. Nothing is visible to the peer
         # until head moves, so a packet that turns out not to be plain bytes just sends

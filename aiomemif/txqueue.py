@@ -105,7 +105,7 @@ class TxBuffers(Sequence[TxBuffer]):
     with no per-packet objects beyond them.
     """
 
-    __slots__ = ("_buffers", "_count", "_queue", "_reservation", "_reserved", "_size")
+    __slots__ = ("_buffers", "_queue", "_reservation", "_reserved", "_size")
 
     def __init__(self, queue: TxQueue, reservation: Reservation, size: int) -> None:
         self._queue = queue
@@ -113,7 +113,6 @@ class TxBuffers(Sequence[TxBuffer]):
         self._reservation: Reservation | None = reservation
         self._reserved = reservation
         self._size = size
-        self._count = reservation.count
         self._buffers: list[TxBuffer] | None = None
 
     def _all(self) -> list[TxBuffer]:
@@ -141,7 +140,7 @@ class TxBuffers(Sequence[TxBuffer]):
         return list(views)
 
     def __len__(self) -> int:
-        return self._count
+        return self._reserved.count
 
     @overload
     def __getitem__(self, index: int) -> TxBuffer: ...
