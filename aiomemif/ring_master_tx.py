@@ -178,8 +178,6 @@ class MasterTx(_Reserving):
         buffers (``cap``, the smallest in the first slots): as many whole chains as fit."""
         k = -(-size // cap)
         count = min(len(seq), avail // k)
-        if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
-            return self._write_each(seq, 0, avail)
         run = self._offered_run(count * k) if count else None
         if run is None or -(-size // run[2]) != k:
             return self._write_each(seq, 0, avail)
@@ -194,6 +192,8 @@ class MasterTx(_Reserving):
         c.packets += count
         c.bytes += size * count
         c.chained += count
+        if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
+            count += self._write_each(seq, count, avail - count * k)
         return count
 
     def _offered_run(self, n: int) -> tuple[int, list[int], int] | None:
