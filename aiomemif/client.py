@@ -16,7 +16,7 @@ import attrs
 from . import _wire as w
 from ._channel import ControlChannel, connect_socket, format_address, parse_address
 from .config import InterfaceConfig
-from .connection import Connection, UntilClosed
+from .connection import Connection, UntilClosed, discard_queued
 from .errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -315,8 +315,10 @@ class Client:
                 self._publish(LinkEvent(True, conn))
                 err = await conn.wait_closed()
                 self.connection = None
+                discard_queued(self._queue, conn)  # never taken by connections(): drop it
                 reason = err.reason if isinstance(err, DisconnectedError) else str(err)
                 self._publish(LinkEvent(False, conn, reason, err))
+                del conn  # nothing here should keep a dead link alive while reconnecting
                 if isinstance(err, DisconnectedError):
                     self.last_error = err
                 await asyncio.sleep(self.policy.delay(1))
@@ -357,7 +359,8 @@ class Client:
         return await self.wait_connected()
 
     def connections(self) -> AsyncIterator[Connection]:
-        """Each new connection as it comes up (see the class docstring)."""
+        """Each new connection as it comes up (see the class docstring). A link that went
+        down before it was taken is skipped (and not kept)."""
         return UntilClosed(self._next)
 
     async def wait_connected(self) -> Connection:
@@ -381,16 +384,18 @@ class Client:
             await self._changed.wait()
 
     async def _next(self) -> Connection:
-        if self._closed:
-            raise ClosedResourceError("client closed")
-        item = await self._queue.get()
-        if item is None:
-            self._queue.put_nowait(None)
-            raise ClosedResourceError("client closed")
-        if isinstance(item, MemifError):
-            self._queue.put_nowait(item)
-            raise item
-        return item
+        while True:
+            if self._closed:
+                raise ClosedResourceError("client closed")
+            item = await self._queue.get()
+            if item is None:
+                self._queue.put_nowait(None)
+                raise ClosedResourceError("client closed")
+            if isinstance(item, MemifError):
+                self._queue.put_nowait(item)
+                raise item
+            if item.is_up:  # skip a link that went down before it was taken
+                return item
 
     async def aclose(self) -> None:
         """Stop reconnecting and close the live connection (DISCONNECT sent)."""

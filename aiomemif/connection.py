@@ -26,7 +26,7 @@ from .ring import Ring
 from .shm import EventFd, Region, close_fd
 from .txqueue import TxQueue
 
-__all__ = ["Connection", "UntilClosed"]
+__all__ = ["Connection", "UntilClosed", "discard_queued"]
 
 T = TypeVar("T")
 
@@ -233,3 +233,15 @@ class UntilClosed(Generic[T]):
             return await self._get()
         except ClosedResourceError:
             raise StopAsyncIteration from None
+
+
+def discard_queued(queue: asyncio.Queue[T], item: T) -> None:
+    """Remove ``item`` from ``queue`` if it is still waiting there; the rest keep their
+    order. (A connection that went down before anyone took it is not kept alive.)"""
+    kept: list[T] = []
+    while not queue.empty():
+        other = queue.get_nowait()
+        if other is not item:
+            kept.append(other)
+    for other in kept:
+        queue.put_nowait(other)

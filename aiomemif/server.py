@@ -16,7 +16,7 @@ from . import _loopio
 from . import _wire as w
 from ._channel import ControlChannel, Listener, format_address, parse_address
 from .config import InterfaceConfig
-from .connection import Connection, UntilClosed
+from .connection import Connection, UntilClosed, discard_queued
 from .errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -256,6 +256,7 @@ class Server:
     def _on_conn_closed(self, conn: Connection) -> None:
         if self._bound.get(conn.interface_id) is conn:
             del self._bound[conn.interface_id]
+        discard_queued(self._ready, conn)  # never accepted: nothing should keep it
 
     async def accept(self) -> Connection:
         """Wait for the next client to complete its handshake (live connections only).

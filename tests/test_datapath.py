@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import random
+import weakref
 from collections.abc import AsyncIterator, Sequence
 
 import attrs
@@ -1197,3 +1199,43 @@ async def test_wait_link_up_wakes_on_close(sock_path: str) -> None:
     with pytest.raises(aiomemif.ClosedResourceError):
         async with asyncio.timeout(TIMEOUT):
             await waiter
+
+
+async def test_client_drops_a_connection_that_went_down_untaken(sock_path: str) -> None:
+    """A link that comes and goes while nobody iterates connections() is not kept alive,
+    and connections() then yields the next live link, not the dead one."""
+    policy = aiomemif.ReconnectPolicy(initial=0.01, maximum=0.02)
+    async with (
+        aiomemif.serve(sock_path) as srv,
+        aiomemif.Client(sock_path, reconnect=policy) as client,
+    ):
+        async with asyncio.timeout(TIMEOUT):
+            first = await client.wait_link_up()
+            await (await srv.accept()).aclose("go away")
+            await first.wait_closed()
+            while client.connection is first:
+                await asyncio.sleep(0.001)
+            dead = weakref.ref(first)
+            del first
+            gc.collect()
+            assert dead() is None
+            async for conn in client.connections():
+                assert conn.is_up
+                break
+            assert client.connection is conn
+
+
+async def test_server_drops_a_connection_that_went_down_unaccepted(sock_path: str) -> None:
+    async with aiomemif.serve(sock_path) as srv:
+        async with asyncio.timeout(TIMEOUT):
+            async with aiomemif.connect(sock_path):
+                while 0 not in srv.connections_by_id:
+                    await asyncio.sleep(0.001)
+                dead = weakref.ref(srv.connections_by_id[0])
+            while 0 in srv.connections_by_id:
+                await asyncio.sleep(0.001)
+            gc.collect()
+            assert dead() is None
+            async with aiomemif.connect(sock_path):
+                conn = await srv.accept()
+                assert conn.is_up
