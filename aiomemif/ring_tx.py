@@ -58,6 +58,16 @@ class Reservation:
         """Packets reserved."""
         return len(self.views) if self.views is not None else len(self.segments)
 
+    def one_view_each(self) -> list[memoryview] | None:
+        """Every packet's only view if none is chained (also when the reservation was made
+        packet by packet, around unusable offers), else None."""
+        if self.views is not None:
+            return self.views
+        segments = self.segments
+        if any(len(segs) != 1 for segs in segments):
+            return None
+        return [segs[0] for segs in segments]
+
     def per_packet(self) -> list[list[memoryview]]:
         """Every packet's segment views (one-element lists in a one-buffer reservation)."""
         if self.views is not None:

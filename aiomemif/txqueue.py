@@ -132,12 +132,17 @@ class TxBuffers(Sequence[TxBuffer]):
             ValueError: the packets are chained (use each :class:`TxBuffer`'s segments),
                 or ``TxBuffer`` objects were already taken (their lengths would be lost).
         """
-        views = self._reserved.views
+        views = self._reserved.one_view_each()
         if views is None:
             raise ValueError("these packets span several buffers each: use their segments")
         if self._buffers is not None:
             raise ValueError("use either the TxBuffer objects or views, not both")
         return list(views)
+
+    @property
+    def chained(self) -> bool:
+        """True if a packet spans several buffers (then :attr:`views` is not available)."""
+        return self._reserved.one_view_each() is None
 
     def __len__(self) -> int:
         return self._reserved.count

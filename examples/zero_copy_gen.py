@@ -53,11 +53,18 @@ async def generate(args: argparse.Namespace) -> int:
             while sent < args.count:
                 # Reserve up to --batch frames; alloc() waits until the ring has room.
                 bufs = await tx.alloc(min(args.batch, args.count - sent), args.size)
-                for seq, buf in enumerate(bufs, sent):
-                    # buf.view is the first (for frames up to the buffer size, the only)
-                    # segment; buf.write() spreads data over a chain of buffers.
-                    HEADER.pack_into(buf.view, 0, b"\xff" * 6, src, ETHERTYPE, seq)
-                    buf.write(padding, HEADER.size)  # old data may still be in the buffer
+                if not bufs.chained:
+                    # Each frame fits one buffer: bufs.views is one plain writable view per
+                    # frame (the fast way, no per-frame objects beyond the views).
+                    for seq, view in enumerate(bufs.views, sent):
+                        HEADER.pack_into(view, 0, b"\xff" * 6, src, ETHERTYPE, seq)
+                        view[HEADER.size :] = padding  # old data may still be there
+                else:
+                    for seq, buf in enumerate(bufs, sent):
+                        # A chained frame: buf.view is its first segment, buf.write()
+                        # spreads data over all of them.
+                        HEADER.pack_into(buf.view, 0, b"\xff" * 6, src, ETHERTYPE, seq)
+                        buf.write(padding, HEADER.size)
                 sent += tx.commit(bufs)  # publish the whole batch, signal the peer once
         except aiomemif.DisconnectedError as exc:
             print(f"link down after {sent} packets: {exc.reason}", flush=True)

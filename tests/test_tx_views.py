@@ -102,6 +102,38 @@ async def test_views_refused_for_chains_and_after_txbuffers(sock_path: str, send
             rx.receive_nowait()
 
 
+async def test_server_views_around_an_unusable_offer(sock_path: str) -> None:
+    """A server reservation made packet by packet (an offered slot is unusable) still
+    has one buffer per packet: views works, and the bad slot goes back empty."""
+    async with linked(sock_path, CFG) as (s, c):
+        tx, rx = ends(s, c, "server")
+        offered = c.rx_queues[0]._endpoint.ring
+        slot = (tx._endpoint.tail + 1) & offered.mask
+        offered.halves[8 * slot + 1] = 99  # region 99 does not exist
+        bufs = tx.alloc_nowait(3, 100)
+        assert not bufs.chained
+        assert bufs._reserved.views is None  # the per-packet reservation path
+        views = bufs.views
+        for k, view in enumerate(views):
+            view[:] = payload(k, 100)
+        assert tx.commit(bufs, [100, 50, 100]) == 3
+        expected = [payload(0, 100), payload(1, 100)[:50], payload(2, 100)]
+        assert await receive_count(rx, 3) == expected
+        assert tx.counters.bad_descriptors == 1
+
+
+@pytest.mark.parametrize("sender", ROLES)
+async def test_chained_tells_whether_views_are_available(sock_path: str, sender: str) -> None:
+    async with linked(sock_path, CFG) as (s, c):
+        tx, _rx = ends(s, c, sender)
+        bufs = tx.alloc_nowait(2, 600)
+        assert bufs.chained
+        tx.cancel(bufs)
+        bufs = tx.alloc_nowait(2, 256)
+        assert not bufs.chained and len(bufs.views) == 2
+        tx.cancel(bufs)
+
+
 async def test_client_commit_after_a_chain_clears_its_flags(sock_path: str) -> None:
     """A chain leaves NEXT flags in the ring; one-buffer commits that later land in those
     slots (without wrapping) must clear them, not only rewrite the lengths."""
