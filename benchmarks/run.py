@@ -9,7 +9,7 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
 - zero-copy: 1500 B, the receiver takes up to 256 packets per call (the default) and reads
   every packet's first and last byte in place through its memoryview; the sender copies
   batches of 32 (``send_batch``) or writes them in place (``alloc``, ``TxBuffers.views``,
-  ``commit``);
+  ``commit``); the c2s cases run ``--repeat`` times, interleaved, like the key cases;
 - validation: 64 B and 1500 B with descriptor validation switched off in the two worker
   processes only (next to the same case with it on);
 - shared-core: both processes pinned to ONE cpu (compare: two C busy-pollers on one core);
@@ -74,7 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", action="append", default=[], help="leave out matching cases")
     p.add_argument("--loop", choices=["asyncio", "uvloop"], help="only this event loop")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
-    p.add_argument("--repeat", type=int, default=0, help="runs of the key cases (3; quick 1)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="runs of the key cases: 64 B b32 and 1500 B zero-copy c2s (3; quick 1)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results ({DEFAULT_JSON})")
     p.add_argument("--plot", type=Path, help="PNG path (default: next to --json, if matplotlib)")
     p.add_argument("--no-plot", action="store_true")
@@ -230,6 +235,21 @@ class Suite:
                 **extra,
             )
 
+    def zero_copy(self, loop: str, direction: str, style: str) -> None:
+        self.flow(
+            f"zero-copy/memif/1500B/{style}/{direction}/{loop}",
+            "zero-copy",
+            f"memif 1500B views tx32 rx256, {style} {direction}",
+            loop,
+            "memif",
+            (self.a, self.b),
+            size=1500,
+            direction=direction,
+            tx_style="copy" if style == "send_batch" else "alloc",
+            rx_style="views",
+            rx_batch=256,  # what receive() and ``async for`` take by default
+        )
+
     def c_sessions(self) -> None:
         """One testpmd txonly -> rxonly session (two processes): three records."""
         runs = (("separate", 64), ("separate", 1500), ("shared", 64))
@@ -253,22 +273,13 @@ class Suite:
                         self.oneway(
                             loop, size, batch, ("socket",) if q else ("socket", "c2s", "s2c")
                         )
-        for loop in loops:
-            for d in ("c2s",) if q else ("c2s", "s2c"):
-                for style, tx in (("send_batch", "copy"), ("alloc", "alloc")):
-                    self.flow(
-                        f"zero-copy/memif/1500B/{style}/{d}/{loop}",
-                        "zero-copy",
-                        f"memif 1500B views tx32 rx256, {style} {d}",
-                        loop,
-                        "memif",
-                        pins,
-                        size=1500,
-                        direction=d,
-                        tx_style=tx,
-                        rx_style="views",
-                        rx_batch=256,  # what receive() and ``async for`` take by default
-                    )
+        # Zero-copy: the c2s cases carry a target, so they are repeated (interleaved) too.
+        rounds = [("c2s",)] * self.args.repeat + ([] if q else [("s2c",)])
+        for directions in rounds:
+            for loop in loops:
+                for d in directions:
+                    for style in ("send_batch", "alloc"):
+                        self.zero_copy(loop, d, style)
         if not q:
             self.c_sessions()
         self.plan_validation()
