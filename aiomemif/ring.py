@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 
 from . import _wire as w
 from .buffers import ChainedPacket, Packet
+from .checked_runs import CheckedRuns
 from .errors import RemoteProtocolError
 
 __all__ = [
@@ -80,6 +81,13 @@ def _descriptors_ok(
     if lengths.count(size) == len(lengths):
         return size > 0 and max(offsets) + size <= limits[region]
     return min(lengths) > 0 and max(offsets) + max(lengths) <= limits[region]
+
+
+def _uniform(raw: bytes, count: int) -> bool:
+    """True if the ``count`` descriptors in ``raw`` all share their first eight bytes
+    (flags, region and length), compared as bytes without making int objects."""
+    firsts = memoryview(raw).cast("Q")[0::2].tobytes()
+    return firsts == firsts[:8] * count
 
 
 def ring_cookie_ok(region: memoryview, offset: int) -> bool:
@@ -200,26 +208,14 @@ class Ring:
             words[a + 2 :: 4].tolist() + words[2:b:4].tolist(),
         )
 
-    def uniform_run(self, start: int, count: int) -> tuple[int, int, list[int]] | None:
-        """``(first word, length, offsets)`` of ``count`` descriptors from free-running
-        index ``start`` if they all share their first word (flags | region << 16) and
-        their length, else None (also when the run crosses the ring's end).
-
-        The two columns are compared as bytes, without making int objects. The first
-        word and length are read on their own: callers check them like any other values,
-        the comparison only tells that every descriptor matched them when it was made.
-        """
+    def snapshot(self, start: int, count: int) -> bytes:
+        """The raw bytes of ``count`` descriptors from free-running index ``start``
+        (wrapping once): one copy that is then both compared and parsed."""
         s = start & self.mask
-        if s + count > self.size:
-            return None
-        words = self.words
-        a, b = 4 * s, 4 * (s + count)
-        first, length = words[a], words[a + 1]
-        heads = words[a:b:4].tobytes()
-        lengths = words[a + 1 : b : 4].tobytes()
-        if heads != heads[:4] * count or lengths != lengths[:4] * count:
-            return None
-        return first, length, words[a + 2 : b : 4].tolist()
+        desc = self.desc
+        if s + count <= self.size:
+            return desc[16 * s : 16 * (s + count)].tobytes()
+        return desc[16 * s :].tobytes() + desc[: 16 * (s + count - self.size)].tobytes()
 
     def write_descriptors(
         self,
@@ -261,6 +257,8 @@ class _Receiver:
         self.held = 0
         self.last_start = 0
         self.last_slots: list[int] | None = None
+        #: Runs that passed the checks (an identical run later needs one comparison).
+        self.checked = CheckedRuns(ring.size)
 
     def _collect(self, start: int, count: int, limit: int) -> list[Packet]:
         """Read up to ``count`` published slots; stop at a packet boundary after ``limit``.
@@ -272,34 +270,46 @@ class _Receiver:
         if n == 1:
             return self._collect_one(start, count, limit)
         ring = self.ring
-        run = ring.uniform_run(start, n) if n >= _BYTES_RUN else None
-        if run is not None:  # a long run of equal packets: no int lists for two columns
-            first, size, offsets = run
-            if not first & 0xFFFF and _descriptors_ok(first >> 16, [size], offsets, self.sizes):
-                region = self.regions[first >> 16]
-                pkts: list[Packet] = [region[o : o + size] for o in offsets]
-                return self._took(pkts, start, n, None, size * n)
-        head, lengths, offsets = ring.columns(start, n)
-        first = head[0]  # flags | region << 16: a run without chains in one region
-        if (
-            not first & 0xFFFF
-            and head.count(first) == n
-            and _descriptors_ok(first >> 16, lengths, offsets, self.sizes)
-        ):
-            region = self.regions[first >> 16]
-            size = lengths[0]
-            if lengths.count(size) == n:
-                pkts = [region[o : o + size] for o in offsets]
-                nbytes = size * n
-            else:
-                pkts = [region[o : o + k] for o, k in zip(offsets, lengths, strict=True)]
-                nbytes = sum(lengths)
-            return self._took(pkts, start, n, None, nbytes)
-        if first & 0xFFFF == _NEXT:
-            chains = self._collect_chains(start, count, limit, head)
-            if chains is not None:
-                return chains
-        return self._collect_each(start, count, limit)
+        raw = ring.snapshot(start, n)  # what is checked below is what is used
+        slot = start & ring.mask
+        memo = self.checked if slot + n <= ring.size else None
+        known = memo.recall(raw, slot, n) if memo is not None else None
+        if known is not None:  # the same bytes passed the checks before: same packets
+            return self._views(start, *known)
+        words = memoryview(raw).cast("I")
+        first = words[0]  # flags | region << 16: a run without chains in one region
+        if n >= _BYTES_RUN and not first & 0xFFFF and _uniform(raw, n):
+            lengths = [words[1]]  # all equal: no int lists for two columns
+        else:
+            head, lengths = words[0::4].tolist(), words[1::4].tolist()
+            if first & 0xFFFF or head.count(first) != n:
+                if first & 0xFFFF == _NEXT:
+                    chains = self._collect_chains(start, count, limit, head)
+                    if chains is not None:
+                        return chains
+                return self._collect_each(start, count, limit)
+        offsets = words[2::4].tolist()
+        region = first >> 16
+        if not _descriptors_ok(region, lengths, offsets, self.sizes):
+            return self._collect_each(start, count, limit)
+        if len(lengths) == 1:
+            lengths *= n
+        if memo is not None:
+            memo.remember(raw, slot, region, offsets, lengths)
+        return self._views(start, region, offsets, lengths)
+
+    def _views(
+        self, start: int, region: int, offsets: list[int], lengths: list[int]
+    ) -> list[Packet]:
+        """:meth:`_collect` of checked unchained descriptors, one packet per slot."""
+        mv = self.regions[region]
+        size = lengths[0]
+        n = len(offsets)
+        if lengths.count(size) == n:
+            pkts: list[Packet] = [mv[o : o + size] for o in offsets]
+            return self._took(pkts, start, n, None, size * n)
+        pkts = [mv[o : o + k] for o, k in zip(offsets, lengths, strict=True)]
+        return self._took(pkts, start, n, None, sum(lengths))
 
     def _collect_chains(
         self, start: int, count: int, limit: int, head: list[int]
@@ -436,10 +446,11 @@ class MasterRx(_Receiver):
     """Master side of an S2M ring: receive what the slave published, then advance tail."""
 
     def reset(self) -> None:
-        """At CONNECT: tail = 0 and local cursors cleared."""
+        """At CONNECT: tail = 0 and local cursors and memo cleared."""
         self.ring.set_tail(0)
         self.read = 0
         self.held = 0
+        self.checked.clear()
 
     def poll(self, limit: int) -> list[Packet]:
         """Return views of up to ``limit`` newly published packets (possibly none).

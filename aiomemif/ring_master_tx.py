@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _wire as w
 from .buffers import as_wire_buffer
+from .checked_runs import CheckedRuns
 from .errors import LocalProtocolError, RemoteProtocolError
 from .ring import QueueCounters, Ring, _descriptors_ok
 from .ring_tx import (
@@ -38,7 +39,6 @@ _MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
 _HEAD = w.RING_HEAD_OFF // 2
 
-_ONES = b"\x01" * (1 << w.MAX_LOG2_RING_SIZE)
 #: Checks a run of offered descriptors (region, capacities, offsets) like received ones.
 _offers_ok = _descriptors_ok
 #: Fewest offered descriptors the per-packet path reads and checks at a time (checking
@@ -65,18 +65,14 @@ class MasterTx(_Reserving):
         self.counters = counters
         self.tail = 0
         self.reservation: Reservation | None = None
-        #: Offered descriptors (bytes) of runs that passed the checks, with each slot's
-        #: offset and capacity and the one region they name (see _offered_run).
-        self._seen = bytearray(16 * ring.size)
-        self._seen_ok = bytearray(ring.size)  # 1 where _seen holds a checked descriptor
-        self._seen_offsets = [0] * ring.size
-        self._seen_region = -1
-        self._seen_caps = [0] * ring.size
+        #: Offered runs that passed the checks, with their offsets and capacities.
+        self.checked = CheckedRuns(ring.size)
 
     def reset(self) -> None:
-        """At CONNECT: tail = 0."""
+        """At CONNECT: tail = 0, memo cleared."""
         self.ring.set_tail(0)
         self.tail = 0
+        self.checked.clear()
 
     def free(self) -> int:
         """Slots the client has offered and we have not filled.
@@ -210,37 +206,26 @@ class MasterTx(_Reserving):
         """The ``n`` offered slots from tail as (region, offsets, smallest capacity), or
         None unless they are all usable and in one region.
 
-        A client re-offers each slot with the same descriptor lap after lap, so the bytes
-        of every run that passed the checks are kept: an identical run later is known good
-        from one comparison. Only runs in one region are remembered.
+        A client re-offers each slot with the same descriptor lap after lap, so runs that
+        passed the checks are remembered (:class:`CheckedRuns`): an identical run later is
+        known good from one comparison.
         """
         ring = self.ring
-        s = ring.mask & self.tail
-        if s + n > ring.size:  # wraps: checked afresh
-            head, caps, offsets = ring.columns(self.tail, n)
-            first = head[0]
-            if head.count(first) != n or not _offers_ok(first >> 16, caps, offsets, self.sizes):
-                return None
-            return first >> 16, offsets, min(caps)
-        a, b = 16 * s, 16 * (s + n)
-        raw = ring.desc[a:b].tobytes()  # one snapshot: what is checked is what is used
-        if raw == self._seen[a:b] and self._seen_ok.find(0, s, s + n) < 0:
-            return self._seen_region, self._seen_offsets[s : s + n], min(self._seen_caps[s : s + n])
+        slot = ring.mask & self.tail
+        raw = ring.snapshot(self.tail, n)  # what is checked is what is used
+        memo = self.checked if slot + n <= ring.size else None  # a wrapping run: afresh
+        known = memo.recall(raw, slot, n) if memo is not None else None
+        if known is not None:
+            return known[0], known[1], min(known[2])
         words = memoryview(raw).cast("I")
         head, caps, offsets = words[0::4].tolist(), words[1::4].tolist(), words[2::4].tolist()
         first = head[0]
         region = first >> 16
         if head.count(first) != n or not _offers_ok(region, caps, offsets, self.sizes):
             return None
-        cap = min(caps)
-        if self._seen_region < 0:
-            self._seen_region = region
-        if region == self._seen_region:
-            self._seen[a:b] = raw
-            self._seen_ok[s : s + n] = _ONES[:n]
-            self._seen_offsets[s : s + n] = offsets
-            self._seen_caps[s : s + n] = caps
-        return region, offsets, cap
+        if memo is not None:
+            memo.remember(raw, slot, region, offsets, caps)
+        return region, offsets, min(caps)
 
     def _write_one(self, packets: Sequence[Any], start: int, avail: int) -> int:
         """:meth:`write` of one packet into one usable offered buffer (else the general
