@@ -27,23 +27,27 @@ class CheckedRuns:
     receiver, offered capacities for the server's transmitter.
     """
 
-    __slots__ = ("_offsets", "_ok", "_raw", "_region", "_values")
+    __slots__ = ("_initial", "_offsets", "_ok", "_raw", "_region", "_values")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, region: int = -1) -> None:
         self._raw = bytearray(_DESC_SIZE * size)
         self._ok = bytearray(size)  # 1 where _raw holds a checked descriptor
         self._offsets = [0] * size
         self._values = [0] * size
-        self._region = -1
+        #: The one region remembered: given (a client knows its buffer region), or the
+        #: region of the first run remembered.
+        self._initial = region
+        self._region = region
 
     def clear(self) -> None:
         """Forget everything (a new connection on the same ring)."""
         self._ok[:] = bytes(len(self._ok))
-        self._region = -1
+        self._region = self._initial
 
     def recall(self, raw: bytes, slot: int, count: int) -> tuple[int, list[int], list[int]] | None:
         """``(region, offsets, values)`` if ``raw``, the snapshot of ``count`` descriptors
-        from ring slot ``slot`` (not wrapping), equals a run remembered there; else None."""
+        from ring slot ``slot`` (the caller keeps it inside the ring), equals a run
+        remembered there; else None."""
         a = _DESC_SIZE * slot
         if raw != self._raw[a : a + len(raw)] or self._ok.find(0, slot, slot + count) >= 0:
             return None
@@ -53,14 +57,21 @@ class CheckedRuns:
     def remember(
         self, raw: bytes, slot: int, region: int, offsets: list[int], values: list[int]
     ) -> None:
-        """Keep a run that passed the checks: its snapshot ``raw`` from ring slot ``slot``
-        (not wrapping), the one region all of it names, and what was read from it. Only
-        runs in the first region ever remembered are kept."""
+        """Keep a run that passed the checks: its snapshot ``raw`` from ring slot ``slot``,
+        the one region all of it names, and what was read from it. Only runs in the memo's
+        region are kept.
+
+        Raises:
+            ValueError: the run does not fit the ring from ``slot``, or ``raw``, ``offsets``
+                and ``values`` disagree on its length (a caller bug; nothing is stored).
+        """
+        count = len(offsets)
+        if slot + count > len(self._ok) or len(raw) != _DESC_SIZE * count or len(values) != count:
+            raise ValueError("a remembered run must fit the ring and match its snapshot")
         if self._region < 0:
             self._region = region
         if region != self._region:
             return
-        count = len(offsets)
         a = _DESC_SIZE * slot
         self._raw[a : a + len(raw)] = raw
         self._ok[slot : slot + count] = b"\x01" * count

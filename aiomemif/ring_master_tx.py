@@ -208,7 +208,9 @@ class MasterTx(_Reserving):
 
         A client re-offers each slot with the same descriptor lap after lap, so runs that
         passed the checks are remembered (:class:`CheckedRuns`): an identical run later is
-        known good from one comparison.
+        known good from one comparison. A run recalled from the memo may combine slots
+        remembered in different runs whose flags differ (a fresh check wants one first
+        word); offer flags are ignored here and every slot was checked, so that is safe.
         """
         ring = self.ring
         slot = ring.mask & self.tail

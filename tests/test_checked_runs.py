@@ -14,9 +14,20 @@ from collections.abc import Callable
 
 import pytest
 from test_datapath import payload
-from test_fastpath import BAD_KINDS, MASK, MmapRig, bad_descriptor, forbid, rigs, spy, take
+from test_fastpath import (
+    BAD_KINDS,
+    MASK,
+    NEXT,
+    MmapRig,
+    bad_descriptor,
+    forbid,
+    rigs,
+    spy,
+    take,
+)
 
 import aiomemif.ring
+import aiomemif.ring_master_tx
 from aiomemif.checked_runs import CheckedRuns
 
 __all__ = ["rigs"]  # the fixture, re-exported for pytest
@@ -152,6 +163,88 @@ def test_reset_forgets_the_memo(rigs: Callable[..., MmapRig]) -> None:
     assert rx.checked.recall(bytes(r.s2m_master.desc[: 16 * 8]), 0, 8) is None
 
 
+def memo_sizes_ok(memo: CheckedRuns, size: int) -> bool:
+    """The memo's arrays still have one entry per ring slot (nothing grew or shrank)."""
+    return (len(memo._raw), len(memo._ok), len(memo._offsets), len(memo._values)) == (
+        16 * size,
+        size,
+        size,
+        size,
+    )
+
+
+def test_remember_refuses_a_run_that_does_not_fit() -> None:
+    memo = CheckedRuns(4)
+    raw = raw_run([(L, 0), (L, 64)])
+    with pytest.raises(ValueError, match="must fit the ring"):
+        memo.remember(raw, 3, 1, [0, 64], [L, L])  # slots 3 and 4 of a 4-slot ring
+    with pytest.raises(ValueError, match="must fit the ring"):
+        memo.remember(raw, 0, 1, [0], [L])  # two descriptors, one offset
+    with pytest.raises(ValueError, match="must fit the ring"):
+        memo.remember(raw, 0, 1, [0, 64], [L])
+    assert memo_sizes_ok(memo, 4)
+    assert memo.recall(raw, 0, 2) is None
+
+
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_chains_in_remembered_slots(rigs: Callable[..., MmapRig], direction: str) -> None:
+    """Lap 2 differs from the remembered lap 1 only in the flags (NEXT): chains."""
+    r = rigs(split=direction == "m2s", start=SLOT0)
+    rx = r.receiver(direction)
+    lap1 = [payload(j, L) for j in range(8)]
+    r.publish(direction, r.stage(direction, rx.read, lap1))
+    assert take(rx.poll(64)) == lap1
+    rx.release()
+    lap2 = [payload(100 + j, L) for j in range(8)]
+    r.publish(direction, r.stage(direction, rx.read, lap2, flags=[NEXT, 0] * 4))
+    assert take(rx.poll(64)) == [lap2[i] + lap2[i + 1] for i in range(0, 8, 2)]
+    assert rx.counters.chained == 4
+    rx.release()
+
+
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_uneven_lengths_and_a_partial_recall(
+    rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    """Lap 1 with mixed lengths is remembered; lap 2, identical, is read in two polls (a
+    recall of part of a remembered run) and every packet keeps its own length."""
+    r = rigs(split=direction == "m2s", start=SLOT0)
+    rx = r.receiver(direction)
+    sizes = [1, 64, 17, 63, 2, 33, 32, 5]
+    for lap in range(2):
+        packets = [payload(10 * lap + j, n) for j, n in enumerate(sizes)]
+        r.publish(direction, r.stage(direction, rx.read, packets))
+        checks: list[object] = []
+        if lap:
+            checks = spy(monkeypatch, aiomemif.ring, "_descriptors_ok")
+            forbid(monkeypatch, rx, "_collect_each")
+        assert take(rx.poll(3)) + take(rx.poll(64)) == packets
+        assert checks == []
+        rx.release()
+    assert memo_sizes_ok(rx.checked, r.size)
+
+
+def test_client_memo_keeps_to_its_buffer_region(
+    rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that first publishes in-range descriptors of another region (region 0,
+    where the rings live) does not keep the client's memo from remembering its buffers."""
+    r = rigs(split=True, start=SLOT0)
+    rx = r.slave_rx
+    odd = [(0, 0, L, 64 * j) for j in range(8)]  # region 0: valid, not the buffer region
+    r.publish("m2s", odd)
+    assert len(take(rx.poll(64))) == 8
+    rx.release()
+    for lap in range(2):
+        packets = [payload(10 * lap + j, L) for j in range(8)]
+        r.publish("m2s", r.stage("m2s", rx.read, packets))
+        checks = spy(monkeypatch, aiomemif.ring, "_descriptors_ok")
+        assert take(rx.poll(64)) == packets
+        assert len(checks) == (0 if lap else 1)
+        monkeypatch.undo()
+        rx.release()
+
+
 # ---------------------------------------------------------------- the server's transmitter
 
 
@@ -175,3 +268,78 @@ def test_server_transmit_after_a_remembered_offer_turns_bad(
     assert tx.write(packets) == 7  # the bad slot went back empty, so one did not fit
     assert tx.counters.bad_descriptors == 1
     assert take(rx.poll(64)) == packets[:7]
+
+
+def test_server_transmit_remembered_uneven_offers(rigs: Callable[..., MmapRig]) -> None:
+    """Slot 3 is offered smaller than the others, identically on every lap: a lap taken
+    from the memo must still respect slot 3's capacity (the smallest of the run)."""
+    r = rigs(split=True, start=SLOT0)
+    tx, rx = r.master_tx, r.slave_rx
+    for lap in range(3):
+        slot = tx.tail + 3
+        f, reg, _n, off = r.get(r.m2s_slave, slot)
+        r.put(r.m2s_slave, slot, f, reg, 32, off)  # the client offers only 32 bytes here
+        canary = b"\xee" * (r.bsize - 32)
+        r.write(reg, off + 32, canary)
+        packets = [payload(10 * lap + j, 48) for j in range(8)]
+        sent = tx.write(packets)
+        assert r.read(reg, off + 32, len(canary)) == canary, lap  # nothing past the offer
+        assert take(rx.poll(64)) == packets[:sent]
+        rx.release()
+
+
+def test_server_transmit_identical_offers_come_from_the_memo(
+    rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = rigs(split=True, start=SLOT0)
+    tx, rx = r.master_tx, r.slave_rx
+    for lap in range(2):
+        checks = spy(monkeypatch, aiomemif.ring_master_tx, "_offers_ok")
+        if lap:
+            forbid(monkeypatch, tx, "_write_each")
+        packets = [payload(10 * lap + j, L) for j in range(8)]
+        assert tx.write(packets) == 8
+        assert len(checks) == (0 if lap else 1)
+        monkeypatch.undo()
+        assert take(rx.poll(64)) == packets
+        rx.release()
+
+
+def test_server_transmit_offer_moved_to_another_good_buffer(rigs: Callable[..., MmapRig]) -> None:
+    """Lap 2 offers slot 5 a different (valid) buffer: the data goes there."""
+    r = rigs(split=True, start=SLOT0)
+    tx, rx = r.master_tx, r.slave_rx
+    for lap in range(2):
+        if lap:
+            slot = tx.tail + 5
+            f, reg, _n, off = r.get(r.m2s_slave, slot)
+            r.put(r.m2s_slave, slot, f, reg, L, off + 32)  # the second half of its buffer
+        packets = [payload(10 * lap + j, L) for j in range(8)]
+        assert tx.write(packets) == 8
+        if lap:
+            assert r.read(reg, off + 32, L) == packets[5]
+        assert take(rx.poll(64)) == packets
+        rx.release()
+
+
+def test_server_transmit_wrapping_offers_keep_the_memo_size(
+    rigs: Callable[..., MmapRig],
+) -> None:
+    r = rigs(split=True, start=SLOT0 + 4)
+    tx, rx = r.master_tx, r.slave_rx
+    for lap in range(3):
+        packets = [payload(10 * lap + j, L) for j in range(8)]
+        assert tx.write(packets) == 8
+        assert take(rx.poll(64)) == packets
+        rx.release()
+    assert memo_sizes_ok(tx.checked, r.size)
+
+
+def test_server_reset_forgets_the_memo(rigs: Callable[..., MmapRig]) -> None:
+    r = rigs(split=True, start=SLOT0)
+    tx = r.master_tx
+    raw = bytes(r.m2s_master.desc[: 16 * 8])
+    assert tx.write([payload(j, L) for j in range(8)]) == 8
+    assert tx.checked.recall(raw, 0, 8) is not None
+    tx.reset()
+    assert tx.checked.recall(raw, 0, 8) is None

@@ -216,9 +216,10 @@ def rigs(
 ) -> Iterator[Callable[..., MmapRig]]:
     """Build :class:`MmapRig` objects (closed after the test). Every test runs twice: with
     the receive path's bytes comparison left to long runs (as shipped), and with it taking
-    every run of two or more descriptors (these rings hold 8). That path only takes runs
-    that do not cross the ring's end, so there the default start is slot 0 of the ring
-    (the free-running index still wraps at the end of an 8-slot run)."""
+    every run of two or more descriptors (these rings hold 8). There the default start is
+    slot 0 of the ring, so that runs are also remembered (the memo of checked runs only
+    takes runs that do not cross the ring's end; the free-running index still wraps at
+    the end of an 8-slot run); tests that pass their own start cover wrapping runs."""
     bytes_path = request.param == "bytes-from-2"
     if bytes_path:
         monkeypatch.setattr(aiomemif.ring, "_BYTES_RUN", 2)
