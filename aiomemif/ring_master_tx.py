@@ -28,9 +28,12 @@ from .ring_tx import (
     _never_fits,
     _plain,
     _Reserving,
+    _run_of,
     _segment_lengths,
     _sink,
+    _size_guess,
     _too_large,
+    _uniform_column,
 )
 
 __all__ = ["MasterTx"]
@@ -157,14 +160,21 @@ class MasterTx(_Reserving):
             return self._write_each(packets, start, avail)  # it decides about that packet
         if n == 1:
             return self._write_one(packets, start, avail)
-        batch = _lengths_of(packets, start, n)
-        if batch is None:
-            return self._write_each(packets, start, avail)
-        seq, lengths = batch
         run = self._offered_run(n)
         if run is None:
             return self._write_each(packets, start, avail)
         region, offsets, cap = run
+        size = _size_guess(packets, start, n, min(cap, MAX_PACKET))
+        if size and _copy_run(self.sinks[region], offsets, _run_of(packets, start, n), (), size):
+            self._publish(_uniform_column(size, n), None)  # all of one size, as guessed
+            c = self.counters
+            c.packets += n
+            c.bytes += size * n
+            return n
+        batch = _lengths_of(packets, start, n)
+        if batch is None:
+            return self._write_each(packets, start, avail)
+        seq, lengths = batch
         size = lengths[0]
         same = lengths.count(size) == n
         if same and cap < size <= MAX_PACKET:

@@ -101,28 +101,53 @@ def _plain(packet: object, capacity: int) -> bool:
         return False
 
 
+def _run_of(packets: Sequence[Any], start: int, n: int) -> Sequence[Any]:
+    """``packets[start:start + n]`` (``packets`` itself if that is all of it)."""
+    return packets if start == 0 and n == len(packets) else packets[start : start + n]
+
+
 def _lengths_of(
     packets: Sequence[Any], start: int, n: int
 ) -> tuple[Sequence[Any], list[int]] | None:
     """``packets[start:start + n]`` and their lengths, or None if one has no length."""
-    seq = packets if start == 0 and n == len(packets) else packets[start : start + n]
+    seq = _run_of(packets, start, n)
     try:
         return seq, list(map(len, seq))
     except TypeError:
         return None
 
 
+def _size_guess(packets: Sequence[Any], start: int, n: int, limit: int) -> int:
+    """The length of ``packets[start]`` if it is 1..``limit`` and the run's last packet
+    has it too, else 0: a guess that all ``n`` packets have that size, which a copy with
+    :func:`_copy_run` then proves (it refuses a packet of any other byte size), so no
+    length is measured packet by packet."""
+    try:
+        size = len(packets[start])
+        if 0 < size <= limit and len(packets[start + n - 1]) == size:
+            return size
+    except TypeError:
+        pass
+    return 0
+
+
+def _uniform_column(size: int, n: int) -> array[int]:
+    """The length words of ``n`` descriptors of ``size`` bytes each."""
+    return array("I", (size,)) * n
+
+
 def _copy_run(
     sink: mmap.mmap | memoryview,
     offsets: Sequence[int],
     seq: Sequence[Any],
-    lengths: list[int],
+    lengths: Sequence[int],
     size: int,
 ) -> bool:
-    """Copy ``seq[k]`` to ``offsets[k]`` in ``sink`` (``size`` > 0: every packet has that
-    length). False if a packet is not a plain contiguous byte buffer; nothing is published
-    yet then, so the caller takes the per-packet path, which converts or refuses it.
-    The three sequences have the same length (not re-checked here: ``strict`` costs)."""
+    """Copy ``seq[k]`` to ``offsets[k]`` in ``sink`` (``size`` > 0: every packet must be
+    exactly that many bytes, and ``lengths`` is not used). False if a packet is not a
+    plain contiguous byte buffer of the expected size; nothing is published yet then, so
+    the caller takes another path, which measures, converts or refuses it.
+    The sequences have the same length (not re-checked here: ``strict`` costs)."""
     try:
         if size:
             for o, p in zip(offsets, seq):  # noqa: B905
@@ -297,6 +322,15 @@ class SlaveTx(_Reserving):
             return self._write_each(packets, start, free)  # it decides about that packet
         if n == 1:
             return self._write_one(packets, start, free)
+        size = _size_guess(packets, start, n, self.capacity)
+        if size:  # probably all of one size: copying checks that (nothing is visible yet)
+            offsets = self._data_run(self.head, n)
+            if _copy_run(self.sink, offsets, _run_of(packets, start, n), (), size):
+                self._publish(_uniform_column(size, n), offsets, None)
+                c = self.counters
+                c.packets += n
+                c.bytes += size * n
+                return n
         run = _lengths_of(packets, start, n)
         if run is None:
             return self._write_each(packets, start, free)

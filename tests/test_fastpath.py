@@ -746,6 +746,32 @@ def test_transmit_packets_of_one_buffer_type(
     assert tx.counters.bytes == 3 * count * len(data)
 
 
+@pytest.mark.parametrize("middle", [*TYPE_NAMES, "longer", "shorter"])
+@pytest.mark.parametrize("side", ROLES)
+def test_transmit_run_whose_ends_agree_on_len(
+    rigs: Callable[..., MmapRig], side: str, middle: str
+) -> None:
+    """The bulk copy guesses every packet's size from the first and last ``len()``; a
+    packet in between of another byte size (or whose ``len()`` counts items, or that has
+    no buffer) must refute the guess and still go out as exactly its own bytes."""
+    r = rigs(bsize=64)
+    tx, rx, _ring = tx_pair(r, side)
+    kinds: dict[str, tuple[object, bytes]] = {n: (o, d) for n, o, d in typed_packets()}
+    if middle in kinds:
+        obj, data = kinds[middle]
+        n = len(obj) if hasattr(obj, "__len__") else len(data)  # what the guess sees
+    else:
+        data = b"m" * (13 if middle == "longer" else 7)
+        obj, n = data, 10
+    batch = [payload(1, n), payload(2, n), obj, payload(3, n)]
+    want = [payload(1, n), payload(2, n), data, payload(3, n)]
+    for _lap in range(2):
+        assert tx.write(batch) == 4
+        assert take(rx.poll(64)) == want
+        rx.release()
+    assert tx.counters.bytes == 2 * sum(map(len, want))
+
+
 @pytest.mark.parametrize("bad", NOT_BYTES_LIKE, ids=lambda b: type(b).__name__)
 @pytest.mark.parametrize("side", ROLES)
 def test_transmit_not_bytes_like_publishes_nothing(
