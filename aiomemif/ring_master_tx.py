@@ -23,6 +23,7 @@ from .ring_tx import (
     _chain_columns,
     _copy_chains,
     _copy_run,
+    _count_sent,
     _length_column,
     _lengths_of,
     _never_fits,
@@ -167,10 +168,7 @@ class MasterTx(_Reserving):
         size = _size_guess(packets, start, n, min(cap, MAX_PACKET))
         if size and _copy_run(self.sinks[region], offsets, _run_of(packets, start, n), (), size):
             self._publish(_uniform_column(size, n), None)  # all of one size, as guessed
-            c = self.counters
-            c.packets += n
-            c.bytes += size * n
-            return n
+            return _count_sent(self.counters, n, size * n)
         batch = _lengths_of(packets, start, n)
         if batch is None:
             return self._write_each(packets, start, avail)
@@ -184,10 +182,7 @@ class MasterTx(_Reserving):
         if not _copy_run(self.sinks[region], offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, avail)
         self._publish(_length_column(lengths, same), None)
-        c = self.counters
-        c.packets += n
-        c.bytes += size * n if same else sum(lengths)
-        return n
+        return _count_sent(self.counters, n, size * n if same else sum(lengths))
 
     def _write_chains(self, seq: Sequence[Any], size: int, avail: int, cap: int) -> int:
         """:meth:`write` of packets that all have the same size, larger than the offered

@@ -131,6 +131,13 @@ def _size_guess(packets: Sequence[Any], start: int, n: int, limit: int) -> int:
     return 0
 
 
+def _count_sent(counters: QueueCounters, packets: int, nbytes: int) -> int:
+    """Add a bulk send to ``counters``; return ``packets``."""
+    counters.packets += packets
+    counters.bytes += nbytes
+    return packets
+
+
 def _uniform_column(size: int, n: int) -> array[int]:
     """The length words of ``n`` descriptors of ``size`` bytes each."""
     return array("I", (size,)) * n
@@ -327,10 +334,7 @@ class SlaveTx(_Reserving):
             offsets = self._data_run(self.head, n)
             if _copy_run(self.sink, offsets, _run_of(packets, start, n), (), size):
                 self._publish(_uniform_column(size, n), offsets, None)
-                c = self.counters
-                c.packets += n
-                c.bytes += size * n
-                return n
+                return _count_sent(self.counters, n, size * n)
         run = _lengths_of(packets, start, n)
         if run is None:
             return self._write_each(packets, start, free)
@@ -349,10 +353,7 @@ class SlaveTx(_Reserving):
         if not _copy_run(self.sink, offsets, seq, lengths, size if same else 0):
             return self._write_each(packets, start, free)
         self._publish(_length_column(lengths, same), offsets, None)
-        c = self.counters
-        c.packets += n
-        c.bytes += size * n if same else sum(lengths)
-        return n
+        return _count_sent(self.counters, n, size * n if same else sum(lengths))
 
     def _write_chains(self, seq: Sequence[Any], size: int, free: int) -> int:
         """:meth:`write` of packets that all have the same size, over one buffer: each is

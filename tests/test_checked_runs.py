@@ -248,6 +248,16 @@ def test_client_memo_keeps_to_its_buffer_region(
 # ---------------------------------------------------------------- the server's transmitter
 
 
+def server_lap(r: MmapRig, seed: int) -> list[bytes]:
+    """The server sends 8 packets of ``L`` bytes into the client's offers; the client
+    receives them (checked) and refills. Returns the packets."""
+    packets = [payload(seed + j, L) for j in range(8)]
+    assert r.master_tx.write(packets) == 8
+    assert take(r.slave_rx.poll(64)) == packets
+    r.slave_rx.release()
+    return packets
+
+
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_server_transmit_after_a_remembered_offer_turns_bad(
     rigs: Callable[..., MmapRig], kind: str
@@ -257,10 +267,7 @@ def test_server_transmit_after_a_remembered_offer_turns_bad(
     r = rigs(split=True, start=SLOT0)
     tx, rx = r.master_tx, r.slave_rx
     for lap in range(2):
-        packets = [payload(10 * lap + j, L) for j in range(8)]
-        assert tx.write(packets) == 8
-        assert take(rx.poll(64)) == packets
-        rx.release()
+        server_lap(r, 10 * lap)
     slot = tx.tail + 3
     f, reg, n, off = bad_descriptor(r, "m2s", kind, slot)
     r.put(r.m2s_slave, slot, f, reg, n, off)  # the client's offer in slot 3, turned bad
@@ -308,31 +315,21 @@ def test_server_transmit_identical_offers_come_from_the_memo(
 def test_server_transmit_offer_moved_to_another_good_buffer(rigs: Callable[..., MmapRig]) -> None:
     """Lap 2 offers slot 5 a different (valid) buffer: the data goes there."""
     r = rigs(split=True, start=SLOT0)
-    tx, rx = r.master_tx, r.slave_rx
-    for lap in range(2):
-        if lap:
-            slot = tx.tail + 5
-            f, reg, _n, off = r.get(r.m2s_slave, slot)
-            r.put(r.m2s_slave, slot, f, reg, L, off + 32)  # the second half of its buffer
-        packets = [payload(10 * lap + j, L) for j in range(8)]
-        assert tx.write(packets) == 8
-        if lap:
-            assert r.read(reg, off + 32, L) == packets[5]
-        assert take(rx.poll(64)) == packets
-        rx.release()
+    server_lap(r, 0)
+    slot = r.master_tx.tail + 5
+    f, reg, _n, off = r.get(r.m2s_slave, slot)
+    r.put(r.m2s_slave, slot, f, reg, L, off + 32)  # the second half of its buffer
+    packets = server_lap(r, 10)
+    assert r.read(reg, off + 32, L) == packets[5]
 
 
 def test_server_transmit_wrapping_offers_keep_the_memo_size(
     rigs: Callable[..., MmapRig],
 ) -> None:
     r = rigs(split=True, start=SLOT0 + 4)
-    tx, rx = r.master_tx, r.slave_rx
     for lap in range(3):
-        packets = [payload(10 * lap + j, L) for j in range(8)]
-        assert tx.write(packets) == 8
-        assert take(rx.poll(64)) == packets
-        rx.release()
-    assert memo_sizes_ok(tx.checked, r.size)
+        server_lap(r, 10 * lap)
+    assert memo_sizes_ok(r.master_tx.checked, r.size)
 
 
 def test_server_reset_forgets_the_memo(rigs: Callable[..., MmapRig]) -> None:
