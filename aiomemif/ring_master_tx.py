@@ -199,10 +199,8 @@ class MasterTx(_Reserving):
         if not _copy_chains(self.sinks[region], offsets, seq[:count], size, cap):
             return self._write_each(seq, 0, avail)
         self._publish(*_chain_columns(size, cap, count))
-        c = self.counters
-        c.packets += count
-        c.bytes += size * count
-        c.chained += count
+        self.counters.chained += count
+        _count_sent(self.counters, count, size * count)
         if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
             count += self._write_each(seq, count, avail - count * k)
         return count

@@ -176,7 +176,7 @@ def _all_fit(lengths: list[int], same: bool, limit: int) -> bool:
 
 def _length_column(lengths: list[int], same: bool) -> array[int]:
     """The descriptors' length words for a run (``same``: all equal to the first)."""
-    return array("I", lengths[:1]) * len(lengths) if same else array("I", lengths)
+    return _uniform_column(lengths[0], len(lengths)) if same else array("I", lengths)
 
 
 def _copy_chains(
@@ -368,11 +368,8 @@ class SlaveTx(_Reserving):
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
         self._publish(lengths, offsets, flags)
-        c = self.counters
-        c.packets += count
-        c.bytes += size * count
-        c.chained += count
-        return count
+        self.counters.chained += count
+        return _count_sent(self.counters, count, size * count)
 
     def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:
         """:meth:`write` of one packet that fits one buffer (else the general path)."""
@@ -543,8 +540,7 @@ class SlaveTx(_Reserving):
             lens.append(length)
             offs.append(off)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start
-        self._publish(lens, offs, flags)
-        self.dirty = self.ring.size
+        self._publish(lens, offs, flags)  # (with flags given, it keeps the ring dirty)
 
 
 def _segment_lengths(
@@ -557,7 +553,7 @@ def _segment_lengths(
         raise LocalProtocolError("one length per reserved packet is required")
     if res.views is not None:  # one buffer per packet, all reserved with the same size
         if lengths is None:
-            return array("I", res.lengths[:1]) * len(res.views), None
+            return _uniform_column(res.lengths[0], len(res.views)), None
         wanted = list(lengths)
         if min(wanted) > 0 and max(wanted) <= res.lengths[0]:
             return array("I", wanted), None
