@@ -164,7 +164,8 @@ class MasterTx(_Reserving):
         run = self._offered_run(n)
         if run is None:
             return self._write_each(packets, start, avail)
-        region, offsets, cap = run
+        region, offsets, caps = run
+        cap = min(caps)
         size = _size_guess(packets, start, n, min(cap, MAX_PACKET))
         if size and _copy_run(self.sinks[region], offsets, _run_of(packets, start, n), (), size):
             self._publish(_uniform_column(size, n), None)  # all of one size, as guessed
@@ -190,12 +191,12 @@ class MasterTx(_Reserving):
         k = -(-size // cap)
         count = min(len(seq), avail // k)
         run = self._offered_run(count * k) if count else None
-        if run is None or -(-size // run[2]) != k:
+        if run is None:
             return self._write_each(seq, 0, avail)
-        caps = self.ring.columns(self.tail, count * k)[1]
-        if caps.count(caps[0]) != len(caps):  # uneven offers: fit each packet on its own
-            return self._write_each(seq, 0, avail)
-        region, offsets, cap = run
+        region, offsets, caps = run
+        cap = caps[0]
+        if caps.count(cap) != len(caps) or -(-size // cap) != k:  # uneven or smaller offers
+            return self._write_each(seq, 0, avail)  # fit each packet on its own
         if not _copy_chains(self.sinks[region], offsets, seq[:count], size, cap):
             return self._write_each(seq, 0, avail)
         self._publish(*_chain_columns(size, cap, count))
@@ -205,9 +206,9 @@ class MasterTx(_Reserving):
             count += self._write_each(seq, count, avail - count * k)
         return count
 
-    def _offered_run(self, n: int) -> tuple[int, list[int], int] | None:
-        """The ``n`` offered slots from tail as (region, offsets, smallest capacity), or
-        None unless they are all usable and in one region.
+    def _offered_run(self, n: int) -> tuple[int, list[int], list[int]] | None:
+        """The ``n`` offered slots from tail as (region, offsets, capacities), read from one
+        snapshot, or None unless they are all usable and in one region.
 
         A client re-offers each slot with the same descriptor lap after lap, so runs that
         passed the checks are remembered (:class:`CheckedRuns`): an identical run later is
@@ -221,7 +222,7 @@ class MasterTx(_Reserving):
         memo = self.checked if slot + n <= ring.size else None  # a wrapping run: afresh
         known = memo.recall(raw, slot, n) if memo is not None else None
         if known is not None:
-            return known[0], known[1], min(known[2])
+            return known
         words = memoryview(raw).cast("I")
         head, caps, offsets = words[0::4].tolist(), words[1::4].tolist(), words[2::4].tolist()
         first = head[0]
@@ -230,7 +231,7 @@ class MasterTx(_Reserving):
             return None
         if memo is not None:
             memo.remember(raw, slot, region, offsets, caps)
-        return region, offsets, min(caps)
+        return region, offsets, caps
 
     def _write_one(self, packets: Sequence[Any], start: int, avail: int) -> int:
         """:meth:`write` of one packet into one usable offered buffer (else the general
@@ -345,7 +346,7 @@ class MasterTx(_Reserving):
         avail = self.free()
         res = Reservation(self, self.tail)
         run = self._offered_run(count) if count <= avail else None
-        if run is not None and size <= run[2]:  # one usable buffer each, in bulk
+        if run is not None and size <= min(run[2]):  # one usable buffer each, in bulk
             region = self.regions[run[0]]
             res.views = [region[o : o + size] for o in run[1]]
             res.lengths = [size] * count
