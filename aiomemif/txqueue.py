@@ -105,20 +105,20 @@ class TxBuffers(Sequence[TxBuffer]):
     with no per-packet objects beyond them.
     """
 
-    __slots__ = ("_buffers", "_queue", "_reservation", "_reserved", "_size")
+    __slots__ = ("_buffers", "_queue", "_reservation", "_reserved")
 
-    def __init__(self, queue: TxQueue, reservation: Reservation, size: int) -> None:
+    def __init__(self, queue: TxQueue, reservation: Reservation) -> None:
         self._queue = queue
         #: The open reservation (None once committed or cancelled).
         self._reservation: Reservation | None = reservation
         self._reserved = reservation
-        self._size = size
         self._buffers: list[TxBuffer] | None = None
 
     def _all(self) -> list[TxBuffer]:
         if self._buffers is None:
-            size = self._size
-            self._buffers = [TxBuffer(segs, size) for segs in self._reserved.per_packet()]
+            res = self._reserved
+            size = res.lengths[0]  # every packet of a reservation has the reserved size
+            self._buffers = [TxBuffer(segs, size) for segs in res.per_packet()]
         return self._buffers
 
     @property
@@ -289,7 +289,7 @@ class TxQueue(QueueBase):
         if res is None:
             self.counters.ring_full += 1
             raise WouldBlockError(f"tx queue {self.qid} has no room for {count} x {size} bytes")
-        return TxBuffers(self, res, size)
+        return TxBuffers(self, res)
 
     async def alloc(self, count: int, size: int) -> TxBuffers:
         """Like :meth:`alloc_nowait`, but wait for ring space."""
