@@ -14,31 +14,31 @@ Server (master)::
 
 from __future__ import annotations
 
-from ._wire import Mode as Mode
-from ._wire import Role as Role
-from .buffers import ChainedPacket as ChainedPacket
-from .buffers import Packet as Packet
-from .client import Client as Client
-from .client import LinkEvent as LinkEvent
-from .client import ReconnectPolicy as ReconnectPolicy
-from .client import connect as connect
-from .config import InterfaceConfig as InterfaceConfig
-from .connection import Connection as Connection
-from .details import ConnectionDetails as ConnectionDetails
-from .details import QueueDetails as QueueDetails
-from .details import RegionDetails as RegionDetails
+from ._aio.client import Client as Client
+from ._aio.client import LinkEvent as LinkEvent
+from ._aio.client import ReconnectPolicy as ReconnectPolicy
+from ._aio.client import connect as connect
+from ._aio.connection import Connection as Connection
+from ._aio.rx_queue import Batch as Batch
+from ._aio.rx_queue import RxMode as RxMode
+from ._aio.rx_queue import RxQueue as RxQueue
+from ._aio.server import HandshakeFailure as HandshakeFailure
+from ._aio.server import Server as Server
+from ._aio.server import serve as serve
+from ._aio.tx_queue import TxBuffer as TxBuffer
+from ._aio.tx_queue import TxBuffers as TxBuffers
+from ._aio.tx_queue import TxQueue as TxQueue
+from ._core.buffers import ChainedPacket as ChainedPacket
+from ._core.buffers import Packet as Packet
+from ._core.config import InterfaceConfig as InterfaceConfig
+from ._core.details import ConnectionDetails as ConnectionDetails
+from ._core.details import QueueDetails as QueueDetails
+from ._core.details import RegionDetails as RegionDetails
+from ._core.layout import RegionLayout as RegionLayout
+from ._core.wire import Mode as Mode
+from ._core.wire import Role as Role
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
-from .layout import RegionLayout as RegionLayout
-from .queues import Batch as Batch
-from .queues import RxMode as RxMode
-from .queues import RxQueue as RxQueue
-from .server import HandshakeFailure as HandshakeFailure
-from .server import Server as Server
-from .server import serve as serve
-from .txqueue import TxBuffer as TxBuffer
-from .txqueue import TxBuffers as TxBuffers
-from .txqueue import TxQueue as TxQueue
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from aiomemif import _loopio
+from aiomemif._os import readers as _loopio
 
 
 def pytest_asyncio_loop_factories(

@@ -3,7 +3,7 @@
 Nothing here goes through aiomemif's own channel, handshake or ring code: the peer speaks
 to the library over a plain ``AF_UNIX``/``SOCK_SEQPACKET`` socket, sends whatever bytes and
 fds a test asks for, and builds or inspects shared memory with ``struct`` on an ``mmap``.
-Only the message codec (:mod:`aiomemif.messages`) is borrowed, to spell valid messages and
+Only the message codec (:mod:`aiomemif._core.messages`) is borrowed, to spell valid messages and
 to read what the library sends back.
 
 - :class:`RawPeer`: one connected control socket (either role). Datagrams of any size, with
@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Final, TypeVar
 
-from aiomemif import _wire as w
-from aiomemif.messages import (
+from aiomemif._core import wire as w
+from aiomemif._core.messages import (
     Ack,
     AddRegion,
     AddRing,

@@ -15,10 +15,10 @@ import pytest
 from test_datapath import ROLES, TIMEOUT, linked, payload
 
 from aiomemif import ChainedPacket, Connection, InterfaceConfig, RxQueue, TxQueue
-from aiomemif import _wire as w
-from aiomemif.ring import MasterRx, SlaveRx
-from aiomemif.ring_master_tx import MasterTx
-from aiomemif.ring_tx import SlaveTx
+from aiomemif._core import wire as w
+from aiomemif._core.client_tx import SlaveTx
+from aiomemif._core.ring import MasterRx, SlaveRx
+from aiomemif._core.server_tx import MasterTx
 
 BSIZE = 256
 RING = 32

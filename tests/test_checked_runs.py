@@ -1,4 +1,4 @@
-"""The memo of checked descriptor runs (``aiomemif.checked_runs.CheckedRuns``).
+"""The memo of checked descriptor runs (``aiomemif._core.descriptors.CheckedRuns``).
 
 Receivers and the server's transmitter remember runs of descriptors that passed the
 checks, so that a later run with the same bytes in the same slots needs one comparison.
@@ -26,9 +26,9 @@ from test_fastpath import (
     take,
 )
 
-import aiomemif.ring
-import aiomemif.ring_master_tx
-from aiomemif.checked_runs import CheckedRuns
+import aiomemif._core.ring
+import aiomemif._core.server_tx
+from aiomemif._core.descriptors import CheckedRuns
 
 __all__ = ["rigs"]  # the fixture, re-exported for pytest
 
@@ -120,7 +120,7 @@ def test_second_lap_of_a_checked_run(
         r.write(reg, spare, b"elsewhere-%06d" % pos)
         descs[pos] = (f, reg, n, spare)
         expected[pos] = b"elsewhere-%06d" % pos
-    checks = spy(monkeypatch, aiomemif.ring, "_descriptors_ok")
+    checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
     if change is None:
         forbid(monkeypatch, rx, "_collect_each")
     r.publish(direction, descs)
@@ -144,7 +144,7 @@ def test_memo_is_not_used_for_a_run_across_the_ring_end(
     for lap in range(2):
         packets = [payload(10 * lap + j, L) for j in range(8)]
         r.publish(direction, r.stage(direction, rx.read, packets))
-        checks = spy(monkeypatch, aiomemif.ring, "_descriptors_ok")
+        checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
         assert take(rx.poll(64)) == packets
         assert len(checks) == 1  # checked on both laps
         monkeypatch.undo()
@@ -216,7 +216,7 @@ def test_uneven_lengths_and_a_partial_recall(
         r.publish(direction, r.stage(direction, rx.read, packets))
         checks: list[object] = []
         if lap:
-            checks = spy(monkeypatch, aiomemif.ring, "_descriptors_ok")
+            checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
             forbid(monkeypatch, rx, "_collect_each")
         assert take(rx.poll(3)) + take(rx.poll(64)) == packets
         assert checks == []
@@ -238,7 +238,7 @@ def test_client_memo_keeps_to_its_buffer_region(
     for lap in range(2):
         packets = [payload(10 * lap + j, L) for j in range(8)]
         r.publish("m2s", r.stage("m2s", rx.read, packets))
-        checks = spy(monkeypatch, aiomemif.ring, "_descriptors_ok")
+        checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
         assert take(rx.poll(64)) == packets
         assert len(checks) == (0 if lap else 1)
         monkeypatch.undo()
@@ -301,7 +301,7 @@ def test_server_transmit_identical_offers_come_from_the_memo(
     r = rigs(split=True, start=SLOT0)
     tx, rx = r.master_tx, r.slave_rx
     for lap in range(2):
-        checks = spy(monkeypatch, aiomemif.ring_master_tx, "_offers_ok")
+        checks = spy(monkeypatch, aiomemif._core.server_tx, "_offers_ok")
         if lap:
             forbid(monkeypatch, tx, "_write_each")
         packets = [payload(10 * lap + j, L) for j in range(8)]

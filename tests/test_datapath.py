@@ -30,7 +30,7 @@ from aiomemif import (
     RxQueue,
     TxQueue,
 )
-from aiomemif import _wire as w
+from aiomemif._core import wire as w
 
 MASK_INT = w.RING_FLAG_MASK_INT
 #: What using a released memoryview raises (ValueError).

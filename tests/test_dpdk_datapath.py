@@ -56,7 +56,7 @@ async def test_headroom_with_testpmd_server(sock_path: str) -> None:
     async with linked("client", sock_path, cfg) as (conn, _):
         await reflect(conn, [frame(i, 1500) for i in range(2000)])
         rx_ep, tx_ep = conn.rx_queues[0]._endpoint, conn.tx_queues[0]._endpoint
-        desc = aiomemif._wire.DESC
+        desc = aiomemif._core.wire.DESC
         # Offered M2S buffers: data at base + 64, capacity 2048 - 64 (DPDK wrote lengths).
         _f, _r, length, offset, _m = desc.unpack_from(rx_ep.ring.desc, 16)
         assert offset == rx_ep.buffers[1] + 64

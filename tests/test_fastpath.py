@@ -36,7 +36,7 @@ from hostile import M2S, S2M, SlaveMemory
 from test_datapath import ROLES, TIMEOUT, eventually, linked, payload
 from test_hostile import fake_client_link, fake_master_link, master_publish, master_send
 
-import aiomemif.ring
+import aiomemif._core.ring
 from aiomemif import (
     ChainedPacket,
     Connection,
@@ -45,10 +45,12 @@ from aiomemif import (
     RxMode,
     WouldBlockError,
 )
-from aiomemif import _wire as w
-from aiomemif.layout import plan_client_layout
-from aiomemif.queues import RxQueue
-from aiomemif.ring import (
+from aiomemif._aio.rx_queue import RxQueue
+from aiomemif._aio.tx_queue import TxQueue
+from aiomemif._core import wire as w
+from aiomemif._core.client_tx import SlaveTx
+from aiomemif._core.layout import plan_client_layout
+from aiomemif._core.ring import (
     MasterRx,
     Packet,
     QueueCounters,
@@ -57,9 +59,7 @@ from aiomemif.ring import (
     descriptor_table,
     init_ring,
 )
-from aiomemif.ring_master_tx import MasterTx
-from aiomemif.ring_tx import SlaveTx
-from aiomemif.txqueue import TxQueue
+from aiomemif._core.server_tx import MasterTx
 
 MASK = 0xFFFF
 NEXT = w.DESC_FLAG_NEXT
@@ -222,7 +222,7 @@ def rigs(
     the end of an 8-slot run); tests that pass their own start cover wrapping runs."""
     bytes_path = request.param == "bytes-from-2"
     if bytes_path:
-        monkeypatch.setattr(aiomemif.ring, "_BYTES_RUN", 2)
+        monkeypatch.setattr(aiomemif._core.ring, "_BYTES_RUN", 2)
     made: list[MmapRig] = []
 
     def make(**kw: Any) -> MmapRig:

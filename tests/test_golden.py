@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from aiomemif import InterfaceConfig
-from aiomemif._wire import RingType
-from aiomemif.handshake import ClientHandshake, Established, HelloReceived, SendMessage
-from aiomemif.layout import plan_client_layout
-from aiomemif.messages import (
+from aiomemif._core.handshake import ClientHandshake, Established, HelloReceived, SendMessage
+from aiomemif._core.layout import plan_client_layout
+from aiomemif._core.messages import (
     Ack,
     AddRegion,
     AddRing,
@@ -32,7 +31,8 @@ from aiomemif.messages import (
     decode_untrusted,
     encode,
 )
-from aiomemif.ring import descriptor_table
+from aiomemif._core.ring import descriptor_table
+from aiomemif._core.wire import RingType
 
 DATA = Path(__file__).parent / "data"
 

@@ -17,15 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiomemif import InterfaceConfig
-from aiomemif._wire import Mode, MsgType, RingType
-from aiomemif.errors import (
-    HandshakeRefusedError,
-    LocalProtocolError,
-    PeerDisconnectedError,
-    RemoteProtocolError,
-    ResourceError,
-)
-from aiomemif.handshake import (
+from aiomemif._core.handshake import (
     F_SEAL_SHRINK,
     ClientHandshake,
     ClientState,
@@ -42,8 +34,8 @@ from aiomemif.handshake import (
     ServerState,
     check_secret,
 )
-from aiomemif.layout import ClientLayout, plan_client_layout, ring_bytes
-from aiomemif.messages import (
+from aiomemif._core.layout import ClientLayout, plan_client_layout, ring_bytes
+from aiomemif._core.messages import (
     Ack,
     AddRegion,
     AddRing,
@@ -55,6 +47,14 @@ from aiomemif.messages import (
     Message,
     decode_untrusted,
     encode,
+)
+from aiomemif._core.wire import Mode, MsgType, RingType
+from aiomemif.errors import (
+    HandshakeRefusedError,
+    LocalProtocolError,
+    PeerDisconnectedError,
+    RemoteProtocolError,
+    ResourceError,
 )
 
 FAST = settings(max_examples=60, deadline=None)

@@ -43,8 +43,7 @@ from hostile import (
 
 import aiomemif
 from aiomemif import InterfaceConfig
-from aiomemif._wire import DESC_FLAG_NEXT, RING_FLAG_MASK_INT, RingType
-from aiomemif.messages import (
+from aiomemif._core.messages import (
     Ack,
     AddRegion,
     Connect,
@@ -56,6 +55,7 @@ from aiomemif.messages import (
     decode_untrusted,
     encode,
 )
+from aiomemif._core.wire import DESC_FLAG_NEXT, RING_FLAG_MASK_INT, RingType
 
 NEXT = DESC_FLAG_NEXT
 EVENTFD_MAX = 0xFFFF_FFFF_FFFF_FFFE  # the largest value an eventfd counter can hold

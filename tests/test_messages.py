@@ -1,7 +1,7 @@
 """Control-message codec: round trips, exact layouts, padding, C strings, hostile input.
 
 Sizes and offsets are written out here from the protocol doc (§3) rather than taken from
-``aiomemif._wire``, so a wrong struct in the library cannot make its own test pass.
+``aiomemif._core.wire``, so a wrong struct in the library cannot make its own test pass.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiomemif import InterfaceConfig
-from aiomemif._wire import Mode, MsgType, RingType
-from aiomemif.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
-from aiomemif.messages import (
+from aiomemif._core.messages import (
     Ack,
     AddRegion,
     AddRing,
@@ -30,6 +28,8 @@ from aiomemif.messages import (
     decode_untrusted,
     encode,
 )
+from aiomemif._core.wire import Mode, MsgType, RingType
+from aiomemif.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
 
 FAST = settings(max_examples=150, deadline=None)
 

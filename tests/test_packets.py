@@ -1,4 +1,5 @@
-"""aiomemif.packets: checksums against known vectors, build/parse round trips, hostile input."""
+"""aiomemif.tools.packets: checksums against known vectors, build/parse round trips, hostile
+input."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemif import ChainedPacket, packets
-from aiomemif.packets import (
+from aiomemif import ChainedPacket
+from aiomemif.tools import packets
+from aiomemif.tools.packets import (
     ARP_REPLY,
     ARP_REQUEST,
     BROADCAST_MAC,

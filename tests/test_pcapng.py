@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aiomemif import ChainedPacket
-from aiomemif.pcapng import (
+from aiomemif.tools.pcapng import (
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_SHB,

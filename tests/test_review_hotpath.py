@@ -24,7 +24,7 @@ from aiomemif import (
     PacketTooLargeError,
     RxMode,
 )
-from aiomemif import _wire as w
+from aiomemif._core import wire as w
 
 MASK_INT = w.RING_FLAG_MASK_INT
 

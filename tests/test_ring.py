@@ -29,9 +29,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from aiomemif.errors import PacketTooLargeError, RemoteProtocolError
-from aiomemif.layout import plan_client_layout
-from aiomemif.ring import (
+from aiomemif._core.client_tx import SlaveTx
+from aiomemif._core.layout import plan_client_layout
+from aiomemif._core.ring import (
     MasterRx,
     QueueCounters,
     Ring,
@@ -40,8 +40,8 @@ from aiomemif.ring import (
     init_ring,
     ring_cookie_ok,
 )
-from aiomemif.ring_master_tx import MasterTx
-from aiomemif.ring_tx import SlaveTx
+from aiomemif._core.server_tx import MasterTx
+from aiomemif.errors import PacketTooLargeError, RemoteProtocolError
 
 
 def buffer_table(first: int, n: int, bsize: int) -> array[int]:

@@ -10,12 +10,12 @@ import sys
 import time
 from typing import IO, Any
 
-from ..connection import Connection
+from .._aio.connection import Connection
+from .._aio.rx_queue import RxQueue
 from ..errors import DisconnectedError
-from ..pcapng import DEFAULT_SNAPLEN, DIRECTION_INBOUND, PcapngWriter
-from ..queues import RxQueue
+from ..tools.pcapng import DEFAULT_SNAPLEN, DIRECTION_INBOUND, PcapngWriter
 from .common import add_link_options, open_link, positive
-from .tap import interface_description, interface_name, linktype_of, open_pcap_stream
+from .pcap_recorder import interface_description, interface_name, linktype_of, open_pcap_stream
 from .traffic import Progress, link_ending, seconds
 
 __all__ = ["register", "run"]

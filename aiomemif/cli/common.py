@@ -9,12 +9,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .._channel import parse_address
-from ..client import connect
-from ..config import InterfaceConfig
-from ..connection import Connection
+from .._aio.client import connect
+from .._aio.connection import Connection
+from .._aio.server import serve
+from .._core.config import InterfaceConfig
+from .._os.channel import parse_address
 from ..errors import ConfigurationError
-from ..server import serve
 
 __all__ = [
     "SECRET_ENV",

@@ -9,11 +9,11 @@ import sys
 import time
 from typing import Any
 
-from ..connection import Connection
+from .._aio.connection import Connection
+from .._aio.tx_queue import TxQueue
 from ..errors import DisconnectedError
-from ..txqueue import TxQueue
 from .common import UsageError, add_link_options, open_link, packet_size, positive
-from .tap import Tap, add_pcap_option, open_tap
+from .pcap_recorder import Tap, add_pcap_option, open_tap
 from .traffic import Progress, TestPacket, human_rate, number, seconds
 
 __all__ = ["register", "run"]

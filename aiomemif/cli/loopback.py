@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..client import connect
-from ..config import InterfaceConfig
-from ..connection import Connection
-from ..queues import RxQueue
-from ..server import serve
-from ..txqueue import TxQueue
+from .._aio.client import connect
+from .._aio.connection import Connection
+from .._aio.rx_queue import RxQueue
+from .._aio.server import serve
+from .._aio.tx_queue import TxQueue
+from .._core.config import InterfaceConfig
 from .common import packet_size, positive
 
 __all__ = ["register", "run"]

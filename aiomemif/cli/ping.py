@@ -11,11 +11,11 @@ import sys
 import time
 from typing import Any
 
-from .. import packets
-from ..connection import Connection
+from .._aio.connection import Connection
+from .._aio.rx_queue import RxQueue
+from .._aio.tx_queue import TxQueue
 from ..errors import ClosedResourceError, DisconnectedError
-from ..queues import RxQueue
-from ..txqueue import TxQueue
+from ..tools import packets
 from .common import UsageError, add_link_options, emit, open_link, positive
 from .responder import ipv4_arg, mac_arg
 

@@ -9,8 +9,10 @@ import json
 import sys
 from typing import Any
 
-from .._channel import ControlChannel, connect_socket, format_address, parse_address
-from ..client import connect
+from .._aio.client import connect
+from .._core.messages import Disconnect, Hello, decode_untrusted, encode
+from .._os.channel import ControlChannel, connect_socket, format_address, parse_address
+from .._os.fds import close_fd
 from ..errors import (
     ConfigurationError,
     DisconnectedError,
@@ -18,8 +20,6 @@ from ..errors import (
     HandshakeTimeoutError,
     MemifError,
 )
-from ..messages import Disconnect, Hello, decode_untrusted, encode
-from ..shm import close_fd
 from .common import UsageError, add_link_options, interface_config
 
 __all__ = ["register", "run"]

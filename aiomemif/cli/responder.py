@@ -10,15 +10,15 @@ import sys
 import time
 from typing import IO, Any
 
-from .. import packets
-from .._wire import Role
-from ..buffers import Packet
-from ..config import InterfaceConfig
-from ..connection import Connection
+from .._aio.connection import Connection
+from .._aio.server import serve
+from .._core.buffers import Packet
+from .._core.config import InterfaceConfig
+from .._core.wire import Role
 from ..errors import ClosedResourceError, DisconnectedError, MemifError, PeerDisconnectedError
-from ..server import serve
+from ..tools import packets
 from .common import add_link_options, emit, interface_config, open_link, positive
-from .tap import Tap, add_pcap_option, open_tap
+from .pcap_recorder import Tap, add_pcap_option, open_tap
 
 __all__ = ["ipv4_arg", "mac_arg", "register", "run"]
 

@@ -9,11 +9,11 @@ import sys
 import time
 from typing import Any
 
-from ..connection import Connection
+from .._aio.connection import Connection
+from .._aio.rx_queue import RxQueue
 from ..errors import DisconnectedError
-from ..queues import RxQueue
 from .common import add_link_options, open_link, positive
-from .tap import Tap, add_pcap_option, open_tap
+from .pcap_recorder import Tap, add_pcap_option, open_tap
 from .traffic import Checker, Progress, TestPacket, human_rate, link_ending, seconds
 
 __all__ = ["register", "run"]

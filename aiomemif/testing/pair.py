@@ -21,12 +21,12 @@ from typing import Any
 
 import attrs
 
-from ..client import connect
-from ..config import InterfaceConfig
-from ..connection import Connection
+from .._aio.client import connect
+from .._aio.connection import Connection
+from .._aio.rx_queue import RxMode
+from .._aio.server import serve
+from .._core.config import InterfaceConfig
 from ..errors import ConfigurationError
-from ..queues import RxMode
-from ..server import serve
 
 __all__ = ["MemifPair", "memif_pair"]
 

@@ -39,8 +39,7 @@ sys.path.insert(0, str(HERE.parent))  # tests/, for the raw peer in hostile.py
 
 from hostile import M2S, S2M, RawPeer, SlaveMemory, raw_message  # noqa: E402
 
-from aiomemif._wire import MsgType  # noqa: E402
-from aiomemif.messages import (  # noqa: E402
+from aiomemif._core.messages import (  # noqa: E402
     Ack,
     Connect,
     Connected,
@@ -51,6 +50,7 @@ from aiomemif.messages import (  # noqa: E402
     decode_untrusted,
     encode,
 )
+from aiomemif._core.wire import MsgType  # noqa: E402
 from aiomemif.testing.testpmd import TestPmd, TestPmdError  # noqa: E402
 
 IFACE_ID: Final = 7

@@ -11,7 +11,7 @@ import enum
 
 import attrs
 
-from . import _wire as w
+from . import wire as w
 
 __all__ = ["ClientLayout", "RegionLayout", "RingPlacement", "plan_client_layout", "ring_bytes"]
 

@@ -12,24 +12,26 @@ from types import TracebackType
 
 import attrs
 
-from . import _loopio
-from . import _wire as w
-from ._channel import ControlChannel, Listener, format_address, parse_address
-from .config import InterfaceConfig
-from .connection import Connection, UntilClosed, discard_queued
-from .errors import (
+from .._core import wire as w
+from .._core.config import InterfaceConfig
+from .._core.handshake import Established, MapRegions, SendMessage, ServerHandshake
+from .._core.messages import decode_untrusted, encode
+from .._core.ring import MasterRx, QueueCounters, Ring, ring_cookie_ok
+from .._core.server_tx import MasterTx
+from .._os import readers as _loopio
+from .._os.channel import ControlChannel, Listener, format_address, parse_address
+from .._os.eventfd import EventFd
+from .._os.fds import close_fd, describe_fd
+from .._os.regions import Region, map_region
+from ..errors import (
     ClosedResourceError,
     ConfigurationError,
     DisconnectedError,
     RemoteProtocolError,
 )
-from .handshake import Established, MapRegions, SendMessage, ServerHandshake
-from .messages import decode_untrusted, encode
-from .queues import RxMode, RxQueue
-from .ring import MasterRx, QueueCounters, Ring, ring_cookie_ok
-from .ring_master_tx import MasterTx
-from .shm import EventFd, Region, close_fd, describe_fd, map_region
-from .txqueue import TxQueue
+from .connection import Connection, UntilClosed, discard_queued
+from .rx_queue import RxMode, RxQueue
+from .tx_queue import TxQueue
 
 __all__ = ["HandshakeFailure", "Server", "serve"]
 

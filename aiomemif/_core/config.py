@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from . import _wire as w
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from . import wire as w
 from .layout import RegionLayout
 
 __all__ = ["InterfaceConfig", "Mode", "RegionLayout", "secret_bytes"]

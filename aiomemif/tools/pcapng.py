@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Final
 
-from .buffers import ChainedPacket
+from .._core.buffers import ChainedPacket
 
 __all__ = [
     "BLOCK_EPB",
@@ -219,7 +219,7 @@ class PcapngWriter:
         self.packets = 0
         self.bytes_written = 0
         if application is None:
-            from . import __version__
+            from .. import __version__
 
             application = f"aiomemif {__version__}"
         if os is None:

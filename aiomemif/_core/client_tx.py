@@ -16,14 +16,14 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from . import _wire as w
-from .buffers import as_wire_buffer
-from .errors import (
+from ..errors import (
     ConfigurationError,
     LocalProtocolError,
     PacketTooLargeError,
     RemoteProtocolError,
 )
+from . import wire as w
+from .buffers import as_wire_buffer
 from .ring import QueueCounters, Ring
 
 __all__ = ["MAX_PACKET", "Reservation", "SlaveTx"]

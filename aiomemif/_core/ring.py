@@ -2,7 +2,7 @@
 
 A :class:`Ring` is a typed view of one ring header plus its descriptor array inside a mapped
 region. The four endpoint classes implement the four roles of §6 of the protocol (the two
-transmitters live in :mod:`aiomemif.ring_tx` and :mod:`aiomemif.ring_master_tx`):
+transmitters live in :mod:`aiomemif._core.client_tx` and :mod:`aiomemif._core.server_tx`):
 
 ============== ============ ===================================================
 class          ring / role  writes
@@ -23,14 +23,13 @@ head and tail are read and written as single 16-bit elements of a ``cast("H")`` 
 from __future__ import annotations
 
 import itertools
-import threading
 from array import array
 from collections.abc import Iterator, Sequence
 
-from . import _wire as w
+from ..errors import RemoteProtocolError
+from . import wire as w
 from .buffers import ChainedPacket, Packet
-from .checked_runs import CheckedRuns
-from .errors import RemoteProtocolError
+from .descriptors import CheckedRuns
 
 __all__ = [
     "MasterRx",
@@ -48,24 +47,10 @@ _DESC = w.DESC
 _HEAD = w.RING_HEAD_OFF // 2
 _FLAGS = w.RING_FLAGS_OFF // 2
 _ZERO_FLAGS = array("H", bytes(2 * (1 << w.MAX_LOG2_RING_SIZE + 1)))
-_FENCE_LOCK = threading.Lock()
 #: From this many descriptors on, a run is first tested for equal flags, region and
 #: length by comparing bytes (``_uniform``) before any int lists are made (measured with
 #: the earlier two-column form: 12% faster at 256, 5-10% slower at 32).
 _BYTES_RUN = 64
-
-
-def fence() -> None:
-    """Order this thread's earlier stores before its later loads (a store-load fence).
-
-    Python has no fence primitive; taking and dropping a lock executes an atomic
-    read-modify-write, which is a full fence on x86. Used between "publish" and "does the
-    peer want a signal?" (and between "unmask" and "anything pending?") so neither side
-    misses the other's update. On weaker memory models it narrows the window; receive
-    queues keep a safety re-scan for what remains.
-    """
-    _FENCE_LOCK.acquire()
-    _FENCE_LOCK.release()
 
 
 def _descriptors_ok(

@@ -13,11 +13,18 @@ from typing import Any
 
 import attrs
 
-from . import _wire as w
-from ._channel import ControlChannel, connect_socket, format_address, parse_address
-from .config import InterfaceConfig
-from .connection import Connection, UntilClosed, discard_queued
-from .errors import (
+from .._core import wire as w
+from .._core.client_tx import SlaveTx
+from .._core.config import InterfaceConfig
+from .._core.handshake import ClientHandshake, Established, HelloReceived, SendMessage
+from .._core.layout import ClientLayout, plan_client_layout
+from .._core.messages import decode_untrusted, encode
+from .._core.ring import QueueCounters, Ring, SlaveRx, descriptor_table, init_ring
+from .._os.channel import ControlChannel, connect_socket, format_address, parse_address
+from .._os.eventfd import EventFd
+from .._os.fds import close_fd
+from .._os.regions import Region, create_region
+from ..errors import (
     ClosedResourceError,
     ConfigurationError,
     DisconnectedError,
@@ -25,14 +32,9 @@ from .errors import (
     MemifError,
     RemoteProtocolError,
 )
-from .handshake import ClientHandshake, Established, HelloReceived, SendMessage
-from .layout import ClientLayout, plan_client_layout
-from .messages import decode_untrusted, encode
-from .queues import RxMode, RxQueue
-from .ring import QueueCounters, Ring, SlaveRx, descriptor_table, init_ring
-from .ring_tx import SlaveTx
-from .shm import EventFd, Region, close_fd, create_region
-from .txqueue import TxQueue
+from .connection import Connection, UntilClosed, discard_queued
+from .rx_queue import RxMode, RxQueue
+from .tx_queue import TxQueue
 
 __all__ = ["Client", "LinkEvent", "ReconnectPolicy", "connect"]
 

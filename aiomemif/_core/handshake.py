@@ -24,15 +24,15 @@ from typing import ClassVar, TypeAlias
 
 import attrs
 
-from . import _wire as w
-from .config import InterfaceConfig
-from .errors import (
+from ..errors import (
     HandshakeRefusedError,
     LocalProtocolError,
     PeerDisconnectedError,
     RemoteProtocolError,
     ResourceError,
 )
+from . import wire as w
+from .config import InterfaceConfig
 from .layout import ClientLayout, ring_bytes
 from .messages import (
     Ack,

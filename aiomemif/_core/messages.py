@@ -12,8 +12,8 @@ from typing import TypeAlias
 
 import attrs
 
-from . import _wire as w
-from .errors import LocalProtocolError, RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError
+from . import wire as w
 
 __all__ = [
     "Ack",

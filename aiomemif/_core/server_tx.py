@@ -2,7 +2,7 @@
 
 ``MasterTx`` (server, M2S) copies into the buffers the client's descriptors name, each
 descriptor checked before a byte is written. Packets larger than one offered buffer are
-chained over consecutive slots, as in :mod:`aiomemif.ring_tx`.
+chained over consecutive slots, as in :mod:`aiomemif._core.client_tx`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from . import _wire as w
+from ..errors import LocalProtocolError, RemoteProtocolError
+from . import wire as w
 from .buffers import as_wire_buffer
-from .checked_runs import CheckedRuns
-from .errors import LocalProtocolError, RemoteProtocolError
-from .ring import QueueCounters, Ring, _descriptors_ok
-from .ring_tx import (
+from .client_tx import (
     MAX_PACKET,
     Reservation,
     _all_fit,
@@ -36,6 +34,8 @@ from .ring_tx import (
     _too_large,
     _uniform_column,
 )
+from .descriptors import CheckedRuns
+from .ring import QueueCounters, Ring, _descriptors_ok
 
 __all__ = ["MasterTx"]
 

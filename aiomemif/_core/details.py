@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from . import _wire as w
+from . import wire as w
 
 __all__ = ["ConnectionDetails", "QueueDetails", "RegionDetails"]
 

@@ -13,10 +13,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Final, overload
 
-from . import _loopio
-from . import _wire as w
-from .buffers import ChainedPacket, Packet
-from .errors import (
+from .._core import wire as w
+from .._core.buffers import ChainedPacket, Packet
+from .._core.ring import MasterRx, QueueCounters, SlaveRx
+from .._os import readers as _loopio
+from .._os.eventfd import EventFd
+from .._os.regions import fence
+from ..errors import (
     BusyResourceError,
     ClosedResourceError,
     ConfigurationError,
@@ -25,8 +28,6 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .ring import MasterRx, QueueCounters, SlaveRx, fence
-from .shm import EventFd
 
 if TYPE_CHECKING:
     from .connection import Connection

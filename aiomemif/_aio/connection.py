@@ -8,23 +8,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from . import _loopio
-from . import _wire as w
-from ._channel import ControlChannel
-from .config import InterfaceConfig
-from .details import ConnectionDetails, QueueDetails, RegionDetails
-from .errors import (
+from .._core import wire as w
+from .._core.config import InterfaceConfig
+from .._core.details import ConnectionDetails, QueueDetails, RegionDetails
+from .._core.messages import Disconnect, decode_untrusted
+from .._core.ring import Ring
+from .._os import readers as _loopio
+from .._os.channel import ControlChannel
+from .._os.eventfd import EventFd
+from .._os.fds import close_fd
+from .._os.regions import Region
+from ..errors import (
     ClosedResourceError,
     DisconnectedError,
     MemifError,
     PeerDisconnectedError,
     RemoteProtocolError,
 )
-from .messages import Disconnect, decode_untrusted
-from .queues import RxQueue
-from .ring import Ring
-from .shm import EventFd, Region, close_fd
-from .txqueue import TxQueue
+from .rx_queue import RxQueue
+from .tx_queue import TxQueue
 
 __all__ = ["Connection", "UntilClosed", "discard_queued"]
 

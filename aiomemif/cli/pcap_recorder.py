@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import IO, Final
 
-from ..buffers import ChainedPacket
-from ..pcapng import (
+from .._core.buffers import ChainedPacket
+from ..tools.pcapng import (
     DIRECTION_INBOUND,
     DIRECTION_OUTBOUND,
     LINKTYPE_ETHERNET,

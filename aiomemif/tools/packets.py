@@ -4,7 +4,7 @@ Pure code (bytes in, values or bytes out) for the packets a memif link usually c
 first: enough to answer or send a ping. Used by ``aiomemif responder`` and ``aiomemif ping``
 and usable on its own::
 
-    from aiomemif import packets
+    from aiomemif.tools import packets
 
     frame = packets.arp_request("02:fe:00:00:00:02", "192.168.1.2", "192.168.1.1")
     echo = packets.icmp_echo(ident=1, seq=1, payload=bytes(56))

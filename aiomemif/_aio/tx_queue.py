@@ -18,9 +18,14 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, overload
 
-from . import _wire as w
-from .buffers import ChainedPacket
-from .errors import (
+from .._core import wire as w
+from .._core.buffers import ChainedPacket
+from .._core.client_tx import Reservation, SlaveTx
+from .._core.ring import SlaveRx
+from .._core.server_tx import MasterTx
+from .._os.eventfd import EventFd
+from .._os.regions import fence
+from ..errors import (
     BusyResourceError,
     ConfigurationError,
     LocalProtocolError,
@@ -29,11 +34,7 @@ from .errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .queues import Batch, QueueBase, RxQueue
-from .ring import SlaveRx, fence
-from .ring_master_tx import MasterTx
-from .ring_tx import Reservation, SlaveTx
-from .shm import EventFd
+from .rx_queue import Batch, QueueBase, RxQueue
 
 if TYPE_CHECKING:
     from .connection import Connection

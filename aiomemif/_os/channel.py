@@ -2,7 +2,7 @@
 
 Also socket addresses (filesystem paths and the abstract namespace) and the listener's
 stale-socket probe. Synchronous syscalls plus tiny awaitable wrappers built on
-:mod:`aiomemif._loopio`.
+:mod:`aiomemif._os.readers`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import socket
 import stat
 from typing import Final
 
-from . import _loopio
-from . import _wire as w
-from .errors import (
+from .._core import wire as w
+from .._core.messages import Disconnect, encode
+from ..errors import (
     AddressInUseError,
     ConfigurationError,
     ConnectionLostError,
     MemifError,
     RemoteProtocolError,
 )
-from .messages import Disconnect, encode
-from .shm import close_fd, wrap_os_error
+from . import readers as _loopio
+from .fds import close_fd, wrap_os_error
 
 __all__ = ["ControlChannel", "Listener", "connect_socket", "format_address", "parse_address"]
 
