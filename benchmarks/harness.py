@@ -58,10 +58,10 @@ Json = dict[str, Any]
 #: Extra seconds the parent allows on top of a case's timeout (spawn, imports, teardown).
 GRACE = 15.0
 
-#: The library's per-descriptor validation functions: module-level functions that the data
-#: path calls through its module globals (ring.py has ``_descriptors_ok``; the transmit side
-#: ``_offers_ok``, wherever it lives after refactors).
-VALIDATION_NAMES = ("_descriptors_ok", "_offers_ok")
+#: The library's run validation function (``aiomemif._core.descriptors.run_ok``): the bulk
+#: receive and transmit paths call it through module globals, in the validator module and
+#: wherever it was imported.
+VALIDATION_NAMES = ("run_ok",)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,7 @@
 """Bulk paths for runs of equally long chains (jumbo frames of one size), both directions.
 
 A run of equal chains is received in bulk (``_collect_chains``) and transmitted in bulk
-(``SlaveTx._write_chains`` / ``MasterTx._write_chains``); anything else in or after the
+(``ClientTx._write_chains`` / ``ServerTx._write_chains``); anything else in or after the
 run (another size, a bad segment, an unfinished chain, uneven offers) must go through the
 per-descriptor paths with the same result as before.
 """
@@ -16,9 +16,9 @@ from test_datapath import ROLES, TIMEOUT, linked, payload
 
 from aiomemif import ChainedPacket, Connection, InterfaceConfig, RxQueue, TxQueue
 from aiomemif._core import wire as w
-from aiomemif._core.client_tx import SlaveTx
-from aiomemif._core.ring import MasterRx, SlaveRx
-from aiomemif._core.server_tx import MasterTx
+from aiomemif._core.client_tx import ClientTx
+from aiomemif._core.rx import ClientRx, ServerRx
+from aiomemif._core.server_tx import ServerTx
 
 BSIZE = 256
 RING = 32
@@ -56,8 +56,8 @@ def flags_of(tx: TxQueue, first: int, count: int) -> list[int]:
 async def test_equal_chains_go_in_bulk_both_ways(
     sock_path: str, sender: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tx_class = SlaveTx if sender == "client" else MasterTx
-    rx_class = MasterRx if sender == "client" else SlaveRx
+    tx_class = ClientTx if sender == "client" else ServerTx
+    rx_class = ServerRx if sender == "client" else ClientRx
     tx_each = calls(monkeypatch, tx_class, "_write_each")
     rx_each = calls(monkeypatch, rx_class, "_collect_each")
     async with linked(sock_path, config(), config()) as (server, client):
@@ -140,7 +140,7 @@ async def test_uneven_offers_are_filled_one_packet_at_a_time(
         ring = rx._endpoint.ring
         first = tx._endpoint.tail & ring.mask
         ring.words[4 * ((first + 1) & ring.mask) + 1] = 32  # the client offers 32 bytes there
-        each = calls(monkeypatch, MasterTx, "_write_each")
+        each = calls(monkeypatch, ServerTx, "_write_each")
         packets = [payload(i, 100) for i in range(4)]
         assert tx.send_batch_nowait(packets) == 4
         assert each  # the per-packet path decided

@@ -26,8 +26,7 @@ from test_fastpath import (
     take,
 )
 
-import aiomemif._core.ring
-import aiomemif._core.server_tx
+import aiomemif._core.descriptors
 from aiomemif._core.descriptors import CheckedRuns
 
 __all__ = ["rigs"]  # the fixture, re-exported for pytest
@@ -97,7 +96,7 @@ def test_second_lap_of_a_checked_run(
     first = rx.read
     lap1 = [payload(j, L) for j in range(8)]
     r.publish(direction, r.stage(direction, first, lap1))
-    assert take(rx.poll(64)) == lap1
+    assert take(rx.poll(64).packets) == lap1
     rx.release()
 
     second = rx.read
@@ -120,12 +119,12 @@ def test_second_lap_of_a_checked_run(
         r.write(reg, spare, b"elsewhere-%06d" % pos)
         descs[pos] = (f, reg, n, spare)
         expected[pos] = b"elsewhere-%06d" % pos
-    checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
+    checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
     if change is None:
         forbid(monkeypatch, rx, "_collect_each")
     r.publish(direction, descs)
 
-    assert take(rx.poll(64)) == expected
+    assert take(rx.poll(64).packets) == expected
     # The bulk check runs unless the run came from the memo, or its region word already
     # differs (then the per-descriptor path checks each one).
     assert len(checks) == (0 if change in (None, "region out of range") else 1)
@@ -144,8 +143,8 @@ def test_memo_is_not_used_for_a_run_across_the_ring_end(
     for lap in range(2):
         packets = [payload(10 * lap + j, L) for j in range(8)]
         r.publish(direction, r.stage(direction, rx.read, packets))
-        checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
-        assert take(rx.poll(64)) == packets
+        checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
+        assert take(rx.poll(64).packets) == packets
         assert len(checks) == 1  # checked on both laps
         monkeypatch.undo()
         rx.release()
@@ -156,7 +155,7 @@ def test_reset_forgets_the_memo(rigs: Callable[..., MmapRig]) -> None:
     rx = r.master_rx
     packets = [payload(j, L) for j in range(8)]
     r.publish("s2m", r.stage("s2m", rx.read, packets))
-    take(rx.poll(64))
+    take(rx.poll(64).packets)
     rx.release()
     assert rx.checked.recall(bytes(r.s2m_master.desc[: 16 * 8]), 0, 8) is not None
     rx.reset()
@@ -193,11 +192,11 @@ def test_chains_in_remembered_slots(rigs: Callable[..., MmapRig], direction: str
     rx = r.receiver(direction)
     lap1 = [payload(j, L) for j in range(8)]
     r.publish(direction, r.stage(direction, rx.read, lap1))
-    assert take(rx.poll(64)) == lap1
+    assert take(rx.poll(64).packets) == lap1
     rx.release()
     lap2 = [payload(100 + j, L) for j in range(8)]
     r.publish(direction, r.stage(direction, rx.read, lap2, flags=[NEXT, 0] * 4))
-    assert take(rx.poll(64)) == [lap2[i] + lap2[i + 1] for i in range(0, 8, 2)]
+    assert take(rx.poll(64).packets) == [lap2[i] + lap2[i + 1] for i in range(0, 8, 2)]
     assert rx.counters.chained == 4
     rx.release()
 
@@ -216,9 +215,9 @@ def test_uneven_lengths_and_a_partial_recall(
         r.publish(direction, r.stage(direction, rx.read, packets))
         checks: list[object] = []
         if lap:
-            checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
+            checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
             forbid(monkeypatch, rx, "_collect_each")
-        assert take(rx.poll(3)) + take(rx.poll(64)) == packets
+        assert take(rx.poll(3).packets) + take(rx.poll(64).packets) == packets
         assert checks == []
         rx.release()
     assert memo_sizes_ok(rx.checked, r.size)
@@ -233,13 +232,13 @@ def test_client_memo_keeps_to_its_buffer_region(
     rx = r.slave_rx
     odd = [(0, 0, L, 64 * j) for j in range(8)]  # region 0: valid, not the buffer region
     r.publish("m2s", odd)
-    assert len(take(rx.poll(64))) == 8
+    assert len(take(rx.poll(64).packets)) == 8
     rx.release()
     for lap in range(2):
         packets = [payload(10 * lap + j, L) for j in range(8)]
         r.publish("m2s", r.stage("m2s", rx.read, packets))
-        checks = spy(monkeypatch, aiomemif._core.ring, "_descriptors_ok")
-        assert take(rx.poll(64)) == packets
+        checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
+        assert take(rx.poll(64).packets) == packets
         assert len(checks) == (0 if lap else 1)
         monkeypatch.undo()
         rx.release()
@@ -253,7 +252,7 @@ def server_lap(r: MmapRig, seed: int) -> list[bytes]:
     receives them (checked) and refills. Returns the packets."""
     packets = [payload(seed + j, L) for j in range(8)]
     assert r.master_tx.write(packets) == 8
-    assert take(r.slave_rx.poll(64)) == packets
+    assert take(r.slave_rx.poll(64).packets) == packets
     r.slave_rx.release()
     return packets
 
@@ -274,7 +273,7 @@ def test_server_transmit_after_a_remembered_offer_turns_bad(
     packets = [payload(100 + j, L) for j in range(8)]
     assert tx.write(packets) == 7  # the bad slot went back empty, so one did not fit
     assert tx.counters.bad_descriptors == 1
-    assert take(rx.poll(64)) == packets[:7]
+    assert take(rx.poll(64).packets) == packets[:7]
 
 
 def test_server_transmit_remembered_uneven_offers(rigs: Callable[..., MmapRig]) -> None:
@@ -291,7 +290,7 @@ def test_server_transmit_remembered_uneven_offers(rigs: Callable[..., MmapRig]) 
         packets = [payload(10 * lap + j, 48) for j in range(8)]
         sent = tx.write(packets)
         assert r.read(reg, off + 32, len(canary)) == canary, lap  # nothing past the offer
-        assert take(rx.poll(64)) == packets[:sent]
+        assert take(rx.poll(64).packets) == packets[:sent]
         rx.release()
 
 
@@ -301,14 +300,14 @@ def test_server_transmit_identical_offers_come_from_the_memo(
     r = rigs(split=True, start=SLOT0)
     tx, rx = r.master_tx, r.slave_rx
     for lap in range(2):
-        checks = spy(monkeypatch, aiomemif._core.server_tx, "_offers_ok")
+        checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
         if lap:
             forbid(monkeypatch, tx, "_write_each")
         packets = [payload(10 * lap + j, L) for j in range(8)]
         assert tx.write(packets) == 8
         assert len(checks) == (0 if lap else 1)
         monkeypatch.undo()
-        assert take(rx.poll(64)) == packets
+        assert take(rx.poll(64).packets) == packets
         rx.release()
 
 

@@ -36,7 +36,7 @@ from hostile import M2S, S2M, SlaveMemory
 from test_datapath import ROLES, TIMEOUT, eventually, linked, payload
 from test_hostile import fake_client_link, fake_master_link, master_publish, master_send
 
-import aiomemif._core.ring
+import aiomemif._core.descriptors
 from aiomemif import (
     ChainedPacket,
     Connection,
@@ -48,18 +48,12 @@ from aiomemif import (
 from aiomemif._aio.rx_queue import RxQueue
 from aiomemif._aio.tx_queue import TxQueue
 from aiomemif._core import wire as w
-from aiomemif._core.client_tx import SlaveTx
+from aiomemif._core.client_tx import ClientTx
 from aiomemif._core.layout import plan_client_layout
-from aiomemif._core.ring import (
-    MasterRx,
-    Packet,
-    QueueCounters,
-    Ring,
-    SlaveRx,
-    descriptor_table,
-    init_ring,
-)
-from aiomemif._core.server_tx import MasterTx
+from aiomemif._core.ring import QueueCounters, Ring, descriptor_table, init_ring
+from aiomemif._core.rx import ClientRx, RxRun, ServerRx
+from aiomemif._core.buffers import Packet
+from aiomemif._core.server_tx import ServerTx
 
 MASK = 0xFFFF
 NEXT = w.DESC_FLAG_NEXT
@@ -114,7 +108,7 @@ class MmapRig:
         self.s2m_master = Ring(self.master_views[0], s2m.offset, log2, CL)
         self.m2s_slave = Ring(self.slave_views[0], m2s.offset, log2, CL)
         self.m2s_master = Ring(self.master_views[0], m2s.offset, log2, CL)
-        self.slave_tx = SlaveTx(
+        self.slave_tx = ClientTx(
             self.s2m_slave,
             self.slave_views[self.breg],
             self.breg,
@@ -122,9 +116,10 @@ class MmapRig:
             bsize,
             tx_headroom,
             QueueCounters(),
+            sink=self.maps[self.breg],
         )
-        self.master_rx = MasterRx(self.s2m_master, self.master_views, QueueCounters())
-        self.slave_rx = SlaveRx(
+        self.master_rx = ServerRx(self.s2m_master, self.master_views, QueueCounters())
+        self.slave_rx = ClientRx(
             self.m2s_slave,
             self.slave_views,
             QueueCounters(),
@@ -132,7 +127,7 @@ class MmapRig:
             array("I", self.rx_table),
             bsize,
         )
-        self.master_tx = MasterTx(self.m2s_master, self.master_views, QueueCounters())
+        self.master_tx = ServerTx(self.m2s_master, self.master_views, QueueCounters(), self.maps)
         # The transmitters copy through the mmap itself, as they do on a real connection.
         assert self.slave_tx.sink is self.maps[self.breg]
         assert self.master_tx.sinks == self.maps
@@ -178,7 +173,7 @@ class MmapRig:
     def publish(self, direction: str, descs: Sequence[tuple[int, int, int, int]]) -> None:
         (self.slave_publish if direction == "s2m" else self.master_publish)(descs)
 
-    def receiver(self, direction: str) -> MasterRx | SlaveRx:
+    def receiver(self, direction: str) -> ServerRx | ClientRx:
         return self.master_rx if direction == "s2m" else self.slave_rx
 
     def own_buffer(self, direction: str, idx: int) -> int:
@@ -222,7 +217,7 @@ def rigs(
     the end of an 8-slot run); tests that pass their own start cover wrapping runs."""
     bytes_path = request.param == "bytes-from-2"
     if bytes_path:
-        monkeypatch.setattr(aiomemif._core.ring, "_BYTES_RUN", 2)
+        monkeypatch.setattr(aiomemif._core.descriptors, "UNIFORM_RUN", 2)
     made: list[MmapRig] = []
 
     def make(**kw: Any) -> MmapRig:
@@ -280,11 +275,11 @@ def packets_of(seed: int, sizes: Sequence[int]) -> list[bytes]:
     return [payload(seed * 1000 + j, n) for j, n in enumerate(sizes)]
 
 
-def slots_of(rx: MasterRx | SlaveRx, count: int) -> list[int]:
-    """Ring slots of the packets of the last poll, as ``Batch.slot_of`` maps them."""
-    if rx.last_slots is None:
-        return [(rx.last_start + i) & rx.ring.mask for i in range(count)]
-    return [s & rx.ring.mask for s in rx.last_slots]
+def slots_of(rx: ServerRx | ClientRx, run: RxRun) -> list[int]:
+    """Ring slots of the packets of a poll's run, as ``Batch.slot_of`` maps them."""
+    if run.slots is None:
+        return [(run.start + i) & rx.ring.mask for i in range(len(run.packets))]
+    return [s & rx.ring.mask for s in run.slots]
 
 
 # --- connections -----------------------------------------------------------------------
@@ -379,8 +374,9 @@ def test_run_with_one_bad_descriptor(
     fallback = spy(monkeypatch, rx, "_collect_each") if kind is not None else []
     r.publish(direction, descs)
 
-    views = rx.poll(64)
-    assert slots_of(rx, len(views)) == [(first + j) & r.mask for j in good]
+    run = rx.poll(64)
+    views = run.packets
+    assert slots_of(rx, run) == [(first + j) & r.mask for j in good]
     assert take(views) == [packets[j] for j in good]
     assert len(fallback) == (kind is not None)
     c = rx.counters
@@ -419,7 +415,7 @@ def test_single_descriptor(rigs: Callable[..., MmapRig], direction: str, kind: s
     else:
         desc = bad_descriptor(r, direction, kind, first)
     r.publish(direction, [desc])
-    assert take(rx.poll(64)) == ([data] if kind is None else [])
+    assert take(rx.poll(64).packets) == ([data] if kind is None else [])
     assert (rx.counters.packets, rx.counters.bad_descriptors) == (
         (1, 0) if kind is None else (0, 1)
     )
@@ -447,10 +443,11 @@ def test_poll_one_at_a_time_over_a_bad_descriptor(
     descs = r.stage(direction, first, packets)
     descs[0] = bad_descriptor(r, direction, kind, first)
     r.publish(direction, descs)
-    assert take(rx.poll(1)) == [packets[1]]
-    assert slots_of(rx, 1) == [(first + 1) & r.mask]
-    assert take(rx.poll(1)) == [packets[2]]
-    assert rx.poll(1) == []
+    run = rx.poll(1)
+    assert take(run.packets) == [packets[1]]
+    assert slots_of(rx, run) == [(first + 1) & r.mask]
+    assert take(rx.poll(1).packets) == [packets[2]]
+    assert rx.poll(1).packets == []
     assert (rx.counters.packets, rx.counters.bad_descriptors, rx.held) == (2, 1, 3)
     rx.release()
 
@@ -463,10 +460,10 @@ def test_poll_one_returns_a_whole_chain(rigs: Callable[..., MmapRig], direction:
     first = rx.read
     parts = [payload(20 + j, L) for j in range(3)]
     r.publish(direction, r.stage(direction, first, parts, [NEXT, 0, 0]))
-    views = rx.poll(1)
+    views = rx.poll(1).packets
     assert [isinstance(v, ChainedPacket) for v in views] == [True]
     assert take(views) == [parts[0] + parts[1]]
-    assert take(rx.poll(1)) == [parts[2]]
+    assert take(rx.poll(1).packets) == [parts[2]]
     assert (rx.counters.packets, rx.counters.chained, rx.counters.bad_descriptors) == (2, 1, 0)
     rx.release()
 
@@ -499,7 +496,7 @@ def test_run_ending_exactly_at_the_region_end(
         r.write(r.breg, base, p)
         descs.append((0, r.breg, len(p), base))
     r.publish(direction, descs)
-    assert take(rx.poll(64)) == packets
+    assert take(rx.poll(64).packets) == packets
     assert bool(fallback) == (lengths == "mixed")  # both branches of the bulk check ran
     c = rx.counters
     assert (c.packets, c.bytes, c.bad_descriptors) == (8, sum(sizes), 0)
@@ -554,7 +551,7 @@ def test_run_with_two_regions_or_a_chain(
             expected.append((b"".join(parts), len(parts) > 1))
             parts = []
     r.publish(direction, descs)
-    views = rx.poll(64)
+    views = rx.poll(64).packets
     assert [isinstance(v, ChainedPacket) for v in views] == [chain for _, chain in expected]
     assert take(views) == [data for data, _ in expected]
     c = rx.counters
@@ -577,7 +574,7 @@ def test_equal_run_with_next_on_every_descriptor(
     first = rx.read
     packets = [payload(j, L) for j in range(8)]
     r.publish(direction, r.stage(direction, first, packets, [NEXT] * 8))
-    assert rx.poll(64) == []
+    assert rx.poll(64).packets == []
     c = rx.counters
     assert (c.packets, c.bad_descriptors, rx.held) == (0, 1, 8)
     rx.release()
@@ -618,10 +615,10 @@ def test_bulk_s2m_runs_across_the_ring_end(
             assert (flags, region, n, off) == (0, r.breg, sizes[k], own)
             assert r.read(region, off, n) == packets[k]
         if lap % 2:
-            got = take(rx.poll(64))
+            got = take(rx.poll(64).packets)
         else:  # stop inside the run, then read the rest across the ring end
-            got = take(rx.poll(2))
-            got += take(rx.poll(64))
+            got = take(rx.poll(2).packets)
+            got += take(rx.poll(64).packets)
         assert got == packets
         rx.release()
     c = rx.counters
@@ -650,10 +647,10 @@ def test_bulk_m2s_runs_across_the_ring_end(
             assert (flags, region, n, off) == (0, r.breg, sizes[k], own)
             assert bytes(r.slave_views[region][off : off + n]) == packets[k]
         if lap % 2:
-            got = take(rx.poll(64))
+            got = take(rx.poll(64).packets)
         else:
-            got = take(rx.poll(2))
-            got += take(rx.poll(64))
+            got = take(rx.poll(2).packets)
+            got += take(rx.poll(64).packets)
         assert got == packets
         rx.release()
         assert tx.free() == 8
@@ -707,7 +704,7 @@ TYPE_NAMES = [name for name, _, _ in typed_packets()]
 NOT_BYTES_LIKE: list[object] = ["a str", 12345, None, [1, 2, 3], object()]
 
 
-def tx_pair(r: MmapRig, side: str) -> tuple[SlaveTx | MasterTx, MasterRx | SlaveRx, Ring]:
+def tx_pair(r: MmapRig, side: str) -> tuple[ClientTx | ServerTx, ServerRx | ClientRx, Ring]:
     """(transmitter, receiver, ring) of the client's or the server's transmit direction."""
     if side == "client":
         return r.slave_tx, r.master_rx, r.s2m_slave
@@ -721,10 +718,10 @@ def test_transmit_mixed_buffer_types(rigs: Callable[..., MmapRig], side: str) ->
     tx, rx, _ring = tx_pair(r, side)
     kinds = typed_packets()
     assert tx.write([obj for _, obj, _ in kinds[:8]]) == 8
-    assert take(rx.poll(64)) == [data for _, _, data in kinds[:8]]
+    assert take(rx.poll(64).packets) == [data for _, _, data in kinds[:8]]
     rx.release()
     assert tx.write([obj for _, obj, _ in kinds[1:]]) == 8
-    assert take(rx.poll(64)) == [data for _, _, data in kinds[1:]]
+    assert take(rx.poll(64).packets) == [data for _, _, data in kinds[1:]]
 
 
 @pytest.mark.parametrize("count", [1, 6], ids=["single", "run"])
@@ -741,7 +738,7 @@ def test_transmit_packets_of_one_buffer_type(
     obj, data = {n: (o, d) for n, o, d in typed_packets()}[name]
     for _lap in range(3):
         assert tx.write([obj] * count) == count
-        assert take(rx.poll(64)) == [data] * count
+        assert take(rx.poll(64).packets) == [data] * count
         rx.release()
     assert tx.counters.bytes == 3 * count * len(data)
 
@@ -767,7 +764,7 @@ def test_transmit_run_whose_ends_agree_on_len(
     want = [payload(1, n), payload(2, n), data, payload(3, n)]
     for _lap in range(2):
         assert tx.write(batch) == 4
-        assert take(rx.poll(64)) == want
+        assert take(rx.poll(64).packets) == want
         rx.release()
     assert tx.counters.bytes == 2 * sum(map(len, want))
 
@@ -787,10 +784,10 @@ def test_transmit_not_bytes_like_publishes_nothing(
             tx.write(batch)
         assert snapshot(ring) == before  # no descriptor, no index: nothing published
     assert (tx.counters.packets, tx.counters.bytes) == (0, 0)
-    assert rx.poll(64) == []
+    assert rx.poll(64).packets == []
     # whatever was copied into buffers before the error is overwritten by the next send
     assert tx.write([b"after", b"the error"]) == 2
-    assert take(rx.poll(64)) == [b"after", b"the error"]
+    assert take(rx.poll(64).packets) == [b"after", b"the error"]
 
 
 @pytest.mark.parametrize("count", [1, 2], ids=["single", "run"])
@@ -807,7 +804,7 @@ def test_transmit_non_contiguous_memoryview(
     view = memoryview(bytearray(range(40)) if kind == "B" else array("I", range(10)))[::2]
     batch: list[object] = [view, b"next"][:count]
     assert tx.write(batch) == count
-    assert take(rx.poll(64)) == [view.tobytes(), b"next"][:count]
+    assert take(rx.poll(64).packets) == [view.tobytes(), b"next"][:count]
 
 
 # ============================================== 6. dirty tracking in the client transmitter
@@ -825,7 +822,7 @@ def test_small_packets_after_a_chain_carry_no_next(
     tx, rx = r.slave_tx, r.master_rx
     cap = r.bsize - headroom
     assert tx.write(packets_of(0, [cap] * 8)) == 8  # a clean first lap
-    take(rx.poll(64))
+    take(rx.poll(64).packets)
     rx.release()
     assert tx.dirty <= 0
     big = payload(99, 3 * cap - 5)  # three buffers: NEXT, NEXT, 0
@@ -841,7 +838,7 @@ def test_small_packets_after_a_chain_carry_no_next(
             at += len(seg)
         assert tx.commit(res) == 1
     assert [d[0] for d in descriptors(r.s2m_master, head, 3)] == [NEXT, NEXT, 0]
-    views = rx.poll(64)
+    views = rx.poll(64).packets
     assert [isinstance(v, ChainedPacket) for v in views] == [True]
     assert take(views) == [big]
     rx.release()
@@ -852,7 +849,7 @@ def test_small_packets_after_a_chain_carry_no_next(
         for k, desc in enumerate(descriptors(r.s2m_master, head, count)):
             own = r.tx_table[(head + k) & r.mask] + headroom
             assert desc == (0, r.breg, len(packets[k]), own), f"slot {(head + k) & r.mask}"
-        views = rx.poll(64)
+        views = rx.poll(64).packets
         assert not any(isinstance(v, ChainedPacket) for v in views)
         assert take(views) == packets
         rx.release()
@@ -1130,7 +1127,7 @@ async def send_and_check(
     slot's own data (buffer + tx headroom); each packet arrives as a plain view, byte-exact.
     Returns the next free-running slot."""
     ep = tx._endpoint
-    assert isinstance(ep, SlaveTx)
+    assert isinstance(ep, ClientTx)
     for lap, count in enumerate(counts):
         packets = packets_of(seed + lap, sizes_for(count, cap))
         if count == 1:
@@ -1158,7 +1155,7 @@ async def test_link_copies_after_forward_use_their_slots_offsets(
         crx, ctx = client.rx_queues[0], client.tx_queues[0]
         srx, stx = server.rx_queues[0], server.tx_queues[0]
         rx_ep, tx_ep = crx._endpoint, ctx._endpoint
-        assert isinstance(rx_ep, SlaveRx) and isinstance(tx_ep, SlaveTx)
+        assert isinstance(rx_ep, ClientRx) and isinstance(tx_ep, ClientTx)
         all_buffers = sorted([*rx_ep.buffers, *tx_ep.buffers])
         ring = srx._endpoint.ring
         cap = 256 - tx_headroom

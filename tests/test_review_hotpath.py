@@ -36,7 +36,7 @@ def _lap(r: MmapRig, packets: list[bytes]) -> tuple[int, list[bool], list[bytes]
     """The server writes ``packets``; the client receives and releases them (refill).
     Returns (packets sent, arrived as a chain each, bytes received)."""
     sent = r.master_tx.write(packets)
-    views = r.slave_rx.poll(64)
+    views = r.slave_rx.poll(64).packets
     chained = [isinstance(v, ChainedPacket) for v in views]
     got = take(views)
     r.slave_rx.release()

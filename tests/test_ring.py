@@ -29,18 +29,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from aiomemif._core.client_tx import SlaveTx
+from aiomemif._core.client_tx import ClientTx
 from aiomemif._core.layout import plan_client_layout
-from aiomemif._core.ring import (
-    MasterRx,
-    QueueCounters,
-    Ring,
-    SlaveRx,
-    descriptor_table,
-    init_ring,
-    ring_cookie_ok,
-)
-from aiomemif._core.server_tx import MasterTx
+from aiomemif._core.ring import QueueCounters, Ring, descriptor_table, init_ring, ring_cookie_ok
+from aiomemif._core.rx import ClientRx, ServerRx
+from aiomemif._core.server_tx import ServerTx
 from aiomemif.errors import PacketTooLargeError, RemoteProtocolError
 
 
@@ -83,14 +76,14 @@ class Rig:
         self.s2m_master = Ring(self.master_view, s2m.offset, log2, CL)
         self.m2s_slave = Ring(self.slave_view, m2s.offset, log2, CL)
         self.m2s_master = Ring(self.master_view, m2s.offset, log2, CL)
-        self.slave_tx = SlaveTx(
+        self.slave_tx = ClientTx(
             self.s2m_slave, self.slave_view, 0, self.tables[0], bsize, 0, QueueCounters()
         )
-        self.master_rx = MasterRx(self.s2m_master, [self.master_view], QueueCounters())
-        self.slave_rx = SlaveRx(
+        self.master_rx = ServerRx(self.s2m_master, [self.master_view], QueueCounters())
+        self.slave_rx = ClientRx(
             self.m2s_slave, [self.slave_view], QueueCounters(), 0, self.tables[1], bsize, 0
         )
-        self.master_tx = MasterTx(self.m2s_master, [self.master_view], QueueCounters())
+        self.master_tx = ServerTx(self.m2s_master, [self.master_view], QueueCounters())
         # CONNECT as server.py and client.py do it ...
         self.master_rx.reset()
         self.master_tx.reset()
@@ -270,7 +263,7 @@ class RingModel(RuleBasedStateMachine):
             idx = (self.s2m_head + j) & MASK
             flags = NEXT if j < len(kinds) - 1 else 0
             base = r.s2m_slot_buffer(idx)
-            self.s2m_dirty.add(idx)  # SlaveTx relies on pristine region/offset: repair later
+            self.s2m_dirty.add(idx)  # ClientTx relies on pristine region/offset: repair later
             if kind in ("good", "headroom"):
                 room = data.draw(st.integers(1, r.bsize - 1)) if kind == "headroom" else 0
                 seg = data.draw(st.binary(min_size=1, max_size=r.bsize - room))
@@ -298,7 +291,7 @@ class RingModel(RuleBasedStateMachine):
         r = self.r
         good_before = sum(1 for e in self.s2m_pub if e[0] is not None)
         before = r.master_rx.read
-        views = r.master_rx.poll(limit)
+        views = r.master_rx.poll(limit).packets
         used = (r.master_rx.read - before) & MASK
         self.check_receive(
             self.s2m_pub, views, used, limit, good_before, self.c_master_rx, r.master_rx.counters
@@ -416,7 +409,7 @@ class RingModel(RuleBasedStateMachine):
         r = self.r
         good_before = sum(1 for e in self.m2s_pub if e[0] is not None)
         before = r.slave_rx.read
-        views = r.slave_rx.poll(limit)
+        views = r.slave_rx.poll(limit).packets
         used = (r.slave_rx.read - before) & MASK
         self.check_receive(
             self.m2s_pub, views, used, limit, good_before, self.c_slave_rx, r.slave_rx.counters
@@ -514,8 +507,8 @@ def test_layout_and_pristine_state(rig: Rig) -> None:
     assert r.m2s_slave.head == (MASK - 2 + 8) & MASK == 5  # fully stocked, wrapped
     assert r.slave_tx.free() == 8
     assert r.master_tx.free() == 8
-    assert r.master_rx.poll(10) == []
-    assert r.slave_rx.poll(10) == []
+    assert r.master_rx.poll(10).packets == []
+    assert r.slave_rx.poll(10).packets == []
     for ring in (r.s2m_slave, r.m2s_slave):
         assert ring.flags == 0
         assert ring.wants_signal()
@@ -542,7 +535,7 @@ def test_master_rx_refuses_head_beyond_ring(start: int, excess: int) -> None:
     try:
         r.s2m_slave.set_head(start + 8 + excess)
         with pytest.raises(RemoteProtocolError, match="head out of range"):
-            r.master_rx.poll(64)
+            r.master_rx.poll(64).packets
         assert r.master_rx.held == 0
         assert r.s2m_master.tail == start
     finally:
@@ -587,7 +580,7 @@ def test_slave_rx_refuses_tail_beyond_offered(start: int, excess: int) -> None:
     try:
         r.m2s_master.set_tail(start + 8 + excess)
         with pytest.raises(RemoteProtocolError, match="tail out of range"):
-            r.slave_rx.poll(64)
+            r.slave_rx.poll(64).packets
         assert r.slave_rx.held == 0
     finally:
         r.close()
@@ -599,7 +592,7 @@ def test_full_ring_is_not_an_overflow(rig: Rig) -> None:
     assert r.slave_tx.write([bytes([k]) * 3 for k in range(10)]) == 8
     assert r.slave_tx.free() == 0
     assert r.slave_tx.write([b"more"]) == 0
-    got = take(r.master_rx.poll(100))
+    got = take(r.master_rx.poll(100).packets)
     assert got == [bytes([k]) * 3 for k in range(8)]
     assert r.slave_tx.free() == 0  # not yet released
     r.master_rx.release()
@@ -611,12 +604,12 @@ def test_poll_limit_and_repeated_polls_before_release(rig: Rig) -> None:
     r = rig
     pkts = [bytes([k]) * (k + 1) for k in range(7)]
     assert r.slave_tx.write(pkts) == 7
-    assert take(r.master_rx.poll(3)) == pkts[:3]
-    assert take(r.master_rx.poll(3)) == pkts[3:6]
+    assert take(r.master_rx.poll(3).packets) == pkts[:3]
+    assert take(r.master_rx.poll(3).packets) == pkts[3:6]
     assert r.master_rx.held == 6
     assert r.s2m_master.tail == MASK - 2  # nothing returned yet
     r.master_rx.release()
-    assert take(r.master_rx.poll(3)) == pkts[6:]
+    assert take(r.master_rx.poll(3).packets) == pkts[6:]
     r.master_rx.release()
     assert r.slave_tx.free() == 8
     c = r.master_rx.counters
@@ -629,11 +622,11 @@ def test_poll_without_room_takes_nothing(rig: Rig, limit: int) -> None:
     r = rig
     assert r.slave_tx.write([b"s1", b"s2"]) == 2
     assert r.master_tx.write([b"m1", b"m2"]) == 2
-    assert take(r.master_rx.poll(limit)) == []
-    assert take(r.slave_rx.poll(limit)) == []
+    assert take(r.master_rx.poll(limit).packets) == []
+    assert take(r.slave_rx.poll(limit).packets) == []
     assert (r.master_rx.held, r.slave_rx.held) == (0, 0)
-    assert take(r.master_rx.poll(10)) == [b"s1", b"s2"]
-    assert take(r.slave_rx.poll(10)) == [b"m1", b"m2"]
+    assert take(r.master_rx.poll(10).packets) == [b"s1", b"s2"]
+    assert take(r.slave_rx.poll(10).packets) == [b"m1", b"m2"]
 
 
 # --------------------------------------------------------------------------- bad descriptors
@@ -662,7 +655,7 @@ def test_master_rx_skips_bad_descriptors(
         bad_off = len(r.mem) + offset
     good2 = fill_s2m(r, head + 2, b"third")
     publish_s2m(r, [(0, *good1[:2], good1[2]), (0, region, length, bad_off), (0, *good2)])
-    assert take(r.master_rx.poll(10)) == [b"first", b"third"]
+    assert take(r.master_rx.poll(10).packets) == [b"first", b"third"]
     c = r.master_rx.counters
     assert (c.packets, c.bytes, c.bad_descriptors) == (2, 10, 1), name
     r.master_rx.release()
@@ -673,7 +666,7 @@ def test_master_rx_skips_bad_descriptors(
 def test_master_rx_all_bad_returns_nothing_but_consumes(rig: Rig) -> None:
     r = rig
     publish_s2m(r, [(0, 5, 10, 0)] * 3)
-    assert r.master_rx.poll(10) == []
+    assert r.master_rx.poll(10).packets == []
     assert r.master_rx.counters.bad_descriptors == 3
     assert r.master_rx.held == 3
     r.master_rx.release()
@@ -700,7 +693,7 @@ def test_master_tx_skips_bad_offers(
     assert r.m2s_master.tail == (tail + 3) & MASK
     assert r.get(r.m2s_master, tail + 1)[2] == 0  # the bad slot is published empty
     # The slave drops the empty slot as a bad descriptor and refills it.
-    assert take(r.slave_rx.poll(10)) == [b"one", b"two"]
+    assert take(r.slave_rx.poll(10).packets) == [b"one", b"two"]
     assert r.slave_rx.counters.bad_descriptors == 1
     r.slave_rx.release()
     assert r.master_tx.free() == 8
@@ -716,7 +709,7 @@ def test_slave_rx_skips_bad_descriptors_from_master(rig: Rig) -> None:
     _, region, _, offset, _ = r.get(r.m2s_master, tail + 1)
     r.put(r.m2s_master, tail + 1, 0, region, len(r.mem), offset)
     r.put(r.m2s_master, tail + 2, 0, 3, 1, offset)
-    assert take(r.slave_rx.poll(10)) == [b"a", b"d"]
+    assert take(r.slave_rx.poll(10).packets) == [b"a", b"d"]
     assert r.slave_rx.counters.bad_descriptors == 2
     r.slave_rx.release()
     assert r.master_tx.free() == 8
@@ -735,7 +728,7 @@ def test_chain_across_the_wrap_is_joined(rig: Rig) -> None:
         descs.append((NEXT if j < 3 else 0, region, length, offset))
     publish_s2m(r, [*descs, (0, *fill_s2m(r, head + 4, b"after"))])
     assert r.s2m_slave.head == 2
-    assert take(r.master_rx.poll(10)) == [b"".join(segs), b"after"]
+    assert take(r.master_rx.poll(10).packets) == [b"".join(segs), b"after"]
     c = r.master_rx.counters
     assert (c.packets, c.bytes, c.bad_descriptors) == (2, 207, 0)
     r.master_rx.release()
@@ -749,9 +742,9 @@ def test_chain_respects_poll_limit_at_packet_boundary(rig: Rig) -> None:
     d1 = fill_s2m(r, head + 1, b"x2")
     d2 = fill_s2m(r, head + 2, b"y")
     publish_s2m(r, [(NEXT, *d0), (0, *d1), (0, *d2)])
-    assert take(r.master_rx.poll(1)) == [b"x1x2"]
+    assert take(r.master_rx.poll(1).packets) == [b"x1x2"]
     assert r.master_rx.held == 2
-    assert take(r.master_rx.poll(1)) == [b"y"]
+    assert take(r.master_rx.poll(1).packets) == [b"y"]
 
 
 def test_chain_with_a_bad_segment_is_dropped_whole(rig: Rig) -> None:
@@ -761,7 +754,7 @@ def test_chain_with_a_bad_segment_is_dropped_whole(rig: Rig) -> None:
     d2 = fill_s2m(r, head + 2, b"p3")
     d3 = fill_s2m(r, head + 3, b"ok")
     publish_s2m(r, [(NEXT, *d0), (NEXT, 9, 1, 0), (0, *d2), (0, *d3)])
-    assert take(r.master_rx.poll(10)) == [b"ok"]
+    assert take(r.master_rx.poll(10).packets) == [b"ok"]
     assert r.master_rx.counters.bad_descriptors == 1
     assert r.master_rx.held == 4
     r.master_rx.release()
@@ -775,7 +768,7 @@ def test_chain_running_past_published_slots_is_bad(rig: Rig) -> None:
     d1 = fill_s2m(r, head + 1, b"half")
     d2 = fill_s2m(r, head + 2, b"more")
     publish_s2m(r, [(0, *d0), (NEXT, *d1), (NEXT, *d2)])  # the chain never ends
-    assert take(r.master_rx.poll(10)) == [b"whole"]
+    assert take(r.master_rx.poll(10).packets) == [b"whole"]
     c = r.master_rx.counters
     assert (c.packets, c.bad_descriptors) == (1, 1)
     assert r.master_rx.held == 3  # its slots are consumed and returned
@@ -783,7 +776,7 @@ def test_chain_running_past_published_slots_is_bad(rig: Rig) -> None:
     assert r.slave_tx.free() == 8
     # The next packet is not glued onto the broken chain.
     assert r.slave_tx.write([b"next"]) == 1
-    assert take(r.master_rx.poll(10)) == [b"next"]
+    assert take(r.master_rx.poll(10).packets) == [b"next"]
 
 
 def test_m2s_chain_from_a_splitting_master(rig: Rig) -> None:
@@ -799,7 +792,7 @@ def test_m2s_chain_from_a_splitting_master(rig: Rig) -> None:
         r.put(r.m2s_master, tail + j, NEXT if j < 2 else 0, region, len(piece), offset)
     r.master_tx.tail = (tail + 3) & MASK
     r.m2s_master.set_tail(r.master_tx.tail)
-    assert take(r.slave_rx.poll(10)) == [payload]
+    assert take(r.slave_rx.poll(10).packets) == [payload]
     c = r.slave_rx.counters
     assert (c.packets, c.bytes, c.bad_descriptors) == (1, 150, 0)
     r.slave_rx.release()
@@ -814,7 +807,7 @@ def test_m2s_chain_running_past_published_slots_is_bad(rig: Rig) -> None:
     r.put(r.m2s_master, tail, NEXT, region, 3, offset)
     r.master_tx.tail = (tail + 1) & MASK
     r.m2s_master.set_tail(r.master_tx.tail)
-    assert r.slave_rx.poll(10) == []
+    assert r.slave_rx.poll(10).packets == []
     assert r.slave_rx.counters.bad_descriptors == 1
     assert r.slave_rx.held == 1
     r.slave_rx.release()
@@ -832,7 +825,7 @@ def test_slave_tx_refuses_unfit_packets_and_publishes_nothing(rig: Rig, bad: byt
         r.slave_tx.write([b"fine", bad, b"fine"])
     assert r.s2m_slave.head == head == r.slave_tx.head
     assert r.slave_tx.counters.packets == 0
-    assert r.master_rx.poll(10) == []
+    assert r.master_rx.poll(10).packets == []
 
 
 @pytest.mark.parametrize("bad", [b"", b"x" * 65536], ids=["empty", "over 65535"])
@@ -842,7 +835,7 @@ def test_master_tx_refuses_unfit_packets_and_publishes_nothing(rig: Rig, bad: by
     with pytest.raises(PacketTooLargeError):
         r.master_tx.write([b"fine", bad])
     assert r.m2s_master.tail == tail == r.master_tx.tail
-    assert r.slave_rx.poll(10) == []
+    assert r.slave_rx.poll(10).packets == []
 
 
 def test_master_tx_honours_offered_capacity(rig: Rig) -> None:
@@ -853,7 +846,7 @@ def test_master_tx_honours_offered_capacity(rig: Rig) -> None:
     r.put(r.m2s_slave, tail, 0, region, 16, offset + 48)
     assert r.master_tx.write([b"y" * 16]) == 1
     assert r.mem[offset + 48 : offset + 64] == b"y" * 16
-    assert take(r.slave_rx.poll(1)) == [b"y" * 16]
+    assert take(r.slave_rx.poll(1).packets) == [b"y" * 16]
 
 
 def test_master_tx_chains_past_a_small_offered_buffer(rig: Rig) -> None:
@@ -867,7 +860,7 @@ def test_master_tx_chains_past_a_small_offered_buffer(rig: Rig) -> None:
     assert r.mem[offset + 48 : offset + 64] == packet[:16]
     flags, _, length, _, _ = r.get(r.m2s_slave, tail)
     assert (flags, length) == (NEXT, 16)
-    assert take(r.slave_rx.poll(1)) == [packet]
+    assert take(r.slave_rx.poll(1).packets) == [packet]
     assert r.master_tx.counters.chained == 1
 
 
@@ -887,9 +880,9 @@ def test_transmit_accepts_buffer_types(rig: Rig) -> None:
     ]
     expected = [b"bytes", b"bytearray", b"memoryview", b"\x01\x00\x02\x00", b"from __bytes__"]
     assert r.slave_tx.write(pkts) == 5
-    assert take(r.master_rx.poll(10)) == expected
+    assert take(r.master_rx.poll(10).packets) == expected
     assert r.master_tx.write(pkts) == 5
-    assert take(r.slave_rx.poll(10)) == expected
+    assert take(r.slave_rx.poll(10).packets) == expected
     with pytest.raises(TypeError):
         r.slave_tx.write([12345])
 
@@ -910,12 +903,12 @@ def test_long_run_through_many_wraps() -> None:
             sent_s2m += batch[:n]
             n = r.master_tx.write(batch)
             sent_m2s += batch[:n]
-            got_s2m += take(r.master_rx.poll(2))
-            got_m2s += take(r.slave_rx.poll(2))
+            got_s2m += take(r.master_rx.poll(2).packets)
+            got_m2s += take(r.slave_rx.poll(2).packets)
             r.master_rx.release()
             r.slave_rx.release()
-        got_s2m += take(r.master_rx.poll(100))
-        got_m2s += take(r.slave_rx.poll(100))
+        got_s2m += take(r.master_rx.poll(100).packets)
+        got_m2s += take(r.slave_rx.poll(100).packets)
         assert got_s2m == sent_s2m
         assert got_m2s == sent_m2s
         assert r.master_rx.counters.packets == len(sent_s2m)
@@ -935,7 +928,7 @@ def test_master_tx_offer_memory_never_trusts_unchecked_or_changed_slots() -> Non
         rings_end = r.layout.rings[-1].offset + 2 * CL + 16 * r.size
         # Lap 1, first half (slots 0..7): checked and remembered.
         assert r.master_tx.write(payload) == n
-        assert take(r.slave_rx.poll(r.size)) == payload
+        assert take(r.slave_rx.poll(r.size).packets) == payload
         r.slave_rx.release()  # re-offers slots 0..7
         cookie = bytes(r.mem[:4])
         # Slots 8..15 were never used; the client now offers them zeroed
@@ -946,12 +939,12 @@ def test_master_tx_offer_memory_never_trusts_unchecked_or_changed_slots() -> Non
         assert r.master_tx.counters.bad_descriptors == n
         assert bytes(r.mem[:4]) == cookie
         assert payload[0] not in bytes(r.mem[:rings_end])  # no packet landed in the rings
-        assert take(r.slave_rx.poll(r.size)) == payload
+        assert take(r.slave_rx.poll(r.size).packets) == payload
         r.slave_rx.release()
         # Slots 8..15 offered properly again (the refill restored them): checked, kept.
         assert r.master_tx.tail & r.mask == n
         assert r.master_tx.write(payload) == n
-        assert take(r.slave_rx.poll(r.size)) == payload
+        assert take(r.slave_rx.poll(r.size).packets) == payload
         r.slave_rx.release()
         # A remembered slot (3) rewritten to point past the region: checked again.
         assert r.master_tx.tail & r.mask == 0
@@ -959,7 +952,7 @@ def test_master_tx_offer_memory_never_trusts_unchecked_or_changed_slots() -> Non
         before = r.master_tx.counters.bad_descriptors
         assert r.master_tx.write(payload) == n  # slot 3 skipped, the rest go on
         assert r.master_tx.counters.bad_descriptors == before + 1
-        assert take(r.slave_rx.poll(r.size)) == payload
+        assert take(r.slave_rx.poll(r.size).packets) == payload
         assert bytes(r.mem[-100:]) == bytes(100)  # nothing written past the region's end
     finally:
         r.close()

@@ -14,12 +14,13 @@ from typing import Any
 import attrs
 
 from .._core import wire as w
-from .._core.client_tx import SlaveTx
+from .._core.client_tx import ClientTx
 from .._core.config import InterfaceConfig
 from .._core.handshake import ClientHandshake, Established, HelloReceived, SendMessage
 from .._core.layout import ClientLayout, plan_client_layout
 from .._core.messages import decode_untrusted, encode
-from .._core.ring import QueueCounters, Ring, SlaveRx, descriptor_table, init_ring
+from .._core.ring import QueueCounters, Ring, descriptor_table, init_ring
+from .._core.rx import ClientRx
 from .._os.channel import ControlChannel, connect_socket, format_address, parse_address
 from .._os.eventfd import EventFd
 from .._os.fds import close_fd
@@ -152,18 +153,22 @@ def _build(
     rings_view, buf_view = views[0], views[layout.buffer_region]
     assert rings_view is not None and buf_view is not None
     bsize, breg = layout.buffer_size, layout.buffer_region
+    sink = memory.regions[breg].mapping  # copies into the mmap itself are the fastest
+    hooks = conn._queue_hooks()
     for place, efd, table in zip(layout.rings, memory.efds, memory.buffers, strict=True):
         ring = Ring(rings_view, place.offset, layout.log2_ring_size, layout.cacheline)
         conn._own(ring, efd)
         ring.set_head(0)  # the peer may have zeroed tail too; start from a clean slate
         counters = QueueCounters()
         if place.ring_type is w.RingType.S2M:
-            tx = SlaveTx(ring, buf_view, breg, table, bsize, config.tx_headroom, counters)
-            conn.tx_queues.append(TxQueue(conn, place.index, tx, efd))
+            tx = ClientTx(
+                ring, buf_view, breg, table, bsize, config.tx_headroom, counters, sink=sink
+            )
+            conn.tx_queues.append(TxQueue(place.index, tx, efd, **hooks))
         else:
             mvs = [v for v in views if v is not None]
-            rx = SlaveRx(ring, mvs, counters, breg, table, bsize, config.rx_headroom)
-            conn.rx_queues.append(RxQueue(conn, place.index, rx, efd, rx_mode, loop))
+            rx = ClientRx(ring, mvs, counters, breg, table, bsize, config.rx_headroom)
+            conn.rx_queues.append(RxQueue(place.index, rx, efd, rx_mode, loop, **hooks))
             rx.refill()  # stock the M2S ring with empty buffers
     conn._start()
     return conn

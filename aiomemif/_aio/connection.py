@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Generic, TypedDict, TypeVar
 
 from .._core import wire as w
 from .._core.config import InterfaceConfig
@@ -25,12 +25,19 @@ from ..errors import (
     PeerDisconnectedError,
     RemoteProtocolError,
 )
-from .rx_queue import RxQueue
+from .rx_queue import ProtocolErrorHandler, RxQueue
 from .tx_queue import TxQueue
 
 __all__ = ["Connection", "UntilClosed", "discard_queued"]
 
 T = TypeVar("T")
+
+
+class QueueHooks(TypedDict):
+    """The keyword arguments a connection gives each of its queues."""
+
+    on_protocol_error: ProtocolErrorHandler
+    link: object
 
 log = logging.getLogger("aiomemif")
 
@@ -77,6 +84,11 @@ class Connection:
     def _own(self, ring: Ring, efd: EventFd) -> None:
         self._rings.append(ring)
         self._efds.append(efd)
+
+    def _queue_hooks(self) -> QueueHooks:
+        """What each queue of this connection is given: how to report a protocol error, and
+        the token that tells queues of one connection from another's."""
+        return {"on_protocol_error": self._fail, "link": self}
 
     def _start(self, on_closed: Callable[[Connection], None] | None = None) -> None:
         if on_closed is not None:

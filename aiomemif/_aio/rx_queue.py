@@ -1,8 +1,9 @@
-"""Receive queues of a live connection (asyncio layer); transmit queues are in txqueue.py.
+"""Receive queues of a live connection (asyncio layer); transmit queues are in tx_queue.py.
 
-:class:`RxQueue` is an async iterator of :class:`Batch` objects: zero-copy packets in
-shared memory, valid until the next receive or ``batch.release()``, which is exactly when
-their buffers go back to the ring.
+:class:`RxQueue` is an async iterator of :class:`~aiomemif._aio.batch.Batch` objects:
+zero-copy packets in shared memory, valid until the next receive or ``batch.release()``,
+which is exactly when their buffers go back to the ring. What both kinds of queue share
+(:class:`QueueBase`) is here too.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Final, overload
+from collections.abc import Callable
+from typing import Final
 
 from .._core import wire as w
-from .._core.buffers import ChainedPacket, Packet
-from .._core.ring import MasterRx, QueueCounters, SlaveRx
+from .._core.ring import QueueCounters
+from .._core.rx import ClientRx, RxRun, ServerRx
 from .._os import readers as _loopio
 from .._os.eventfd import EventFd
 from .._os.regions import fence
@@ -25,14 +26,11 @@ from ..errors import (
     ConfigurationError,
     MemifError,
     RemoteProtocolError,
-    StaleBatchError,
     WouldBlockError,
 )
+from .batch import Batch
 
-if TYPE_CHECKING:
-    from .connection import Connection
-
-__all__ = ["Batch", "ChainedPacket", "Packet", "RxMode", "RxQueue"]
+__all__ = ["QueueBase", "RxMode", "RxQueue"]
 
 _HEAD: Final = w.RING_HEAD_OFF // 2
 _FLAGS: Final = w.RING_FLAGS_OFF // 2
@@ -68,119 +66,6 @@ class RxMode(enum.Enum):
     #: Like polling while traffic flows; once the spin budget passes without packets,
     #: clear MASK_INT, scan once more and sleep on the eventfd.
     ADAPTIVE = "adaptive"
-
-
-_STALE = "this batch was released; its buffers are back in the ring"
-
-
-class Batch(Sequence[Packet]):
-    """Packets received in one go: zero-copy views into shared memory.
-
-    Each packet is a ``memoryview`` of one buffer, or a :class:`ChainedPacket` when it
-    arrived in several (its ``segments`` are views; ``bytes()`` joins a copy). The packets
-    are valid until the batch is released: explicitly (``release()``, or leaving
-    ``with batch:``), or by the next receive on the same queue. Releasing gives the buffers
-    back to the ring; afterwards the batch raises :class:`StaleBatchError` and the views
-    raise ``ValueError``. Keep a packet with :meth:`keep`, :meth:`copy_into` or ``bytes()``.
-    """
-
-    __slots__ = ("_forwarded", "_packets", "_queue", "_released", "_slots", "_start")
-
-    def __init__(
-        self,
-        packets: list[Packet],
-        queue: RxQueue | None,
-        start: int = 0,
-        slots: list[int] | None = None,
-    ) -> None:
-        self._packets = packets
-        self._queue = queue
-        self._released = False
-        self._start = start
-        self._slots = slots
-        #: Indexes of packets whose buffers ``TxQueue.forward`` moved to a transmit ring
-        #: (created by the first forward).
-        self._forwarded: set[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self._packets)
-
-    @overload
-    def __getitem__(self, index: int) -> Packet: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Packet]: ...
-    def __getitem__(self, index: int | slice) -> Packet | list[Packet]:
-        if self._released:
-            raise StaleBatchError(_STALE)
-        return self._packets[index]
-
-    def __iter__(self) -> Iterator[Packet]:
-        if self._released:
-            raise StaleBatchError(_STALE)
-        return iter(self._packets)
-
-    @property
-    def released(self) -> bool:
-        return self._released
-
-    @property
-    def nbytes(self) -> int:
-        """Total payload bytes in the batch."""
-        return sum(len(p) for p in self._packets)
-
-    def keep(self, index: int) -> bytes:
-        """A copy of packet ``index`` that outlives the batch.
-
-        Raises:
-            StaleBatchError: the batch was released.
-        """
-        packet = self[index]
-        return packet.tobytes() if isinstance(packet, ChainedPacket) else bytes(packet)
-
-    def copy_into(self, index: int, buffer: memoryview | bytearray, offset: int = 0) -> int:
-        """Copy packet ``index`` into ``buffer`` at ``offset``; return its length.
-
-        Raises:
-            StaleBatchError: the batch was released.
-            ValueError: the buffer is too small.
-        """
-        packet = self[index]
-        if isinstance(packet, ChainedPacket):
-            return packet.copy_into(buffer, offset)
-        out = memoryview(buffer).cast("B")
-        if offset < 0 or offset + len(packet) > len(out):
-            raise ValueError(f"buffer too small for a {len(packet)}-byte packet")
-        out[offset : offset + len(packet)] = packet
-        return len(packet)
-
-    def slot_of(self, index: int) -> int:
-        """Free-running ring index of the first slot of packet ``index`` (for forwarding).
-
-        Raises:
-            IndexError: no such packet.
-        """
-        index = range(len(self._packets))[index]  # negative indexes count from the end
-        return self._start + index if self._slots is None else self._slots[index]
-
-    def release(self) -> None:
-        """Invalidate every packet and return the buffers to the ring (idempotent)."""
-        if self._released:
-            return
-        self._released = True
-        for packet in self._packets:
-            try:
-                packet.release()
-            except BufferError:
-                pass  # the caller exported it further (e.g. to numpy); it stays readable
-        queue, self._queue = self._queue, None
-        if queue is not None:
-            queue._batch_released(self)
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class _Interrupt:
@@ -270,14 +155,31 @@ def fresh(exc: MemifError) -> MemifError:
     return new
 
 
-class QueueBase:
-    """What receive and transmit queues share: identity, counters, the link's error."""
+#: How a queue reports that the peer broke the protocol: the connection sends DISCONNECT
+#: with the reason and shuts every queue down (which sets the queue's error).
+ProtocolErrorHandler = Callable[[RemoteProtocolError], None]
 
-    def __init__(self, conn: Connection, qid: int, efd: EventFd, counters: QueueCounters) -> None:
-        self._conn = conn
+
+class QueueBase:
+    """What receive and transmit queues share: identity, counters, the link's error.
+
+    ``on_protocol_error`` is called when the peer broke the protocol on this queue; ``link``
+    identifies the connection (queues of one connection share it).
+    """
+
+    def __init__(
+        self,
+        qid: int,
+        efd: EventFd,
+        counters: QueueCounters,
+        on_protocol_error: ProtocolErrorHandler,
+        link: object,
+    ) -> None:
         self.qid = qid
         self._efd = efd
         self.counters = counters
+        self._on_protocol_error = on_protocol_error
+        self._link = link
         self._error: MemifError | None = None
 
     def _check(self) -> None:
@@ -285,7 +187,7 @@ class QueueBase:
             raise fresh(self._error)
 
     def _protocol_failure(self, exc: RemoteProtocolError) -> MemifError:
-        self._conn._fail(exc)
+        self._on_protocol_error(exc)
         assert self._error is not None
         return fresh(self._error)
 
@@ -295,17 +197,19 @@ class RxQueue(QueueBase):
 
     def __init__(
         self,
-        conn: Connection,
         qid: int,
-        endpoint: MasterRx | SlaveRx,
+        endpoint: ServerRx | ClientRx,
         efd: EventFd,
         mode: RxMode,
         loop: asyncio.AbstractEventLoop,
+        *,
+        on_protocol_error: ProtocolErrorHandler,
+        link: object,
     ) -> None:
-        super().__init__(conn, qid, efd, endpoint.counters)
+        super().__init__(qid, efd, endpoint.counters, on_protocol_error, link)
         self._endpoint = endpoint
         #: The header word the peer publishes into: tail (M2S, we are the client) or head.
-        self._published = endpoint.ring.tail_index if isinstance(endpoint, SlaveRx) else _HEAD
+        self._published = endpoint.ring.tail_index if isinstance(endpoint, ClientRx) else _HEAD
         self._interrupt = _Interrupt(loop, efd, endpoint.counters)
         self._batch: Batch | None = None
         self._busy = False
@@ -372,13 +276,13 @@ class RxQueue(QueueBase):
             ConfigurationError: not a client queue, or headroom not below the buffer size.
         """
         ep = self._endpoint
-        if not isinstance(ep, SlaveRx):
+        if not isinstance(ep, ClientRx):
             raise ConfigurationError("only a client offers receive buffers (and headroom)")
         if not 0 <= headroom < ep.buffer_size:
             raise ConfigurationError(f"headroom must be in 0..{ep.buffer_size - 1}")
         ep.set_headroom(headroom)
 
-    def _poll(self, limit: int) -> list[Packet]:
+    def _poll(self, limit: int) -> RxRun:
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
         self._check()
@@ -386,16 +290,15 @@ class RxQueue(QueueBase):
             self._batch.release()
         ep = self._endpoint
         try:
-            packets = ep.poll(limit)
+            run = ep.poll(limit)
         except RemoteProtocolError as exc:
             raise self._protocol_failure(exc) from exc
-        if not packets and ep.held:
+        if not run.packets and ep.held:
             ep.release()  # only bad descriptors: give their slots back now
-        return packets
+        return run
 
-    def _batch_of(self, packets: list[Packet]) -> Batch:
-        ep = self._endpoint
-        batch = self._batch = Batch(packets, self, ep.last_start, ep.last_slots)
+    def _batch_of(self, run: RxRun) -> Batch:
+        batch = self._batch = Batch(run, self)
         return batch
 
     async def receive(self, max_packets: int = DEFAULT_BATCH) -> Batch:
@@ -413,11 +316,11 @@ class RxQueue(QueueBase):
         self._busy = True
         try:
             while True:
-                packets = self._poll(max_packets)
-                if packets:
+                run = self._poll(max_packets)
+                if run.packets:
                     if self._mode is not RxMode.INTERRUPT:
                         self._last_packet = time.perf_counter()
-                    return self._batch_of(packets)
+                    return self._batch_of(run)
                 await self._wait(max_packets)
         finally:
             self._busy = False
@@ -479,10 +382,10 @@ class RxQueue(QueueBase):
         """
         if self._busy:
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
-        packets = self._poll(max_packets)
-        if not packets:
+        run = self._poll(max_packets)
+        if not run.packets:
             raise WouldBlockError(f"rx queue {self.qid} is empty")
-        return self._batch_of(packets)
+        return self._batch_of(run)
 
     def __aiter__(self) -> RxQueue:
         return self

@@ -16,8 +16,9 @@ from .._core import wire as w
 from .._core.config import InterfaceConfig
 from .._core.handshake import Established, MapRegions, SendMessage, ServerHandshake
 from .._core.messages import decode_untrusted, encode
-from .._core.ring import MasterRx, QueueCounters, Ring, ring_cookie_ok
-from .._core.server_tx import MasterTx
+from .._core.ring import QueueCounters, Ring, ring_cookie_ok
+from .._core.rx import ServerRx
+from .._core.server_tx import ServerTx
 from .._os import readers as _loopio
 from .._os.channel import ControlChannel, Listener, format_address, parse_address
 from .._os.eventfd import EventFd
@@ -238,19 +239,23 @@ class Server:
         views = [r.view for r in regions]
         assert all(v is not None for v in views)
         mvs: list[memoryview] = [v for v in views if v is not None]
+        sinks = [r.mapping for r in regions if r.mapping is not None]  # (faster copies)
+        hooks = conn._queue_hooks()
         for rec in machine.rings:
             ring = Ring(mvs[rec.region], rec.offset, rec.log2_ring_size, cfg.cacheline)
             efd = EventFd(rec.fd)
             conn._own(ring, efd)
             counters = QueueCounters()
             if rec.ring_type is w.RingType.S2M:
-                rx = MasterRx(ring, mvs, counters)
+                rx = ServerRx(ring, mvs, counters)
                 rx.reset()
-                conn.rx_queues.append(RxQueue(conn, rec.index, rx, efd, self.rx_mode, self._loop))
+                conn.rx_queues.append(
+                    RxQueue(rec.index, rx, efd, self.rx_mode, self._loop, **hooks)
+                )
             else:
-                tx = MasterTx(ring, mvs, counters)
+                tx = ServerTx(ring, mvs, counters, sinks)
                 tx.reset()
-                conn.tx_queues.append(TxQueue(conn, rec.index, tx, efd))
+                conn.tx_queues.append(TxQueue(rec.index, tx, efd, **hooks))
         conn._start(self._on_conn_closed)
         self._bound[cfg.interface_id] = conn
         return conn

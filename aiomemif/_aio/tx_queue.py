@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final, overload
+from typing import Final, overload
 
-from .._core import wire as w
-from .._core.buffers import ChainedPacket
-from .._core.client_tx import Reservation, SlaveTx
-from .._core.ring import SlaveRx
-from .._core.server_tx import MasterTx
+from .._core.client_tx import ClientTx
+from .._core.rx import ClientRx
+from .._core.server_tx import ServerTx
+from .._core.tx import TxReservation
 from .._os.eventfd import EventFd
 from .._os.regions import fence
 from ..errors import (
@@ -34,10 +32,8 @@ from ..errors import (
     StaleBatchError,
     WouldBlockError,
 )
-from .rx_queue import Batch, QueueBase, RxQueue
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .batch import Batch
+from .rx_queue import ProtocolErrorHandler, QueueBase, RxQueue
 
 __all__ = ["TxBuffer", "TxBuffers", "TxQueue"]
 
@@ -108,10 +104,10 @@ class TxBuffers(Sequence[TxBuffer]):
 
     __slots__ = ("_buffers", "_queue", "_reservation", "_reserved")
 
-    def __init__(self, queue: TxQueue, reservation: Reservation) -> None:
+    def __init__(self, queue: TxQueue, reservation: TxReservation) -> None:
         self._queue = queue
         #: The open reservation (None once committed or cancelled).
-        self._reservation: Reservation | None = reservation
+        self._reservation: TxReservation | None = reservation
         self._reserved = reservation
         self._buffers: list[TxBuffer] | None = None
 
@@ -163,9 +159,15 @@ class TxQueue(QueueBase):
     """One transmit ring (S2M on a client, M2S on a server)."""
 
     def __init__(
-        self, conn: Connection, qid: int, endpoint: SlaveTx | MasterTx, efd: EventFd
+        self,
+        qid: int,
+        endpoint: ClientTx | ServerTx,
+        efd: EventFd,
+        *,
+        on_protocol_error: ProtocolErrorHandler,
+        link: object,
     ) -> None:
-        super().__init__(conn, qid, efd, endpoint.counters)
+        super().__init__(qid, efd, endpoint.counters, on_protocol_error, link)
         self._endpoint = endpoint
 
     def free_slots(self) -> int:
@@ -186,7 +188,7 @@ class TxQueue(QueueBase):
             self._efd.signal()
             self.counters.interrupts_sent += 1
 
-    def _free_endpoint(self) -> SlaveTx | MasterTx:
+    def _free_endpoint(self) -> ClientTx | ServerTx:
         """The ring endpoint, provided the link is up and no alloc() buffers are open."""
         self._check()
         ep = self._endpoint
@@ -345,7 +347,7 @@ class TxQueue(QueueBase):
         the peer rewrote outside its buffer is skipped and counted as a bad descriptor.
 
         Raises:
-            IndexError: an index is out of range.
+            IndexError: an index is out of range (then nothing is forwarded).
             LocalProtocolError: this is a server queue (a server owns no buffers), or the
                 batch comes from another connection.
             StaleBatchError: the batch was released.
@@ -354,62 +356,27 @@ class TxQueue(QueueBase):
         """
         self._check()
         ep = self._endpoint
-        if not isinstance(ep, SlaveTx):
+        if not isinstance(ep, ClientTx):
             raise LocalProtocolError(
                 "zero-copy forwarding needs the client role: a server owns no buffers"
             )
-        rxq = batch._queue
-        if batch.released or rxq is None:
+        source = batch._origin()
+        if source is None:
             raise StaleBatchError("this batch was released; its buffers are back in the ring")
-        if not isinstance(rxq, RxQueue) or rxq._conn is not self._conn:
+        if not isinstance(source, RxQueue) or source._link is not self._link:
             raise LocalProtocolError("a batch can only be forwarded on its own connection")
         if ep.reservation is not None:
             raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
-        rx = rxq._endpoint
-        assert isinstance(rx, SlaveRx)
+        rx = source._endpoint
+        assert isinstance(rx, ClientRx)
+        wanted = batch._forwardable(indices)
         try:
-            room = ep.free()
+            moved = ep.forward_from(rx, wanted)
         except RemoteProtocolError as exc:
             raise self._protocol_failure(exc) from exc
-        count = len(batch)
-        chosen = range(count) if indices is None else indices
-        if batch._forwarded is None:
-            batch._forwarded = set()
-        gone, taken = batch._forwarded, set()
-        segments: list[tuple[int, int, int]] = []
-        flags = array("H")
-        moved: list[int] = []
-        nbytes = bad = chained = 0
-        for i in chosen:
-            packet = batch._packets[i]  # IndexError if out of range
-            i %= count  # one index per packet: -1 and count - 1 are the same buffer
-            if i in gone or i in taken:
-                continue  # its buffer already left (or is leaving) the receive ring
-            nseg = len(packet.segments) if isinstance(packet, ChainedPacket) else 1
-            if len(segments) + nseg > room:
-                break
-            segs = _checked_segments(rx, batch.slot_of(i), nseg)
-            if segs is None:
-                bad += 1
-                continue
-            segments.extend(segs)
-            flags.extend([w.DESC_FLAG_NEXT] * (nseg - 1) + [0])
-            nbytes += sum(length for _, length, _ in segs)
-            chained += nseg > 1
-            moved.append(i)
-            taken.add(i)
-        if segments:
-            ep.forward(segments, rx.buffers, flags)
-            rx.retable([slot for _, _, slot in segments])
-            gone.update(moved)
-            for i in moved:
-                batch._packets[i].release()
+        if moved:
+            batch._give_up(moved)
             self._signal()
-        c = self.counters
-        c.packets += len(moved)
-        c.bytes += nbytes
-        c.bad_descriptors += bad
-        c.chained += chained
         return len(moved)
 
     def _shutdown(self, error: MemifError) -> None:
@@ -417,22 +384,3 @@ class TxQueue(QueueBase):
         res = self._endpoint.reservation
         if res is not None:  # its views must go before the region is unmapped
             self._endpoint.cancel(res)
-
-
-def _checked_segments(rx: SlaveRx, first: int, nseg: int) -> list[tuple[int, int, int]] | None:
-    """(offset, length, slot) of a received packet's segments, re-read and checked to lie
-    inside the buffers of their own slots (the peer may have rewritten the descriptors)."""
-    ring = rx.ring
-    out = []
-    for k in range(nseg):
-        slot = first + k
-        _flags, region, length, offset, _meta = w.DESC.unpack_from(
-            ring.desc, (slot & ring.mask) * 16
-        )
-        base = rx.buffers[slot & ring.mask]
-        if region != rx.region_index or length == 0 or offset < base:
-            return None
-        if offset + length > base + rx.buffer_size:
-            return None
-        out.append((offset, length, slot))
-    return out

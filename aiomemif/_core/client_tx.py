@@ -1,250 +1,41 @@
-"""Client transmit endpoint and what both transmitters share (pure).
+"""Client transmit endpoint (pure): write into our own buffers, then publish head.
 
-``SlaveTx`` (client, S2M) owns its buffers: each slot's buffer is listed in a per-slot table
+``ClientTx`` (client, S2M) owns its buffers: each slot's buffer is listed in a per-slot table
 that zero-copy forwarding rewrites (buffers swap between the rx and tx rings, never sitting
-in two rings at once). ``MasterTx`` (server, M2S) fills the buffers the client offered, as
-described by the client's descriptors (checked before any byte is written).
-
-Packets larger than one buffer are split over consecutive slots with NEXT on every segment
-but the last; head/tail is only ever published at packet boundaries.
+in two rings at once).
 """
 
 from __future__ import annotations
 
-import mmap
 from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import (
-    ConfigurationError,
-    LocalProtocolError,
-    PacketTooLargeError,
-    RemoteProtocolError,
-)
+from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
 from .ring import QueueCounters, Ring
+from .rx import ClientRx
+from .tx import (
+    MAX_PACKET,
+    ByteSink,
+    TxEndpoint,
+    TxReservation,
+    _chain_columns,
+    _copy_chains,
+    _count_sent,
+    _never_fits,
+    _too_large,
+)
 
-__all__ = ["MAX_PACKET", "Reservation", "SlaveTx"]
+__all__ = ["ClientTx"]
 
 _MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
 _HEAD = w.RING_HEAD_OFF // 2
-#: The largest packet memif can describe as one chain (VPP/libmemif limit it to u16 too).
-MAX_PACKET = 65535
 
 
-class Reservation:
-    """Slots reserved for zero-copy transmit: writable views, published by ``commit``."""
-
-    __slots__ = ("empty", "endpoint", "lengths", "segments", "start", "used", "views")
-
-    def __init__(self, endpoint: _Reserving, start: int) -> None:
-        self.endpoint = endpoint
-        self.start = start
-        #: One buffer per packet: the packets' writable views (then ``segments`` is empty).
-        self.views: list[memoryview] | None = None
-        #: Otherwise, per packet, the writable segment views (several for a chain).
-        self.segments: list[list[memoryview]] = []
-        #: Per packet, the requested length.
-        self.lengths: list[int] = []
-        #: Slots (relative to ``start``) the peer offered unusably: published empty.
-        self.empty: list[int] = []
-        self.used = 0
-
-    @property
-    def count(self) -> int:
-        """Packets reserved."""
-        return len(self.views) if self.views is not None else len(self.segments)
-
-    def one_view_each(self) -> list[memoryview] | None:
-        """Every packet's only view if none is chained (also when the reservation was made
-        packet by packet, around unusable offers), else None."""
-        if self.views is not None:
-            return self.views
-        segments = self.segments
-        if any(len(segs) != 1 for segs in segments):
-            return None
-        return [segs[0] for segs in segments]
-
-    def per_packet(self) -> list[list[memoryview]]:
-        """Every packet's segment views (one-element lists in a one-buffer reservation)."""
-        if self.views is not None:
-            return [[v] for v in self.views]
-        return self.segments
-
-    def release_views(self) -> None:
-        for v in self.views or ():
-            v.release()
-        for segs in self.segments:
-            for v in segs:
-                v.release()
-
-
-def _sink(region: memoryview) -> mmap.mmap | memoryview:
-    """Where to copy packets into ``region``: its mmap if the view covers all of it (slice
-    assignment to an mmap is faster than to a memoryview), else the view."""
-    mapping = region.obj
-    if isinstance(mapping, mmap.mmap) and len(mapping) == len(region):
-        return mapping
-    return region
-
-
-def _plain(packet: object, capacity: int) -> bool:
-    """True if ``packet`` is bytes-like and fits one buffer: the first packet a write
-    leaves for later may only be left if it is not an error (empty, too large, not bytes),
-    which the per-packet path reports before anything of the call is published."""
-    try:
-        return 0 < memoryview(packet).nbytes <= capacity  # type: ignore[arg-type]
-    except TypeError:
-        return False
-
-
-def _run_of(packets: Sequence[Any], start: int, n: int) -> Sequence[Any]:
-    """``packets[start:start + n]`` (``packets`` itself if that is all of it)."""
-    return packets if start == 0 and n == len(packets) else packets[start : start + n]
-
-
-def _lengths_of(
-    packets: Sequence[Any], start: int, n: int
-) -> tuple[Sequence[Any], list[int]] | None:
-    """``packets[start:start + n]`` and their lengths, or None if one has no length."""
-    seq = _run_of(packets, start, n)
-    try:
-        return seq, list(map(len, seq))
-    except TypeError:
-        return None
-
-
-def _size_guess(packets: Sequence[Any], start: int, n: int, limit: int) -> int:
-    """The length of ``packets[start]`` if it is 1..``limit`` and the run's last packet
-    has it too, else 0: a guess that all ``n`` packets have that size, which a copy with
-    :func:`_copy_run` then proves (it refuses a packet of any other byte size), so no
-    length is measured packet by packet."""
-    try:
-        size = len(packets[start])
-        if 0 < size <= limit and len(packets[start + n - 1]) == size:
-            return size
-    except TypeError:
-        pass
-    return 0
-
-
-def _count_sent(counters: QueueCounters, packets: int, nbytes: int) -> int:
-    """Add a bulk send to ``counters``; return ``packets``."""
-    counters.packets += packets
-    counters.bytes += nbytes
-    return packets
-
-
-def _uniform_column(size: int, n: int) -> array[int]:
-    """The length words of ``n`` descriptors of ``size`` bytes each."""
-    return array("I", (size,)) * n
-
-
-def _copy_run(
-    sink: mmap.mmap | memoryview,
-    offsets: Sequence[int],
-    seq: Sequence[Any],
-    lengths: Sequence[int],
-    size: int,
-) -> bool:
-    """Copy ``seq[k]`` to ``offsets[k]`` in ``sink`` (``size`` > 0: every packet must be
-    exactly that many bytes, and ``lengths`` is not used). False if a packet is not a
-    plain contiguous byte buffer of the expected size; nothing is published yet then, so
-    the caller takes another path, which measures, converts or refuses it.
-    The sequences have the same length (not re-checked here: ``strict`` costs)."""
-    try:
-        if size:
-            for o, p in zip(offsets, seq):  # noqa: B905
-                sink[o : o + size] = p
-        else:
-            for o, k, p in zip(offsets, lengths, seq):  # noqa: B905
-                sink[o : o + k] = p
-    except (TypeError, ValueError, IndexError, BufferError):
-        return False
-    return True
-
-
-def _all_fit(lengths: list[int], same: bool, limit: int) -> bool:
-    """True if every packet of a run is non-empty and at most ``limit`` bytes (``same``:
-    all have the first one's length)."""
-    size = lengths[0]
-    return (same and 0 < size <= limit) or (min(lengths) > 0 and max(lengths) <= limit)
-
-
-def _length_column(lengths: list[int], same: bool) -> array[int]:
-    """The descriptors' length words for a run (``same``: all equal to the first)."""
-    return _uniform_column(lengths[0], len(lengths)) if same else array("I", lengths)
-
-
-def _copy_chains(
-    sink: mmap.mmap | memoryview, offsets: Sequence[int], seq: Sequence[Any], size: int, seg: int
-) -> bool:
-    """Copy each ``size``-byte packet of ``seq`` in ``seg``-byte pieces to consecutive
-    ``offsets``. False as :func:`_copy_run`."""
-    k = -(-size // seg)
-    cuts = [(j * seg, min(seg, size - j * seg)) for j in range(k)]
-    slot = iter(offsets)
-    try:
-        for p in seq:
-            view = memoryview(p)
-            if view.format != "B" or view.ndim != 1:
-                return False
-            for at, n in cuts:
-                o = next(slot)
-                sink[o : o + n] = view[at : at + n]
-    except (TypeError, ValueError, IndexError, BufferError):
-        return False
-    return True
-
-
-def _chain_columns(size: int, seg: int, count: int) -> tuple[array[int], array[int]]:
-    """Lengths and flags of ``count`` chains of ``size`` bytes in ``seg``-byte pieces."""
-    k = -(-size // seg)
-    lengths = array("I", [seg] * (k - 1) + [size - seg * (k - 1)]) * count
-    flags = array("H", [_NEXT] * (k - 1) + [0]) * count
-    return lengths, flags
-
-
-def _too_large(n: int, what: str) -> PacketTooLargeError:
-    return PacketTooLargeError(f"packet of {n} bytes {what}")
-
-
-def _never_fits(count: int, size: int, slots: int, ring_size: int) -> ConfigurationError:
-    return ConfigurationError(
-        f"{count} packets of {size} bytes need {slots} buffers; the ring has {ring_size}"
-    )
-
-
-class _Reserving:
-    """Zero-copy reservation bookkeeping shared by both transmitters."""
-
-    counters: QueueCounters
-    reservation: Reservation | None
-
-    def _close(self, res: Reservation, nbytes: int, bad: int = 0) -> int:
-        """Close a committed reservation: views released, counters updated."""
-        self.reservation = None
-        res.release_views()
-        c = self.counters
-        n = res.count
-        c.packets += n
-        c.bytes += nbytes
-        c.bad_descriptors += bad
-        if res.used != n:  # some packet took more than one buffer
-            c.chained += sum(1 for s in res.segments if len(s) > 1)
-        return n
-
-    def cancel(self, res: Reservation) -> None:
-        """Drop a reservation without publishing anything."""
-        if res is self.reservation:
-            self.reservation = None
-            res.release_views()
-
-
-class SlaveTx(_Reserving):
+class ClientTx(TxEndpoint):
     """Client side of an S2M ring: write into our own buffers and publish head."""
 
     def __init__(
@@ -256,6 +47,7 @@ class SlaveTx(_Reserving):
         buffer_size: int,
         headroom: int,
         counters: QueueCounters,
+        sink: ByteSink | None = None,
     ) -> None:
         self.ring = ring
         self.region = region
@@ -267,7 +59,7 @@ class SlaveTx(_Reserving):
         self.capacity = buffer_size - headroom
         self.counters = counters
         self.head = 0
-        self.reservation: Reservation | None = None
+        self.reservation: TxReservation | None = None
         #: Where each slot's data starts (its buffer + headroom): the offset its descriptor
         #: carries for a copied packet.
         self.data = array("I", (b + headroom for b in buffers))
@@ -275,8 +67,9 @@ class SlaveTx(_Reserving):
         #: known to hold flags 0 and its slot's data offset; until then the bulk path
         #: rewrites those words too. Chains and forwarding make the ring dirty again.
         self.dirty = ring.size
-        #: Copies go through the region's mmap itself where the view covers all of it.
-        self.sink = _sink(region)
+        #: Where copies go: the region's mmap if the OS layer gave it (faster), else the view.
+        self.sink: ByteSink = region if sink is None else sink
+        self._plain_limit = self.capacity
 
     def free(self) -> int:
         """Slots free for new packets.
@@ -295,12 +88,22 @@ class SlaveTx(_Reserving):
         s, size, data = start & self.ring.mask, self.ring.size, self.data
         return data[s : s + count] if s + count <= size else data[s:] + data[: s + count - size]
 
-    def _publish(self, lengths: array[int], offsets: array[int], flags: array[int] | None) -> None:
-        """Write descriptors from ``head`` (``offsets``: each slot's data offset unless the
-        ring is marked dirty first) and publish them by moving head."""
+    def _run(self, n: int) -> tuple[ByteSink, array[int], int]:
+        return self.sink, self._data_run(self.head, n), self.capacity
+
+    def _publish(self, lengths: array[int], flags: array[int] | None) -> None:
+        self._publish_at(lengths, None, flags)
+
+    def _publish_at(
+        self, lengths: array[int], offsets: array[int] | None, flags: array[int] | None
+    ) -> None:
+        """Write descriptors from ``head`` (``offsets``: None for each slot's own data
+        offset; others mark the ring dirty first) and publish them by moving head."""
         ring, head = self.ring, self.head
         n = len(lengths)
         if flags is not None or self.dirty > 0:
+            if offsets is None:
+                offsets = self._data_run(head, n)
             ring.write_descriptors(head, lengths, flags, offsets)
             self.dirty = ring.size if flags is not None else self.dirty - n
         else:  # clean: flags are 0 and offsets the slots' own, so only lengths change
@@ -312,53 +115,10 @@ class SlaveTx(_Reserving):
         self.head = (head + n) & _MASK
         ring.header[_HEAD] = self.head
 
-    def write(self, packets: Sequence[object], start: int = 0) -> int:
-        """Copy as many whole packets of ``packets[start:]`` as fit; publish; return how many.
-
-        Raises:
-            PacketTooLargeError: a packet is empty, over 65535 bytes, or needs more slots than
-                the ring has (nothing of this call is published).
-            TypeError: a packet is not bytes-like.
-            RemoteProtocolError: see :meth:`free`.
-        """
-        free = self.free()
-        if free <= 0 or start >= len(packets):
-            return 0
-        n = min(len(packets) - start, free)
-        if n < len(packets) - start and not _plain(packets[start + n], self.capacity):
-            return self._write_each(packets, start, free)  # it decides about that packet
-        if n == 1:
-            return self._write_one(packets, start, free)
-        size = _size_guess(packets, start, n, self.capacity)
-        if size:  # probably all of one size: copying checks that (nothing is visible yet)
-            offsets = self._data_run(self.head, n)
-            if _copy_run(self.sink, offsets, _run_of(packets, start, n), (), size):
-                self._publish(_uniform_column(size, n), offsets, None)
-                return _count_sent(self.counters, n, size * n)
-        run = _lengths_of(packets, start, n)
-        if run is None:
-            return self._write_each(packets, start, free)
-        seq, lengths = run
-        size = lengths[0]
-        cap = self.capacity
-        same = lengths.count(size) == n
-        if same and cap < size <= MAX_PACKET and -(-size // cap) <= self.ring.size:
-            return self._write_chains(seq, size, free)
-        if not _all_fit(lengths, same, cap):
-            return self._write_each(packets, start, free)
-        # The bulk path: every packet fits one buffer. Nothing is visible to the peer
-        # until head moves, so a packet that turns out not to be plain bytes just sends
-        # the whole call down the general path.
-        offsets = self._data_run(self.head, n)
-        if not _copy_run(self.sink, offsets, seq, lengths, size if same else 0):
-            return self._write_each(packets, start, free)
-        self._publish(_length_column(lengths, same), offsets, None)
-        return _count_sent(self.counters, n, size * n if same else sum(lengths))
-
-    def _write_chains(self, seq: Sequence[Any], size: int, free: int) -> int:
+    def _write_chains(self, seq: Sequence[Any], size: int, free: int, cap: int) -> int:
         """:meth:`write` of packets that all have the same size, over one buffer: each is
         a chain of ``k`` buffers; as many whole chains as fit."""
-        head, cap = self.head, self.capacity
+        head = self.head
         k = -(-size // cap)
         count = min(len(seq), free // k)
         if not count:
@@ -367,7 +127,7 @@ class SlaveTx(_Reserving):
         if not _copy_chains(self.sink, offsets, seq[:count], size, cap):
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
-        self._publish(lengths, offsets, flags)
+        self._publish(lengths, flags)
         self.counters.chained += count
         return _count_sent(self.counters, count, size * count)
 
@@ -450,7 +210,7 @@ class SlaveTx(_Reserving):
             i = len(packets)
         if not used:
             return 0
-        self._publish(lengths, offsets, flags)
+        self._publish_at(lengths, offsets, flags)
         c = self.counters
         c.packets += i - start
         c.bytes += nbytes
@@ -458,7 +218,7 @@ class SlaveTx(_Reserving):
         return i - start
 
     # -- zero-copy transmit ------------------------------------------------------------
-    def reserve(self, count: int, size: int) -> Reservation | None:
+    def reserve(self, count: int, size: int) -> TxReservation | None:
         """Reserve ``count`` packets of ``size`` bytes (chained if over one buffer).
 
         Returns None if they do not all fit now. Nothing is visible to the peer until
@@ -481,7 +241,7 @@ class SlaveTx(_Reserving):
             raise _never_fits(count, size, count * nseg, self.ring.size)
         if count * nseg > self.free():
             return None
-        res = Reservation(self, self.head)
+        res = TxReservation(self.head)
         if nseg == 1:  # one buffer each: views straight from the data offsets
             region = self.region
             res.views = [region[o : o + size] for o in self._data_run(self.head, count)]
@@ -506,21 +266,48 @@ class SlaveTx(_Reserving):
         self.reservation = res
         return res
 
-    def commit(self, res: Reservation, lengths: Sequence[int] | None = None) -> int:
-        """Publish a reservation (with the packets' final lengths); return packets sent.
+    # -- zero-copy forwarding --------------------------------------------------------
+    def forward_from(self, rx: ClientRx, packets: Sequence[tuple[int, int, int]]) -> list[int]:
+        """Send received packets of ``rx`` by swapping buffers between the two rings.
+
+        ``packets`` lists ``(index, first slot, buffers)`` of each candidate, in order (see
+        ``Batch``). Each packet's descriptors are read again and must lie inside the buffers
+        of their own slots (:meth:`ClientRx.owned_segments`); one that does not is skipped
+        and counted as a bad descriptor. Stops at the first packet that does not fit whole.
+        Returns the indexes of the packets sent; their buffers now belong to this ring and
+        this ring's free buffers to theirs.
 
         Raises:
-            LocalProtocolError: not this endpoint's open reservation, or a length that
-                would leave a reserved segment empty.
+            RemoteProtocolError: see :meth:`free`.
         """
-        if res is not self.reservation:
-            raise LocalProtocolError("not the open reservation of this queue")
-        lens, flags = _segment_lengths(res, lengths)
-        self._publish(lens, self._data_run(res.start, res.used), flags)
-        return self._close(res, sum(lens))
+        room = self.free()
+        segments: list[tuple[int, int, int]] = []
+        flags = array("H")
+        moved: list[int] = []
+        nbytes = bad = chained = 0
+        for index, first, nseg in packets:
+            if len(segments) + nseg > room:
+                break
+            segs = rx.owned_segments(first, nseg)
+            if segs is None:
+                bad += 1
+                continue
+            segments.extend(segs)
+            flags.extend([_NEXT] * (nseg - 1) + [0])
+            nbytes += sum(length for _, length, _ in segs)
+            chained += nseg > 1
+            moved.append(index)
+        if segments:
+            self._swap_in(segments, rx.buffers, flags)
+            rx.retable([slot for _, _, slot in segments])
+        c = self.counters
+        c.packets += len(moved)
+        c.bytes += nbytes
+        c.bad_descriptors += bad
+        c.chained += chained
+        return moved
 
-    # -- zero-copy forwarding --------------------------------------------------------
-    def forward(
+    def _swap_in(
         self, segments: Sequence[tuple[int, int, int]], rx_buffers: array[int], flags: array[int]
     ) -> None:
         """Publish received buffers as transmitted packets by swapping buffers.
@@ -540,35 +327,4 @@ class SlaveTx(_Reserving):
             lens.append(length)
             offs.append(off)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start
-        self._publish(lens, offs, flags)  # (with flags given, it keeps the ring dirty)
-
-
-def _segment_lengths(
-    res: Reservation, lengths: Sequence[int] | None
-) -> tuple[array[int], array[int] | None]:
-    """Segment lengths and flags of a reservation whose packets may have shrunk."""
-    lens = array("I")
-    flags: array[int] | None = None
-    if lengths is not None and len(lengths) != res.count:
-        raise LocalProtocolError("one length per reserved packet is required")
-    if res.views is not None:  # one buffer per packet, all reserved with the same size
-        if lengths is None:
-            return _uniform_column(res.lengths[0], len(res.views)), None
-        wanted = list(lengths)
-        if min(wanted) > 0 and max(wanted) <= res.lengths[0]:
-            return array("I", wanted), None
-    for p, segs in enumerate(res.per_packet()):
-        want = res.lengths[p] if lengths is None else lengths[p]
-        full = res.lengths[p] - len(segs[-1])
-        if not full < want <= res.lengths[p]:
-            raise LocalProtocolError(
-                f"packet {p} was reserved as {res.lengths[p]} bytes in {len(segs)} buffers; "
-                f"its length must stay in {full + 1}..{res.lengths[p]}"
-            )
-        for k, v in enumerate(segs):
-            lens.append(len(v) if k < len(segs) - 1 else want - full)
-        if len(segs) > 1 and flags is None:
-            flags = array("H", bytes(2 * (len(lens) - len(segs))))
-        if flags is not None:
-            flags.extend([_NEXT] * (len(segs) - 1) + [0])
-    return lens, flags
+        self._publish_at(lens, offs, flags)  # (with flags given, it keeps the ring dirty)

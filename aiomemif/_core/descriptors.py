@@ -1,23 +1,138 @@
-"""A memo of descriptor runs that passed the checks (pure).
+"""The one place that checks descriptors a peer wrote (pure).
+
+Everything aiomemif reads from a ring's descriptors passes through here before a byte of
+shared memory is touched: a single descriptor (:func:`descriptor_ok`), each descriptor of
+a run on its own (:func:`each_ok`), a run as a whole (:func:`run_ok`), a snapshot of a run
+parsed and checked in one go (:func:`check_run`), a received buffer inside the slot it was
+offered in (:func:`within_buffer`), and the memo of runs that passed (:class:`CheckedRuns`).
+
+A descriptor is usable when its region exists, its length is positive and
+``offset + length`` ends inside the region. The callers take ONE snapshot of what they
+check (a ``bytes`` copy, or the tuples ``iter_unpack`` made of it) and use only that
+snapshot afterwards, so what was checked is what is used even if the peer writes
+meanwhile.
 
 A memif peer rewrites the same slots lap after lap, and in steady traffic it often writes
 exactly the same 16 bytes into a slot each time (a client's buffer offsets are fixed per
 slot; frames of one size have one length). :class:`CheckedRuns` keeps, per slot, the raw
-bytes of descriptors that passed the checks together with the values read from them, so
-a later run whose bytes are identical is known good from one comparison: the same bytes
-against the same regions pass the same checks.
-
-The caller takes ONE snapshot of the run (``bytes``) and both compares and parses that
-snapshot, so what was checked is what is used even if the peer writes meanwhile.
+bytes of descriptors that passed together with the values read from them, so a later run
+whose bytes are identical is known good from one comparison: the same bytes against the
+same regions pass the same checks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["CheckedRuns"]
+__all__ = [
+    "CheckedRuns",
+    "Row",
+    "check_run",
+    "descriptor_ok",
+    "each_ok",
+    "run_ok",
+    "within_buffer",
+]
 
 _DESC_SIZE: Final = 16
+_FLAGS: Final = 0xFFFF
+#: From this many descriptors on, :func:`check_run` first tests a run for equal flags,
+#: region and length by comparing bytes (:func:`_uniform`) before any int lists are made
+#: (measured: 12% faster at 256, 5-10% slower at 32).
+UNIFORM_RUN = 64
+
+#: One unpacked descriptor: (flags, region, length, offset, metadata).
+Row = tuple[int, int, int, int, int]
+
+
+def descriptor_ok(region: int, length: int, offset: int, sizes: Sequence[int]) -> bool:
+    """True if one descriptor names ``length > 0`` bytes at ``offset`` inside an existing
+    region (``sizes[r]`` is the byte size of region ``r``)."""
+    return region < len(sizes) and length > 0 and offset + length <= sizes[region]
+
+
+def each_ok(rows: Sequence[Row], sizes: Sequence[int]) -> list[bool]:
+    """:func:`descriptor_ok` of every unpacked descriptor in ``rows``, in one pass."""
+    n = len(sizes)
+    return [reg < n and ln > 0 and off + ln <= sizes[reg] for _f, reg, ln, off, _m in rows]
+
+
+def run_ok(region: int, lengths: list[int], offsets: list[int], sizes: Sequence[int]) -> bool:
+    """True if every descriptor of a run (all naming ``region``) is usable as it stands:
+    the region exists, every length is positive and every buffer ends inside the region
+    (checked conservatively: the largest offset plus the largest length). ``lengths`` is the
+    run's lengths, or a single length that all of them share. A run that fails goes
+    through a per-descriptor path, which checks and counts each descriptor."""
+    if region >= len(sizes):
+        return False
+    size = lengths[0]
+    if lengths.count(size) == len(lengths):
+        return size > 0 and max(offsets) + size <= sizes[region]
+    return min(lengths) > 0 and max(offsets) + max(lengths) <= sizes[region]
+
+
+def within_buffer(
+    region: int, length: int, offset: int, own_region: int, base: int, buffer_size: int
+) -> bool:
+    """True if a received descriptor lies inside the buffer offered in its slot: region
+    ``own_region``, ``[offset, offset + length)`` within ``[base, base + buffer_size)``."""
+    return (
+        region == own_region
+        and length > 0
+        and base <= offset
+        and offset + length <= base + buffer_size
+    )
+
+
+def _uniform(raw: bytes, count: int) -> bool:
+    """True if the ``count`` descriptors in ``raw`` all share their first eight bytes
+    (flags, region and length), compared as bytes without making int objects."""
+    firsts = memoryview(raw).cast("Q")[0::2].tobytes()
+    return firsts == firsts[:8] * count
+
+
+def check_run(
+    raw: bytes,
+    slot: int,
+    sizes: Sequence[int],
+    memo: CheckedRuns | None,
+    *,
+    offers: bool = False,
+) -> tuple[int, list[int], list[int]] | None:
+    """Parse and check ``raw``, the snapshot of a run of descriptors from ring slot ``slot``.
+
+    Returns ``(region, offsets, lengths)`` if every descriptor is usable, all name one
+    region and all have the same flags word, which must be 0 for received packets (a
+    chain or other flag goes to the caller's per-descriptor path); with ``offers`` (the
+    client's offered buffers, read by the server's transmitter) flags are not looked at.
+    Else None. ``memo`` (or None) answers runs seen before and keeps the ones that pass;
+    the caller gives one only for runs that do not cross the ring's end.
+    """
+    count = len(raw) // _DESC_SIZE
+    if memo is not None:
+        known = memo.recall(raw, slot, count)
+        if known is not None:
+            return known
+    words = memoryview(raw).cast("I")
+    first = words[0]  # flags | region << 16
+    if not offers and first & _FLAGS:
+        return None
+    if not offers and count >= UNIFORM_RUN and _uniform(raw, count):
+        lengths = [words[1]]  # all equal: no int lists for two columns
+    else:
+        if words[0::4].tolist().count(first) != count:
+            return None
+        lengths = words[1::4].tolist()
+    offsets = words[2::4].tolist()
+    region = first >> 16
+    if not run_ok(region, lengths, offsets, sizes):
+        return None
+    if len(lengths) == 1:
+        lengths *= count
+    if memo is not None:
+        memo.remember(raw, slot, region, offsets, lengths)
+    return region, offsets, lengths
 
 
 class CheckedRuns:

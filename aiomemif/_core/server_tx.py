@@ -1,6 +1,6 @@
 """Server transmit endpoint (pure): fill the buffers the client offered, then publish tail.
 
-``MasterTx`` (server, M2S) copies into the buffers the client's descriptors name, each
+``ServerTx`` (server, M2S) copies into the buffers the client's descriptors name, each
 descriptor checked before a byte is written. Packets larger than one offered buffer are
 chained over consecutive slots, as in :mod:`aiomemif._core.client_tx`.
 """
@@ -14,37 +14,26 @@ from typing import Any
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
-from .client_tx import (
+from .descriptors import CheckedRuns, check_run, descriptor_ok, each_ok
+from .ring import QueueCounters, Ring
+from .tx import (
     MAX_PACKET,
-    Reservation,
-    _all_fit,
+    ByteSink,
+    TxEndpoint,
+    TxReservation,
     _chain_columns,
     _copy_chains,
-    _copy_run,
     _count_sent,
-    _length_column,
-    _lengths_of,
     _never_fits,
-    _plain,
-    _Reserving,
-    _run_of,
-    _segment_lengths,
-    _sink,
-    _size_guess,
     _too_large,
-    _uniform_column,
 )
-from .descriptors import CheckedRuns
-from .ring import QueueCounters, Ring, _descriptors_ok
 
-__all__ = ["MasterTx"]
+__all__ = ["ServerTx"]
 
 _MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
 _HEAD = w.RING_HEAD_OFF // 2
 
-#: Checks a run of offered descriptors (region, capacities, offsets) like received ones.
-_offers_ok = _descriptors_ok
 #: Fewest offered descriptors the per-packet path reads and checks at a time (checking
 #: one costs about 0.2 us, so a single jumbo frame should not pay for a whole batch).
 _READ_AHEAD = 8
@@ -57,18 +46,26 @@ def _more(offers: list[tuple[int, int, int] | None], left: int) -> int:
     return -(-left // last[2]) if last is not None else left // 64 + 1
 
 
-class MasterTx(_Reserving):
+class ServerTx(TxEndpoint):
     """Server side of an M2S ring: fill the buffers the client offered and publish tail."""
 
-    def __init__(self, ring: Ring, regions: Sequence[memoryview], counters: QueueCounters) -> None:
+    def __init__(
+        self,
+        ring: Ring,
+        regions: Sequence[memoryview],
+        counters: QueueCounters,
+        sinks: Sequence[ByteSink] | None = None,
+    ) -> None:
         self.ring = ring
         self.regions = list(regions)
         self.sizes = [len(r) for r in regions]
-        #: Copies go through each region's mmap itself where the view covers all of it.
-        self.sinks = [_sink(r) for r in regions]
+        #: Where copies go, per region: its mmap if the OS layer gave them (faster for
+        #: slice assignment), else the region's view.
+        self.sinks: list[ByteSink] = list(regions) if sinks is None else list(sinks)
+        self._plain_limit = MAX_PACKET
         self.counters = counters
         self.tail = 0
-        self.reservation: Reservation | None = None
+        self.reservation: TxReservation | None = None
         #: Offered runs that passed the checks, with their offsets and capacities.
         self.checked = CheckedRuns(ring.size)
 
@@ -90,6 +87,13 @@ class MasterTx(_Reserving):
             raise RemoteProtocolError("Ring head out of range")
         return offered
 
+    def _run(self, n: int) -> tuple[ByteSink, list[int], int] | None:
+        run = self._offered_run(n)
+        if run is None:
+            return None
+        region, offsets, caps = run
+        return self.sinks[region], offsets, min(caps)
+
     def _publish(self, lengths: array[int], flags: array[int] | None) -> None:
         """Write the lengths and flags (zero if None) of the slots from tail; move tail."""
         ring = self.ring
@@ -104,9 +108,8 @@ class MasterTx(_Reserving):
         count = min(avail - have, max(want, _READ_AHEAD))
         if count <= 0:
             return False
-        regions_n, sizes = len(self.regions), self.sizes
-        for _f, reg, cap, off, _m in self.ring.descriptor_runs(self.tail + have, count):
-            ok = reg < regions_n and cap > 0 and off + cap <= sizes[reg]
+        rows = list(self.ring.descriptor_runs(self.tail + have, count))
+        for (_f, reg, cap, off, _m), ok in zip(rows, each_ok(rows, self.sizes), strict=True):
             offers.append((reg, off, cap) if ok else None)
         return True
 
@@ -140,50 +143,6 @@ class MasterTx(_Reserving):
             left -= take
             pos += 1
         return first, segs, bad
-
-    def write(self, packets: Sequence[object], start: int = 0) -> int:
-        """Copy as many whole packets of ``packets[start:]`` as fit into offered buffers.
-
-        Slots whose descriptor names memory outside the client's regions are counted as bad
-        descriptors and published empty (length 0). Returns the number of packets sent.
-
-        Raises:
-            PacketTooLargeError: a packet is empty, over 65535 bytes, or larger than every
-                buffer the client offers in the whole ring together (nothing published).
-            TypeError: a packet is not bytes-like.
-            RemoteProtocolError: see :meth:`free`.
-        """
-        avail = self.free()
-        if avail <= 0 or start >= len(packets):
-            return 0
-        n = min(len(packets) - start, avail)
-        if n < len(packets) - start and not _plain(packets[start + n], MAX_PACKET):
-            return self._write_each(packets, start, avail)  # it decides about that packet
-        if n == 1:
-            return self._write_one(packets, start, avail)
-        run = self._offered_run(n)
-        if run is None:
-            return self._write_each(packets, start, avail)
-        region, offsets, caps = run
-        cap = min(caps)
-        size = _size_guess(packets, start, n, min(cap, MAX_PACKET))
-        if size and _copy_run(self.sinks[region], offsets, _run_of(packets, start, n), (), size):
-            self._publish(_uniform_column(size, n), None)  # all of one size, as guessed
-            return _count_sent(self.counters, n, size * n)
-        batch = _lengths_of(packets, start, n)
-        if batch is None:
-            return self._write_each(packets, start, avail)
-        seq, lengths = batch
-        size = lengths[0]
-        same = lengths.count(size) == n
-        if same and cap < size <= MAX_PACKET:
-            return self._write_chains(seq, size, avail, cap)
-        if not _all_fit(lengths, same, min(cap, MAX_PACKET)):
-            return self._write_each(packets, start, avail)
-        if not _copy_run(self.sinks[region], offsets, seq, lengths, size if same else 0):
-            return self._write_each(packets, start, avail)
-        self._publish(_length_column(lengths, same), None)
-        return _count_sent(self.counters, n, size * n if same else sum(lengths))
 
     def _write_chains(self, seq: Sequence[Any], size: int, avail: int, cap: int) -> int:
         """:meth:`write` of packets that all have the same size, larger than the offered
@@ -220,18 +179,7 @@ class MasterTx(_Reserving):
         slot = ring.mask & self.tail
         raw = ring.snapshot(self.tail, n)  # what is checked is what is used
         memo = self.checked if slot + n <= ring.size else None  # a wrapping run: afresh
-        known = memo.recall(raw, slot, n) if memo is not None else None
-        if known is not None:
-            return known
-        words = memoryview(raw).cast("I")
-        head, caps, offsets = words[0::4].tolist(), words[1::4].tolist(), words[2::4].tolist()
-        first = head[0]
-        region = first >> 16
-        if head.count(first) != n or not _offers_ok(region, caps, offsets, self.sizes):
-            return None
-        if memo is not None:
-            memo.remember(raw, slot, region, offsets, caps)
-        return region, offsets, caps
+        return check_run(raw, slot, self.sizes, memo, offers=True)
 
     def _write_one(self, packets: Sequence[Any], start: int, avail: int) -> int:
         """:meth:`write` of one packet into one usable offered buffer (else the general
@@ -244,8 +192,8 @@ class MasterTx(_Reserving):
             k = len(p)
         except TypeError:
             return self._write_each(packets, start, avail)
-        if not (0 < k <= cap and k <= MAX_PACKET) or not _offers_ok(
-            region, [cap], [offset], self.sizes
+        if not (0 < k <= cap and k <= MAX_PACKET) or not descriptor_ok(
+            region, cap, offset, self.sizes
         ):
             return self._write_each(packets, start, avail)
         try:
@@ -330,8 +278,8 @@ class MasterTx(_Reserving):
         return i - start
 
     # -- zero-copy transmit ------------------------------------------------------------
-    def reserve(self, count: int, size: int) -> Reservation | None:
-        """Reserve ``count`` packets of ``size`` bytes in offered buffers (see SlaveTx).
+    def reserve(self, count: int, size: int) -> TxReservation | None:
+        """Reserve ``count`` packets of ``size`` bytes in offered buffers (see ClientTx).
 
         Raises:
             PacketTooLargeError: ``size`` is 0 or over 65535, or one packet does not fit in
@@ -344,7 +292,7 @@ class MasterTx(_Reserving):
         if not 0 < size <= MAX_PACKET:
             raise _too_large(size, "cannot be sent (1..65535 bytes)")
         avail = self.free()
-        res = Reservation(self, self.tail)
+        res = TxReservation(self.tail)
         run = self._offered_run(count) if count <= avail else None
         if run is not None and size <= min(run[2]):  # one usable buffer each, in bulk
             region = self.regions[run[0]]
@@ -373,26 +321,3 @@ class MasterTx(_Reserving):
         res.used = pos
         self.reservation = res
         return res
-
-    def commit(self, res: Reservation, lengths: Sequence[int] | None = None) -> int:
-        """Publish a reservation; return packets sent. Raises as SlaveTx.commit."""
-        if res is not self.reservation:
-            raise LocalProtocolError("not the open reservation of this queue")
-        seg_lens, seg_flags = _segment_lengths(res, lengths)
-        if not res.empty:  # nothing to interleave
-            self._publish(seg_lens, seg_flags)
-            return self._close(res, sum(seg_lens))
-        # Interleave the empty (unusable) slots back in at their positions.
-        empty = set(res.empty)
-        lens, flags = array("I"), array("H")
-        k = 0
-        for slot in range(res.used):
-            if slot in empty:
-                lens.append(0)
-                flags.append(0)
-            else:
-                lens.append(seg_lens[k])
-                flags.append(seg_flags[k] if seg_flags is not None else 0)
-                k += 1
-        self._publish(lens, flags)
-        return self._close(res, sum(seg_lens), len(empty))

@@ -1,0 +1,346 @@
+"""Receive endpoints (pure): scan what the peer published, check it, hand out views.
+
+``ServerRx`` reads an S2M ring (the client publishes head, we give slots back by moving
+tail); ``ClientRx`` reads an M2S ring (the server publishes tail into buffers we offered; we
+refill and move head). Every descriptor is checked by :mod:`aiomemif._core.descriptors`
+before a byte of it is read; bad descriptors are counted and skipped, their slots still
+returned.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+
+from ..errors import RemoteProtocolError
+from . import wire as w
+from .buffers import ChainedPacket, Packet
+from .descriptors import (
+    CheckedRuns,
+    check_run,
+    descriptor_ok,
+    each_ok,
+    run_ok,
+    within_buffer,
+)
+from .ring import QueueCounters, Ring, descriptor_table
+
+__all__ = ["ClientRx", "RxEndpoint", "RxRun", "ServerRx"]
+
+_MASK = w.MASK16
+_NEXT = w.DESC_FLAG_NEXT
+_DESC = w.DESC
+_HEAD = w.RING_HEAD_OFF // 2
+
+
+class RxRun:
+    """What one :meth:`RxEndpoint.poll` took from the ring: the packets, and where they sit
+    (``start``, the free-running index of the first slot; ``slots``, the first slot of each
+    packet, or None when packet ``i`` simply sits in slot ``start + i``)."""
+
+    __slots__ = ("packets", "slots", "start")
+
+    def __init__(self, packets: list[Packet], start: int, slots: list[int] | None) -> None:
+        self.packets = packets
+        self.start = start
+        self.slots = slots
+
+
+class RxEndpoint:
+    """Shared receive logic: scan published descriptors, validate, build views."""
+
+    def __init__(self, ring: Ring, regions: Sequence[memoryview], counters: QueueCounters) -> None:
+        self.ring = ring
+        self.regions = list(regions)
+        self.sizes = [len(r) for r in regions]
+        self.counters = counters
+        #: Next slot to read (free-running) and slots read but not yet given back.
+        self.read = 0
+        self.held = 0
+        #: Runs that passed the checks (an identical run later needs one comparison).
+        self.checked = CheckedRuns(ring.size)
+
+    def _collect(self, start: int, count: int, limit: int) -> RxRun:
+        """Read up to ``count`` published slots; stop at a packet boundary after ``limit``."""
+        n = min(count, limit)
+        if n == 1:
+            return self._collect_one(start, count, limit)
+        ring = self.ring
+        raw = ring.snapshot(start, n)  # the bulk path checks and uses only this copy
+        slot = start & ring.mask
+        memo = self.checked if slot + n <= ring.size else None
+        run = check_run(raw, slot, self.sizes, memo)
+        if run is not None:
+            return self._views(start, *run)
+        if raw[0] | raw[1] << 8 == _NEXT:  # a chain first: perhaps a run of equal ones
+            chains = self._collect_chains(start, count, limit, raw)
+            if chains is not None:
+                return chains
+        return self._collect_each(start, count, limit)
+
+    def _views(self, start: int, region: int, offsets: list[int], lengths: list[int]) -> RxRun:
+        """:meth:`_collect` of checked unchained descriptors, one packet per slot."""
+        mv = self.regions[region]
+        size = lengths[0]
+        n = len(offsets)
+        if lengths.count(size) == n:
+            pkts: list[Packet] = [mv[o : o + size] for o in offsets]
+            return self._took(pkts, start, n, None, size * n)
+        pkts = [mv[o : o + k] for o, k in zip(offsets, lengths, strict=True)]
+        return self._took(pkts, start, n, None, sum(lengths))
+
+    def _collect_chains(self, start: int, count: int, limit: int, raw: bytes) -> RxRun | None:
+        """:meth:`_collect` of a run of equally long chains in one region (jumbo frames of
+        one size), or None for anything else. Only whole chains are taken."""
+        head = memoryview(raw).cast("I")[0::4].tolist()
+        first = head[0]
+        end = first ^ _NEXT  # the last descriptor of a chain: same region, no flags
+        try:
+            k = head.index(end) + 1
+        except ValueError:
+            if len(head) == count:
+                return None  # no chain ends inside the published slots
+            k = 0
+        if not k:  # the first chain is longer than what we read: read more
+            head = memoryview(self.ring.snapshot(start, count)).cast("I")[0::4].tolist()
+            if end not in head:
+                return None
+            k = head.index(end) + 1
+        m = min(count // k, limit)
+        used = m * k
+        if m < limit and used < count:
+            return None  # something else follows: the general path takes it all
+        words = memoryview(self.ring.snapshot(start, used)).cast("I")
+        head = words[0::4].tolist()
+        lengths, offsets = words[1::4].tolist(), words[2::4].tolist()
+        region = end >> 16
+        if head != ([first] * (k - 1) + [end]) * m or not run_ok(
+            region, lengths, offsets, self.sizes
+        ):
+            return None
+        mv = self.regions[region]
+        views = [mv[o : o + n] for o, n in zip(offsets, lengths, strict=True)]
+        pkts: list[Packet] = [
+            ChainedPacket._of(tuple(views[i : i + k]), sum(lengths[i : i + k]))
+            for i in range(0, used, k)
+        ]
+        slots = list(range(start, start + used, k))
+        return self._took(pkts, start, used, slots, sum(lengths), chained=m)
+
+    def _collect_one(self, start: int, count: int, limit: int) -> RxRun:
+        """:meth:`_collect` of a single unchained descriptor (else the general path)."""
+        ring = self.ring
+        flags, region, length, offset, _meta = _DESC.unpack_from(
+            ring.desc, (start & ring.mask) * 16
+        )
+        if flags or not descriptor_ok(region, length, offset, self.sizes):
+            return self._collect_each(start, count, limit)
+        return self._took([self.regions[region][offset : offset + length]], start, 1, None, length)
+
+    def _collect_each(self, start: int, count: int, limit: int) -> RxRun:
+        """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed
+        regions and wrap-around; each descriptor is checked on its own."""
+        regions = self.regions
+        rows = list(self.ring.descriptor_runs(start, count))
+        oks = each_ok(rows, self.sizes)
+        pkts: list[Packet] = []
+        append = pkts.append
+        used = bad = nbytes = chained = 0
+        slots: list[int] | None = None
+        chain: list[memoryview] | None = None
+        chain_bad = False
+        chain_start = 0
+        for (flags, reg, length, off, _meta), ok in zip(rows, oks, strict=True):
+            slot = start + used
+            used += 1
+            if ok:
+                view: memoryview | None = regions[reg][off : off + length]
+            else:
+                bad += 1
+                view = None
+            if flags & _NEXT:
+                if chain is None:
+                    chain, chain_bad, chain_start = [], False, slot
+                if view is None:
+                    chain_bad = True
+                else:
+                    chain.append(view)
+                continue
+            if (chain is not None or view is None) and slots is None:
+                slots = list(range(start, start + len(pkts)))  # no longer one per slot
+            if chain is not None:
+                if view is not None and not chain_bad:
+                    chain.append(view)
+                    packet = ChainedPacket(chain)
+                    nbytes += len(packet)
+                    chained += 1
+                    slots.append(chain_start)  # type: ignore[union-attr]
+                    append(packet)
+                else:
+                    for v in chain:
+                        v.release()
+                    if view is not None:
+                        view.release()
+                chain = None
+            elif view is not None:
+                nbytes += length
+                if slots is not None:
+                    slots.append(slot)
+                append(view)
+            if len(pkts) >= limit:
+                break
+        if chain is not None:  # a chain that runs past the published slots
+            bad += 1
+            for v in chain:
+                v.release()
+            if slots is None:
+                slots = list(range(start, start + len(pkts)))
+        return self._took(pkts, start, used, slots, nbytes, bad, chained)
+
+    def _took(
+        self,
+        pkts: list[Packet],
+        start: int,
+        used: int,
+        slots: list[int] | None,
+        nbytes: int,
+        bad: int = 0,
+        chained: int = 0,
+    ) -> RxRun:
+        """Record a collect of ``used`` slots from ``start`` (``slots``: the first slot of
+        each packet, None if one packet per slot) and return it as a run."""
+        self.read = (start + used) & _MASK
+        self.held += used
+        c = self.counters
+        c.packets += len(pkts)
+        c.bytes += nbytes
+        c.bad_descriptors += bad
+        c.chained += chained
+        return RxRun(pkts, start, slots)
+
+
+class ServerRx(RxEndpoint):
+    """Master side of an S2M ring: receive what the slave published, then advance tail."""
+
+    def reset(self) -> None:
+        """At CONNECT: tail = 0 and local cursors and memo cleared."""
+        self.ring.set_tail(0)
+        self.read = 0
+        self.held = 0
+        self.checked.clear()
+
+    def poll(self, limit: int) -> RxRun:
+        """Return views of up to ``limit`` newly published packets (possibly none).
+
+        Raises:
+            RemoteProtocolError: head claims more than the ring size.
+        """
+        ring = self.ring
+        tail = (self.read - self.held) & _MASK
+        published = (ring.header[_HEAD] - tail) & _MASK
+        if published > ring.size:
+            raise RemoteProtocolError("Ring head out of range")
+        count = published - self.held
+        if count <= 0 or limit <= 0:
+            return RxRun([], self.read, None)
+        return self._collect(self.read, count, limit)
+
+    def release(self) -> None:
+        """Give every held slot back to the slave (publish tail)."""
+        if self.held:
+            self.held = 0
+            self.ring.header[self.ring.tail_index] = self.read
+
+
+class ClientRx(RxEndpoint):
+    """Slave side of an M2S ring: receive what the master published, then refill."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        regions: Sequence[memoryview],
+        counters: QueueCounters,
+        region_index: int,
+        buffers: array[int],
+        buffer_size: int,
+        headroom: int = 0,
+    ) -> None:
+        super().__init__(ring, regions, counters)
+        self.region_index = region_index
+        #: Offset of the buffer behind each slot (rewritten by zero-copy forwarding).
+        self.buffers = buffers
+        self.buffer_size = buffer_size
+        self.headroom = headroom
+        self.pristine = descriptor_table(buffers, region_index, headroom, buffer_size)
+        self.head = 0
+        self.checked = CheckedRuns(ring.size, region_index)  # our buffers' region
+
+    def set_headroom(self, headroom: int) -> None:
+        """Offer buffers with ``headroom`` bytes kept free in front (from the next refill)."""
+        self.headroom = headroom
+        self.pristine = descriptor_table(
+            self.buffers, self.region_index, headroom, self.buffer_size
+        )
+
+    def retable(self, slots: Sequence[int]) -> None:
+        """Rebuild the refill descriptors of ``slots`` after their buffers changed."""
+        mask, h, length = self.ring.mask, self.headroom, self.buffer_size - self.headroom
+        for slot in slots:
+            k = slot & mask
+            _DESC.pack_into(
+                self.pristine, k * 16, 0, self.region_index, length, self.buffers[k] + h, 0
+            )
+
+    def owned_segments(self, first: int, nseg: int) -> list[tuple[int, int, int]] | None:
+        """(offset, length, slot) of the ``nseg`` descriptors from free-running slot
+        ``first`` (one received packet), re-read and each checked to lie inside the buffer
+        we offered in its own slot; None if one does not (the peer rewrote it)."""
+        ring, bufs = self.ring, self.buffers
+        own, size = self.region_index, self.buffer_size
+        out = []
+        for slot in range(first, first + nseg):
+            k = slot & ring.mask
+            _flags, region, length, offset, _meta = _DESC.unpack_from(ring.desc, k * 16)
+            if not within_buffer(region, length, offset, own, bufs[k], size):
+                return None
+            out.append((offset, length, slot))
+        return out
+
+    def refill(self) -> None:
+        """Offer every free slot again with its own buffer (publishes head; no signal)."""
+        ring = self.ring
+        tail = (self.read - self.held) & _MASK
+        target = (tail + ring.size) & _MASK
+        count = (target - self.head) & _MASK
+        if not count:
+            return
+        s = self.head & ring.mask
+        first = min(count, ring.size - s)
+        ring.desc[s * 16 : (s + first) * 16] = self.pristine[s * 16 : (s + first) * 16]
+        if first < count:
+            rest = (count - first) * 16
+            ring.desc[:rest] = self.pristine[:rest]
+        self.head = target
+        ring.header[_HEAD] = target
+
+    def poll(self, limit: int) -> RxRun:
+        """Return views of up to ``limit`` packets the master published (possibly none).
+
+        Raises:
+            RemoteProtocolError: tail moved past the buffers we offered.
+        """
+        ring = self.ring
+        consumed_tail = (self.read - self.held) & _MASK
+        published = (ring.header[ring.tail_index] - consumed_tail) & _MASK
+        if published > ((self.head - consumed_tail) & _MASK):
+            raise RemoteProtocolError("Ring tail out of range")
+        count = published - self.held
+        if count <= 0 or limit <= 0:
+            return RxRun([], self.read, None)
+        return self._collect(self.read, count, limit)
+
+    def release(self) -> None:
+        """Return held slots and refill them."""
+        if self.held:
+            self.held = 0
+            self.refill()
