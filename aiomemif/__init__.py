@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ._aio.batch import Batch as Batch
 from ._aio.client import Client as Client
+from ._aio.client import ConnectContext as ConnectContext
 from ._aio.client import LinkEvent as LinkEvent
 from ._aio.client import ReconnectPolicy as ReconnectPolicy
 from ._aio.client import connect as connect
@@ -37,8 +38,24 @@ from ._core.details import RegionDetails as RegionDetails
 from ._core.layout import RegionLayout as RegionLayout
 from ._core.wire import Mode as Mode
 from ._core.wire import Role as Role
-from .errors import *  # noqa: F403
-from .errors import __all__ as _errors_all
+from .errors import AddressInUseError as AddressInUseError
+from .errors import BusyResourceError as BusyResourceError
+from .errors import ClosedResourceError as ClosedResourceError
+from .errors import ConfigurationError as ConfigurationError
+from .errors import ConnectionLostError as ConnectionLostError
+from .errors import DisconnectedError as DisconnectedError
+from .errors import HandshakeRefusedError as HandshakeRefusedError
+from .errors import HandshakeTimeoutError as HandshakeTimeoutError
+from .errors import LocalProtocolError as LocalProtocolError
+from .errors import MemifError as MemifError
+from .errors import MemifOSError as MemifOSError
+from .errors import PacketTooLargeError as PacketTooLargeError
+from .errors import PeerDisconnectedError as PeerDisconnectedError
+from .errors import ProtocolError as ProtocolError
+from .errors import RemoteProtocolError as RemoteProtocolError
+from .errors import ResourceError as ResourceError
+from .errors import StaleBatchError as StaleBatchError
+from .errors import WouldBlockError as WouldBlockError
 
 __version__ = "0.1.0"
 
@@ -46,6 +63,7 @@ __all__ = [
     "Batch",
     "ChainedPacket",
     "Client",
+    "ConnectContext",
     "Connection",
     "ConnectionDetails",
     "HandshakeFailure",
@@ -67,5 +85,22 @@ __all__ = [
     "__version__",
     "connect",
     "serve",
-    *_errors_all,
+    "AddressInUseError",
+    "BusyResourceError",
+    "ClosedResourceError",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "DisconnectedError",
+    "HandshakeRefusedError",
+    "HandshakeTimeoutError",
+    "LocalProtocolError",
+    "MemifError",
+    "MemifOSError",
+    "PacketTooLargeError",
+    "PeerDisconnectedError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ResourceError",
+    "StaleBatchError",
+    "WouldBlockError",
 ]

@@ -7,7 +7,7 @@ the same queue or until released, which is exactly when its buffers go back to t
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, overload
+from typing import Protocol, final, overload
 
 from .._core.buffers import ChainedPacket, Packet
 from .._core.rx import RxRun
@@ -25,6 +25,7 @@ class BatchSource(Protocol):
 _STALE = "this batch was released; its buffers are back in the ring"
 
 
+@final
 class Batch(Sequence[Packet]):
     """Packets received in one go: zero-copy views into shared memory.
 

@@ -9,7 +9,7 @@ import random
 from array import array
 from collections.abc import AsyncIterator, Generator
 from types import TracebackType
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -37,7 +37,7 @@ from .connection import Connection, UntilClosed, discard_queued
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
-__all__ = ["Client", "LinkEvent", "ReconnectPolicy", "connect"]
+__all__ = ["Client", "ConnectContext", "LinkEvent", "ReconnectPolicy", "connect"]
 
 
 def _config(config: InterfaceConfig | None, kwargs: dict[str, Any]) -> InterfaceConfig:
@@ -174,8 +174,15 @@ def _build(
     return conn
 
 
-class _ConnectContext:
-    """What :func:`connect` returns: await it, or use it with ``async with``."""
+@final
+class ConnectContext:
+    """What :func:`connect` returns: one connection attempt, not started yet.
+
+    ``conn = await connect(...)`` runs the handshake and returns the :class:`Connection`
+    (the caller closes it); ``async with connect(...) as conn:`` does the same and closes
+    the connection gracefully when the block ends. Each await or ``async with`` makes a
+    new attempt. Raises what :func:`connect` lists.
+    """
 
     def __init__(self, address: str | bytes, config: InterfaceConfig, rx_mode: RxMode) -> None:
         self._args = (address, config, rx_mode)
@@ -201,7 +208,7 @@ def connect(
     *,
     rx_mode: RxMode = RxMode.INTERRUPT,
     **settings: Any,
-) -> _ConnectContext:
+) -> ConnectContext:
     """Connect once as a client (slave): ``async with connect(path, interface_id=1) as conn``.
 
     ``settings`` are :class:`InterfaceConfig` fields (when ``config`` is not given). The
@@ -218,9 +225,10 @@ def connect(
     cfg = _config(config, settings)
     addr = os.fspath(address) if isinstance(address, os.PathLike) else address
     parse_address(addr)
-    return _ConnectContext(addr, cfg, RxMode(rx_mode))
+    return ConnectContext(addr, cfg, RxMode(rx_mode))
 
 
+@final
 @attrs.frozen(kw_only=True)
 class ReconnectPolicy:
     """Back-off between connection attempts: ``initial * factor**n``, capped, with jitter."""
@@ -238,6 +246,7 @@ class ReconnectPolicy:
         return base * (1 + random.uniform(0, self.jitter))
 
 
+@final
 @attrs.frozen
 class LinkEvent:
     """A change of a client's link: up (with the new connection) or down (with why)."""
@@ -249,6 +258,7 @@ class LinkEvent:
     error: MemifError | None = None
 
 
+@final
 class Client:
     """A client interface that keeps (re)connecting until closed.
 

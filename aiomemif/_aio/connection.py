@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Generic, TypedDict, TypeVar
+from typing import Generic, TypedDict, TypeVar, final
 
 from .._core import wire as w
 from .._core.config import InterfaceConfig
 from .._core.details import ConnectionDetails, QueueDetails, RegionDetails
 from .._core.messages import Disconnect, decode_untrusted
 from .._core.ring import Ring
-from .._os import readers as _loopio
+from .._os import readers
 from .._os.channel import ControlChannel
 from .._os.eventfd import EventFd
 from .._os.fds import close_fd
@@ -39,9 +39,11 @@ class QueueHooks(TypedDict):
     on_protocol_error: ProtocolErrorHandler
     link: object
 
+
 log = logging.getLogger("aiomemif")
 
 
+@final
 class Connection:
     """One established memif link.
 
@@ -93,7 +95,7 @@ class Connection:
     def _start(self, on_closed: Callable[[Connection], None] | None = None) -> None:
         if on_closed is not None:
             self._on_closed.append(on_closed)
-        _loopio.add_reader(self._loop, self._channel.fd, self._on_control, "control")
+        readers.add_reader(self._loop, self._channel.fd, self._on_control, "control")
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -163,7 +165,7 @@ class Connection:
         self._error = error
         if isinstance(error, DisconnectedError):
             log.info("memif %s down: %s", self.config.if_name, error.reason)
-        _loopio.remove_reader(self._loop, self._channel.fd)
+        readers.remove_reader(self._loop, self._channel.fd)
         self._channel.close()
         for q in self.rx_queues:
             q._shutdown(error)
@@ -232,6 +234,7 @@ class Connection:
         )
 
 
+@final
 class UntilClosed(Generic[T]):
     """Async iterator over ``get()`` results that ends quietly on ClosedResourceError
     (what ``Client.connections()`` and ``Server.connections()`` return)."""

@@ -12,12 +12,12 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, final
 
 from .._core import wire as w
 from .._core.ring import QueueCounters
 from .._core.rx import ClientRx, RxRun, ServerRx
-from .._os import readers as _loopio
+from .._os import readers
 from .._os.eventfd import EventFd
 from .._os.regions import fence
 from ..errors import (
@@ -86,12 +86,12 @@ class _Interrupt:
 
     def arm(self) -> None:
         if not self._armed and self._efd.fd >= 0:
-            _loopio.add_reader(self._loop, self._efd.fd, self._ready, "interrupt")
+            readers.add_reader(self._loop, self._efd.fd, self._ready, "interrupt")
             self._armed = True
 
     def disarm(self) -> None:
         if self._armed:
-            _loopio.remove_reader(self._loop, self._efd.fd)
+            readers.remove_reader(self._loop, self._efd.fd)
             self._armed = False
 
     def _ready(self) -> None:
@@ -192,6 +192,7 @@ class QueueBase:
         return fresh(self._error)
 
 
+@final
 class RxQueue(QueueBase):
     """One receive ring (M2S on a client, S2M on a server)."""
 

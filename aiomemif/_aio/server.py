@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Iterable
 from types import TracebackType
+from typing import final
 
 import attrs
 
@@ -19,7 +20,7 @@ from .._core.messages import decode_untrusted, encode
 from .._core.ring import QueueCounters, Ring, ring_cookie_ok
 from .._core.rx import ServerRx
 from .._core.server_tx import ServerTx
-from .._os import readers as _loopio
+from .._os import readers
 from .._os.channel import ControlChannel, Listener, format_address, parse_address
 from .._os.eventfd import EventFd
 from .._os.fds import close_fd, describe_fd
@@ -39,6 +40,7 @@ __all__ = ["HandshakeFailure", "Server", "serve"]
 log = logging.getLogger("aiomemif")
 
 
+@final
 @attrs.frozen
 class HandshakeFailure:
     """A refused or failed handshake, as the server saw it."""
@@ -47,6 +49,7 @@ class HandshakeFailure:
     reason: str
 
 
+@final
 class Server:
     """A memif server (master) on one socket, serving one or more interface ids.
 
@@ -114,7 +117,7 @@ class Server:
             raise ClosedResourceError("server already started or closed")
         self._loop = asyncio.get_running_loop()
         self._listener = Listener(self._address, self._backlog)
-        _loopio.add_reader(self._loop, self._listener.fd, self._on_accept, "listener")
+        readers.add_reader(self._loop, self._listener.fd, self._on_accept, "listener")
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -292,7 +295,7 @@ class Server:
         self._closed = True
         if self._listener is not None:
             assert self._loop is not None
-            _loopio.remove_reader(self._loop, self._listener.fd)
+            readers.remove_reader(self._loop, self._listener.fd)
             self._listener.close()
         for task in list(self._sessions):
             task.cancel()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final, overload
+from typing import Final, final, overload
 
 from .._core.client_tx import ClientTx
 from .._core.rx import ClientRx
@@ -44,6 +44,7 @@ _SPIN_RETRIES: Final = 64
 _RETRY_DELAY: Final = 0.001
 
 
+@final
 class TxBuffer:
     """One packet's reserved transmit buffer(s): write the packet in place.
 
@@ -94,6 +95,7 @@ class TxBuffer:
         self.length = length
 
 
+@final
 class TxBuffers(Sequence[TxBuffer]):
     """Buffers reserved by :meth:`TxQueue.alloc`, published by :meth:`TxQueue.commit`.
 
@@ -155,6 +157,7 @@ class TxBuffers(Sequence[TxBuffer]):
         return iter(self._all())
 
 
+@final
 class TxQueue(QueueBase):
     """One transmit ring (S2M on a client, M2S on a server)."""
 

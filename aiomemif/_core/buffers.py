@@ -8,6 +8,7 @@ turns whatever a user sends into something a byte slice of shared memory accepts
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 __all__ = ["ChainedPacket", "Packet", "as_wire_buffer"]
 
@@ -35,6 +36,7 @@ def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+@final
 class ChainedPacket:
     """A packet that arrived in several buffers (a NEXT chain), without copying.
 

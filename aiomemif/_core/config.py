@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -95,6 +95,7 @@ def _mode(value: int | w.Mode) -> w.Mode:
         raise ConfigurationError(f"mode must be 0, 1 or 2, got {value!r}") from None
 
 
+@final
 @attrs.frozen(kw_only=True)
 class InterfaceConfig:
     """Configuration of one memif interface, for either role.

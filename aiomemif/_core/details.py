@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -12,6 +12,7 @@ from . import wire as w
 __all__ = ["ConnectionDetails", "QueueDetails", "RegionDetails"]
 
 
+@final
 @attrs.frozen
 class QueueDetails:
     """One queue as libmemif's ``memif_queue_details_t`` plus counters."""
@@ -34,12 +35,14 @@ class QueueDetails:
     chained: int
 
 
+@final
 @attrs.frozen
 class RegionDetails:
     index: int
     size: int
 
 
+@final
 @attrs.frozen
 class ConnectionDetails:
     """Everything ``memif_get_details`` returns, plus regions and per-queue counters."""

@@ -199,7 +199,7 @@ class ClientState(enum.Enum):
 
 
 class ClientHandshake(_Machine):
-    """The slave side: answers HELLO with INIT, regions, S2M rings, M2S rings, CONNECT."""
+    """The client side: answers HELLO with INIT, regions, S2M rings, M2S rings, CONNECT."""
 
     _closed_state = ClientState.CLOSED
     _connected_state = ClientState.CONNECTED
@@ -290,7 +290,7 @@ class ServerState(enum.Enum):
 
 
 class ServerHandshake(_Machine):
-    """The master side of one accepted connection.
+    """The server side of one accepted connection.
 
     ``lookup(id)`` returns the interface configured for an id (or None); ``is_busy(id)``
     says whether that id already has a connection or handshake. The caller marks the id
@@ -410,7 +410,7 @@ class ServerHandshake(_Machine):
         return [MapRegions(msg.if_name)]
 
     def _on_stray_ack(self, _msg: Ack, _fd: int | None, _info: FdInfo | None) -> list[Output]:
-        return []  # reference masters ignore an extra ACK from a slave
+        return []  # reference servers ignore an extra ACK from a client
 
     def mapped(self) -> list[Output]:
         """The regions are mapped and every cookie checked: answer CONNECTED, link up.

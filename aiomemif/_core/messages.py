@@ -59,14 +59,14 @@ def _field(value: str | bytes, size: int, what: str) -> bytes:
 
 @attrs.frozen
 class Ack:
-    """ACK (master → slave): go ahead with the next message."""
+    """ACK (server → client): go ahead with the next message."""
 
     type = w.MsgType.ACK
 
 
 @attrs.frozen
 class Hello:
-    """HELLO (master → slave): the master's name and limits. Maxima are *indexes*."""
+    """HELLO (server → client): the server's name and limits. Maxima are *indexes*."""
 
     name: str = ""
     min_version: int = w.PROTOCOL_VERSION
@@ -80,7 +80,7 @@ class Hello:
 
 @attrs.frozen
 class Init:
-    """INIT (slave → master): which interface, in which mode, with which secret."""
+    """INIT (client → server): which interface, in which mode, with which secret."""
 
     version: int = w.PROTOCOL_VERSION
     interface_id: int = 0
@@ -93,7 +93,7 @@ class Init:
 
 @attrs.frozen
 class AddRegion:
-    """ADD_REGION (slave → master), sent with the region's fd."""
+    """ADD_REGION (client → server), sent with the region's fd."""
 
     index: int
     size: int
@@ -102,7 +102,7 @@ class AddRegion:
 
 @attrs.frozen
 class AddRing:
-    """ADD_RING (slave → master), sent with the ring's eventfd."""
+    """ADD_RING (client → server), sent with the ring's eventfd."""
 
     ring_type: w.RingType
     index: int
@@ -115,7 +115,7 @@ class AddRing:
 
 @attrs.frozen
 class Connect:
-    """CONNECT (slave → master): the slave's interface name."""
+    """CONNECT (client → server): the client's interface name."""
 
     if_name: str = ""
     type = w.MsgType.CONNECT
@@ -123,7 +123,7 @@ class Connect:
 
 @attrs.frozen
 class Connected:
-    """CONNECTED (master → slave): the master's interface name; the link is up."""
+    """CONNECTED (server → client): the server's interface name; the link is up."""
 
     if_name: str = ""
     type = w.MsgType.CONNECTED

@@ -28,7 +28,6 @@ from . import wire as w
 __all__ = ["QueueCounters", "Ring", "descriptor_table", "init_ring", "ring_cookie_ok"]
 
 _MASK = w.MASK16
-_NEXT = w.DESC_FLAG_NEXT
 _DESC = w.DESC
 _HEAD = w.RING_HEAD_OFF // 2
 _FLAGS = w.RING_FLAGS_OFF // 2
@@ -133,25 +132,6 @@ class Ring:
         if first == count:
             return it
         return itertools.chain(it, _DESC.iter_unpack(self.desc[: (count - first) * 16]))
-
-    def columns(self, start: int, count: int) -> tuple[list[int], list[int], list[int]]:
-        """The first word (flags | region << 16), length and offset of ``count``
-        descriptors from free-running index ``start`` (wrapping once), as lists."""
-        s = start & self.mask
-        words = self.words
-        if s + count <= self.size:
-            a, b = 4 * s, 4 * (s + count)
-            return (
-                words[a:b:4].tolist(),
-                words[a + 1 : b : 4].tolist(),
-                words[a + 2 : b : 4].tolist(),
-            )
-        a, b = 4 * s, 4 * (s + count - self.size)
-        return (
-            words[a::4].tolist() + words[:b:4].tolist(),
-            words[a + 1 :: 4].tolist() + words[1:b:4].tolist(),
-            words[a + 2 :: 4].tolist() + words[2:b:4].tolist(),
-        )
 
     def snapshot(self, start: int, count: int) -> bytes:
         """The raw bytes of ``count`` descriptors from free-running index ``start``

@@ -60,6 +60,26 @@ class RxEndpoint:
         #: Runs that passed the checks (an identical run later needs one comparison).
         self.checked = CheckedRuns(ring.size)
 
+    def _published(self) -> int:
+        """Slots the peer has published from the oldest one we hold (role hook).
+
+        Raises:
+            RemoteProtocolError: the peer's index claims more than it may.
+        """
+        raise NotImplementedError
+
+    def poll(self, limit: int) -> RxRun:
+        """Return views of up to ``limit`` newly published packets (possibly none).
+
+        Raises:
+            RemoteProtocolError: the peer's index is out of range (head beyond the ring
+                size on S2M; tail past the buffers we offered on M2S).
+        """
+        count = self._published() - self.held
+        if count <= 0 or limit <= 0:
+            return RxRun([], self.read, None)
+        return self._collect(self.read, count, limit)
+
     def _collect(self, start: int, count: int, limit: int) -> RxRun:
         """Read up to ``count`` published slots; stop at a packet boundary after ``limit``."""
         n = min(count, limit)
@@ -220,7 +240,7 @@ class RxEndpoint:
 
 
 class ServerRx(RxEndpoint):
-    """Master side of an S2M ring: receive what the slave published, then advance tail."""
+    """Server side of an S2M ring: receive what the client published, then advance tail."""
 
     def reset(self) -> None:
         """At CONNECT: tail = 0 and local cursors and memo cleared."""
@@ -229,31 +249,23 @@ class ServerRx(RxEndpoint):
         self.held = 0
         self.checked.clear()
 
-    def poll(self, limit: int) -> RxRun:
-        """Return views of up to ``limit`` newly published packets (possibly none).
-
-        Raises:
-            RemoteProtocolError: head claims more than the ring size.
-        """
+    def _published(self) -> int:
         ring = self.ring
         tail = (self.read - self.held) & _MASK
         published = (ring.header[_HEAD] - tail) & _MASK
         if published > ring.size:
             raise RemoteProtocolError("Ring head out of range")
-        count = published - self.held
-        if count <= 0 or limit <= 0:
-            return RxRun([], self.read, None)
-        return self._collect(self.read, count, limit)
+        return published
 
     def release(self) -> None:
-        """Give every held slot back to the slave (publish tail)."""
+        """Give every held slot back to the client (publish tail)."""
         if self.held:
             self.held = 0
             self.ring.header[self.ring.tail_index] = self.read
 
 
 class ClientRx(RxEndpoint):
-    """Slave side of an M2S ring: receive what the master published, then refill."""
+    """Client side of an M2S ring: receive what the server published, then refill."""
 
     def __init__(
         self,
@@ -323,21 +335,13 @@ class ClientRx(RxEndpoint):
         self.head = target
         ring.header[_HEAD] = target
 
-    def poll(self, limit: int) -> RxRun:
-        """Return views of up to ``limit`` packets the master published (possibly none).
-
-        Raises:
-            RemoteProtocolError: tail moved past the buffers we offered.
-        """
+    def _published(self) -> int:
         ring = self.ring
         consumed_tail = (self.read - self.held) & _MASK
         published = (ring.header[ring.tail_index] - consumed_tail) & _MASK
         if published > ((self.head - consumed_tail) & _MASK):
             raise RemoteProtocolError("Ring tail out of range")
-        count = published - self.held
-        if count <= 0 or limit <= 0:
-            return RxRun([], self.read, None)
-        return self._collect(self.read, count, limit)
+        return published
 
     def release(self) -> None:
         """Return held slots and refill them."""

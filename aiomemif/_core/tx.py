@@ -20,9 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_PACKET", "ByteSink", "TxEndpoint", "TxReservation"]
 
-_MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
-_HEAD = w.RING_HEAD_OFF // 2
 #: The largest packet memif can describe as one chain (VPP/libmemif limit it to u16 too).
 MAX_PACKET = 65535
 

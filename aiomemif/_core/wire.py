@@ -21,7 +21,7 @@ SECRET_SIZE: Final = 24
 SECRET_MAX_CHARS: Final = SECRET_SIZE - 1
 REASON_SIZE: Final = 96
 
-#: What a master announces in HELLO (maximum *indexes*, like DPDK and libmemif).
+#: What a server announces in HELLO (maximum *indexes*, like DPDK and libmemif).
 MAX_REGION_INDEX: Final = 255
 MAX_RING_INDEX: Final = 255
 MAX_LOG2_RING_SIZE: Final = 14
@@ -34,7 +34,7 @@ MASK16: Final = 0xFFFF
 
 #: Ring header flag set by a ring's receiver: "do not signal me".
 RING_FLAG_MASK_INT: Final = 0x0001
-#: ADD_RING flag: the ring carries packets slave -> master.
+#: ADD_RING flag: the ring carries packets client -> server (S2M: slave to master).
 ADD_RING_FLAG_S2M: Final = 0x0001
 #: Descriptor flag: the packet continues in the next slot.
 DESC_FLAG_NEXT: Final = 0x0001

@@ -24,7 +24,7 @@ from ..errors import (
     MemifError,
     RemoteProtocolError,
 )
-from . import readers as _loopio
+from . import readers
 from .fds import close_fd, wrap_os_error
 
 __all__ = ["ControlChannel", "Listener", "connect_socket", "format_address", "parse_address"]
@@ -122,7 +122,7 @@ class ControlChannel:
             got = self.recv_nowait()
             if got is not None:
                 return got
-            await _loopio.wait_readable(self.fd, "control")
+            await readers.wait_readable(self.fd, "control")
 
     def send_disconnect(self, reason: str) -> None:
         """Best-effort DISCONNECT with ``reason`` before closing: never raises (the peer
@@ -151,7 +151,7 @@ class ControlChannel:
     async def send(self, data: bytes, fd: int | None = None) -> None:
         """Send one datagram, waiting for buffer space if needed."""
         while not self.send_nowait(data, fd):
-            await _loopio.wait_writable(self.fd)
+            await readers.wait_writable(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -10,8 +10,7 @@ import sys
 import time
 from typing import IO, Any
 
-from .._aio.connection import Connection
-from .._aio.rx_queue import RxQueue
+from .. import Connection, RxQueue
 from ..errors import DisconnectedError
 from ..tools.pcapng import DEFAULT_SNAPLEN, DIRECTION_INBOUND, PcapngWriter
 from .common import add_link_options, open_link, positive

@@ -9,10 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .._aio.client import connect
-from .._aio.connection import Connection
-from .._aio.server import serve
-from .._core.config import InterfaceConfig
+from .. import Connection, InterfaceConfig, connect, serve
 from .._os.channel import parse_address
 from ..errors import ConfigurationError
 

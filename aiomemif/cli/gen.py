@@ -9,8 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .._aio.connection import Connection
-from .._aio.tx_queue import TxQueue
+from .. import Connection, TxQueue
 from ..errors import DisconnectedError
 from .common import UsageError, add_link_options, open_link, packet_size, positive
 from .pcap_recorder import Tap, add_pcap_option, open_tap

@@ -11,13 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from .._aio.client import connect
-from .._aio.connection import Connection
-from .._aio.rx_queue import RxQueue
-from .._aio.server import serve
-from .._aio.tx_queue import TxQueue
-from .._core.config import InterfaceConfig
+from .. import Connection, InterfaceConfig, RxQueue, TxQueue, __version__, connect, serve
 from .common import packet_size, positive
 
 __all__ = ["register", "run"]

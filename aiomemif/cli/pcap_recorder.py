@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, Final
 
-from .._core.buffers import ChainedPacket
+from .. import ChainedPacket
 from ..tools.pcapng import (
     DIRECTION_INBOUND,
     DIRECTION_OUTBOUND,

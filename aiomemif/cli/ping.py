@@ -11,9 +11,7 @@ import sys
 import time
 from typing import Any
 
-from .._aio.connection import Connection
-from .._aio.rx_queue import RxQueue
-from .._aio.tx_queue import TxQueue
+from .. import Connection, RxQueue, TxQueue
 from ..errors import ClosedResourceError, DisconnectedError
 from ..tools import packets
 from .common import UsageError, add_link_options, emit, open_link, positive

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from .._aio.client import connect
+from .. import connect
 from .._core.messages import Disconnect, Hello, decode_untrusted, encode
 from .._os.channel import ControlChannel, connect_socket, format_address, parse_address
 from .._os.fds import close_fd

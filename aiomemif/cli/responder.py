@@ -10,11 +10,7 @@ import sys
 import time
 from typing import IO, Any
 
-from .._aio.connection import Connection
-from .._aio.server import serve
-from .._core.buffers import Packet
-from .._core.config import InterfaceConfig
-from .._core.wire import Role
+from .. import Connection, InterfaceConfig, Packet, Role, serve
 from ..errors import ClosedResourceError, DisconnectedError, MemifError, PeerDisconnectedError
 from ..tools import packets
 from .common import add_link_options, emit, interface_config, open_link, positive

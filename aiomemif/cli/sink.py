@@ -9,8 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .._aio.connection import Connection
-from .._aio.rx_queue import RxQueue
+from .. import Connection, RxQueue
 from ..errors import DisconnectedError
 from .common import add_link_options, open_link, positive
 from .pcap_recorder import Tap, add_pcap_option, open_tap

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
-from .._core.buffers import ChainedPacket
+from .. import ChainedPacket
 from ..errors import DisconnectedError, PeerDisconnectedError
 
 __all__ = [

@@ -17,26 +17,24 @@ import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, final
 
 import attrs
 
-from .._aio.client import connect
-from .._aio.connection import Connection
-from .._aio.rx_queue import RxMode
-from .._aio.server import serve
-from .._core.config import InterfaceConfig
+from .. import Connection, InterfaceConfig, RxMode, connect, serve
 from ..errors import ConfigurationError
 
 __all__ = ["MemifPair", "memif_pair"]
 
 
+@final
 @attrs.frozen
 class MemifPair:
     """Both ends of one established memif link.
 
-    ``client`` is the slave end (it owns the shared memory), ``server`` the master end. Queue
-    ``i`` of ``client.tx_queues`` feeds ``server.rx_queues[i]`` and the other way round.
+    ``client`` is the end that owns the shared memory (memif's slave), ``server`` the
+    listening end (master). Queue ``i`` of ``client.tx_queues`` feeds
+    ``server.rx_queues[i]`` and the other way round.
     """
 
     client: Connection

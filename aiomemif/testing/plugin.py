@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from .._core.config import InterfaceConfig
+from .. import InterfaceConfig
 from .pair import MemifPair
 from .pair import memif_pair as _open_pair
 
