@@ -7,7 +7,7 @@ import contextlib
 import os
 import random
 from array import array
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from types import TracebackType
 from typing import Any, final
 
@@ -355,7 +355,7 @@ class Client:
         for q in self._subscribers:
             q.put_nowait(event)
 
-    async def link_events(self) -> AsyncIterator[LinkEvent]:
+    async def link_events(self) -> AsyncGenerator[LinkEvent, None]:
         """Link changes from now on: ``async for ev in client.link_events()``.
 
         Each ``LinkEvent`` is up (``.connection`` is the new link) or down (``.reason``

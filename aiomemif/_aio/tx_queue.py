@@ -358,8 +358,7 @@ class TxQueue(QueueBase):
             ClosedResourceError / DisconnectedError: the connection is down.
         """
         self._check()
-        ep = self._endpoint
-        if not isinstance(ep, ClientTx):
+        if not isinstance(self._endpoint, ClientTx):
             raise LocalProtocolError(
                 "zero-copy forwarding needs the client role: a server owns no buffers"
             )
@@ -368,8 +367,8 @@ class TxQueue(QueueBase):
             raise StaleBatchError("this batch was released; its buffers are back in the ring")
         if not isinstance(source, RxQueue) or source._link is not self._link:
             raise LocalProtocolError("a batch can only be forwarded on its own connection")
-        if ep.reservation is not None:
-            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+        ep = self._free_endpoint()
+        assert isinstance(ep, ClientTx)
         rx = source._endpoint
         assert isinstance(rx, ClientRx)
         wanted = batch._forwardable(indices)

@@ -1,6 +1,6 @@
 """memif 2.0 wire constants and precompiled structs (pure: no I/O).
 
-Everything here is a fact of the protocol (see ``memif-protocol.md``): message
+Everything here is a fact of the protocol (see ``docs/protocol.md``): message
 types, field offsets and sizes, flags, limits. The structs are compiled once at
 load time and their sizes are checked against the protocol.
 """
