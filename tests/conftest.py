@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import uvloop
+from support.leaks import memfd_mappings, open_fds
+from support.rig import rigs  # noqa: F401  (the shared-memory rig fixture, for every tier)
 
 from aiomemif._os import readers as _loopio
 
@@ -60,22 +62,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # libuv opens process-wide fds (its signal pipe) with the first loop; make them part of
     # every test's baseline instead of a "leak" of whichever test ran first on uvloop.
     uvloop.new_event_loop().close()
-
-
-def open_fds() -> dict[int, str]:
-    """This process's open fds and what they point at."""
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the fd listdir itself used
-    return out
-
-
-def memfd_mappings() -> list[str]:
-    with open("/proc/self/maps") as f:
-        return [line.rstrip() for line in f if "/memfd:" in line]
 
 
 def _leaks(before_fds: dict[int, str], before_maps: list[str]) -> list[str]:

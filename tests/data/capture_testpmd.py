@@ -37,7 +37,7 @@ from typing import Final
 HERE: Final = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for the raw peer in hostile.py
 
-from hostile import M2S, S2M, RawPeer, SlaveMemory, raw_message  # noqa: E402
+from support.hostile import M2S, S2M, ClientMemory, RawPeer, raw_message  # noqa: E402
 
 from aiomemif._core.messages import (  # noqa: E402
     Ack,
@@ -224,7 +224,7 @@ class Capture:
         async def region_without_fd(peer: RawPeer) -> None:
             peer.send_raw(valid_init())
             await self.ack(peer)
-            with SlaveMemory(log2_ring_size=10, buffer_size=2048) as mem:
+            with ClientMemory(log2_ring_size=10, buffer_size=2048) as mem:
                 peer.send(mem.add_region())  # no fd attached
 
         await self.reject(path, "missing_region_fd", "Missing region fd", region_without_fd)
@@ -232,7 +232,7 @@ class Capture:
         async def ring_without_fd(peer: RawPeer) -> None:
             peer.send_raw(valid_init())
             await self.ack(peer)
-            with SlaveMemory(log2_ring_size=10, buffer_size=2048) as mem:
+            with ClientMemory(log2_ring_size=10, buffer_size=2048) as mem:
                 peer.send(mem.add_region(), [mem.fd])
                 await self.ack(peer)
                 peer.send(mem.add_ring(S2M, 0))  # no eventfd attached
@@ -241,7 +241,7 @@ class Capture:
 
         # A complete, valid handshake (DPDK's own copy-mode layout: 1 + 1 rings of 1024
         # slots, 2048-byte buffers), kept open while a second client asks for the same id.
-        with SlaveMemory(log2_ring_size=10, buffer_size=2048) as mem:
+        with ClientMemory(log2_ring_size=10, buffer_size=2048) as mem:
             async with await self.open(path) as first:
                 first.send_raw(valid_init())
                 self.keep("testpmd_ack.bin", await self.ack(first))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_dpdk import ROLES, frame, linked, reflect, settled_stats, swapped
+from support.dpdk import ROLES, frame, linked, reflect, settled_stats, swapped
+from support.links import client_rx, client_tx
 
 import aiomemif
 from aiomemif import InterfaceConfig, RegionLayout, RxMode
@@ -51,11 +52,11 @@ async def test_zero_copy_transmit_through_testpmd(role: str, sock_path: str) -> 
 
 
 async def test_headroom_with_testpmd_server(sock_path: str) -> None:
-    """DPDK as master writes at the offset we offer (base + 64) and reads ours (base + 32)."""
+    """DPDK as server writes at the offset we offer (base + 64) and reads ours (base + 32)."""
     cfg = InterfaceConfig(rx_headroom=64, tx_headroom=32)
     async with linked("client", sock_path, cfg) as (conn, _):
         await reflect(conn, [frame(i, 1500) for i in range(2000)])
-        rx_ep, tx_ep = conn.rx_queues[0]._endpoint, conn.tx_queues[0]._endpoint
+        rx_ep, tx_ep = client_rx(conn.rx_queues[0]), client_tx(conn.tx_queues[0])
         desc = aiomemif._core.wire.DESC
         # Offered M2S buffers: data at base + 64, capacity 2048 - 64 (DPDK wrote lengths).
         _f, _r, length, offset, _m = desc.unpack_from(rx_ep.ring.desc, 16)
@@ -90,7 +91,7 @@ async def test_client_forwards_testpmd_traffic_without_copying(sock_path: str) -
         assert back == originals
         stats = await settled_stats(pmd, 128, 128)
         assert stats.rx_packets == 128
-        ep_rx, ep_tx = rx._endpoint, tx._endpoint
+        ep_rx, ep_tx = client_rx(rx), client_tx(tx)
         assert sorted([*ep_rx.buffers, *ep_tx.buffers]) == sorted(
             set([*ep_rx.buffers, *ep_tx.buffers])
         ), "a buffer ended up in two rings"

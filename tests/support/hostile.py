@@ -8,13 +8,13 @@ to read what the library sends back.
 
 - :class:`RawPeer`: one connected control socket (either role). Datagrams of any size, with
   0..n fds attached via ``SCM_RIGHTS``; receiving keeps the attached fds.
-- :class:`RawListener`: a listening socket for playing a fake server (master).
+- :class:`RawListener`: a listening socket for playing a fake server (server).
 - :func:`memfd` / :func:`eventfd`: raw resources to hand over.
-- :class:`SlaveMemory`: a client-style (DPDK copy-mode) region: rings back to back from offset
+- :class:`ClientMemory`: a client-style (DPDK copy-mode) region: rings back to back from offset
   0, ring stride ``2·CL + 16·N``, then one buffer per slot; plus one eventfd per ring.
 - :class:`RingView`: header and descriptor accessors for one ring inside a mapping.
-- :class:`MasterSide`: what a fake master collected from a real client (mapped regions and
-  ring eventfds), and :func:`client_handshake` / :func:`master_handshake`: the valid
+- :class:`ServerSide`: what a fake server collected from a real client (mapped regions and
+  ring eventfds), and :func:`client_handshake` / :func:`server_handshake`: the valid
   exchanges, for tests that misbehave only afterwards.
 - :func:`watchdog` / :func:`steal_interrupt` / :func:`set_blocking`: for showing that the
   library never sits in a blocking syscall on an fd whose flags the peer controls (eventfds
@@ -60,14 +60,14 @@ __all__ = [
     "M2S",
     "MSG_SIZE",
     "S2M",
-    "MasterSide",
+    "ServerSide",
     "RawListener",
     "RawPeer",
     "RingView",
-    "SlaveMemory",
+    "ClientMemory",
     "client_handshake",
     "eventfd",
-    "master_handshake",
+    "server_handshake",
     "memfd",
     "raw_message",
     "set_blocking",
@@ -425,8 +425,8 @@ class RingView:
         _DESC.pack_into(self.buf, self._desc_off(slot), flags, region, length, offset, 0)
 
 
-class SlaveMemory:
-    """A client-side (slave) region in the DPDK copy-mode layout, plus one eventfd per ring.
+class ClientMemory:
+    """A client-side (client) region in the DPDK copy-mode layout, plus one eventfd per ring.
 
     With ``n`` S2M and ``m`` M2S rings of ``N`` slots, buffer size ``B`` and stride
     ``S = 2·CL + 16·N``: S2M ring ``i`` at ``i·S``, M2S ring ``j`` at ``(n + j)·S``; buffer of
@@ -525,7 +525,7 @@ class SlaveMemory:
         return off, len(data)
 
     def publish_s2m(self, head: int, ring: int = 0) -> None:
-        """Store ``head`` on S2M ring ``ring`` and signal its eventfd (as a slave would)."""
+        """Store ``head`` on S2M ring ``ring`` and signal its eventfd (as a client would)."""
         view = self.ring(S2M, ring)
         view.head = head
         if not view.flags & w.RING_FLAG_MASK_INT:
@@ -541,15 +541,15 @@ class SlaveMemory:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> SlaveMemory:
+    def __enter__(self) -> ClientMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class MasterSide:
-    """Resources a fake master received from a real client: regions (mapped) and rings."""
+class ServerSide:
+    """Resources a fake server received from a real client: regions (mapped) and rings."""
 
     def __init__(self) -> None:
         self.region_fds: list[int] = []
@@ -598,13 +598,13 @@ class MasterSide:
 
 async def client_handshake(
     peer: RawPeer,
-    mem: SlaveMemory,
+    mem: ClientMemory,
     *,
     interface_id: int = 0,
     secret: bytes = b"",
     mode: int = 0,
 ) -> Connected:
-    """Play a valid slave handshake against a real server; return its CONNECTED."""
+    """Play a valid client handshake against a real server; return its CONNECTED."""
     await peer.expect(Hello)
     peer.send(Init(interface_id=interface_id, mode=mode, secret=secret, name="hostile"))
     await peer.expect(Ack)
@@ -617,14 +617,14 @@ async def client_handshake(
     return await peer.expect(Connected)
 
 
-async def master_handshake(peer: RawPeer, hello: Hello | None = None) -> MasterSide:
-    """Play a valid master handshake against a real client; return what it handed over.
+async def server_handshake(peer: RawPeer, hello: Hello | None = None) -> ServerSide:
+    """Play a valid server handshake against a real client; return what it handed over.
 
-    The regions are mapped. The caller closes the returned :class:`MasterSide`.
+    The regions are mapped. The caller closes the returned :class:`ServerSide`.
     """
-    side = MasterSide()
+    side = ServerSide()
     try:
-        peer.send(hello or Hello(name="hostile-master"))
+        peer.send(hello or Hello(name="hostile-server"))
         side.init = await peer.expect(Init)
         peer.send(Ack())
         while True:
@@ -640,7 +640,7 @@ async def master_handshake(peer: RawPeer, hello: Hello | None = None) -> MasterS
             assert isinstance(msg, Connect), f"unexpected {msg!r} with {len(fds)} fd(s)"
             break
         side.map_regions()
-        peer.send(Connected("hostile-master-if"))
+        peer.send(Connected("hostile-server-if"))
     except BaseException:
         side.close()
         raise

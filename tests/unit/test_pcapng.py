@@ -225,7 +225,7 @@ def tshark_json(path: Path) -> list[dict[str, object]]:
         [tshark, "-r", str(path), "-T", "json", "-x"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0, out.stderr
-    return [p["_source"]["layers"] for p in json.loads(out.stdout)]  # type: ignore[no-any-return]
+    return [p["_source"]["layers"] for p in json.loads(out.stdout)]
 
 
 @pytest.mark.parametrize("tsresol", [6, 9])

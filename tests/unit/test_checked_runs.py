@@ -13,18 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from test_datapath import payload
-from test_fastpath import (
-    BAD_KINDS,
-    MASK,
-    NEXT,
-    MmapRig,
-    bad_descriptor,
-    forbid,
-    rigs,
-    spy,
-    take,
-)
+from support.links import payload
+from support.rig import BAD_KINDS, MASK, NEXT, MmapRig, bad_descriptor, forbid, rigs, spy, take
 
 import aiomemif._core.descriptors
 from aiomemif._core.descriptors import CheckedRuns
@@ -152,14 +142,14 @@ def test_memo_is_not_used_for_a_run_across_the_ring_end(
 
 def test_reset_forgets_the_memo(rigs: Callable[..., MmapRig]) -> None:
     r = rigs(start=SLOT0)
-    rx = r.master_rx
+    rx = r.server_rx
     packets = [payload(j, L) for j in range(8)]
     r.publish("s2m", r.stage("s2m", rx.read, packets))
     take(rx.poll(64).packets)
     rx.release()
-    assert rx.checked.recall(bytes(r.s2m_master.desc[: 16 * 8]), 0, 8) is not None
+    assert rx.checked.recall(bytes(r.s2m_server.desc[: 16 * 8]), 0, 8) is not None
     rx.reset()
-    assert rx.checked.recall(bytes(r.s2m_master.desc[: 16 * 8]), 0, 8) is None
+    assert rx.checked.recall(bytes(r.s2m_server.desc[: 16 * 8]), 0, 8) is None
 
 
 def memo_sizes_ok(memo: CheckedRuns, size: int) -> bool:
@@ -229,7 +219,7 @@ def test_client_memo_keeps_to_its_buffer_region(
     """A server that first publishes in-range descriptors of another region (region 0,
     where the rings live) does not keep the client's memo from remembering its buffers."""
     r = rigs(split=True, start=SLOT0)
-    rx = r.slave_rx
+    rx = r.client_rx
     odd = [(0, 0, L, 64 * j) for j in range(8)]  # region 0: valid, not the buffer region
     r.publish("m2s", odd)
     assert len(take(rx.poll(64).packets)) == 8
@@ -251,9 +241,9 @@ def server_lap(r: MmapRig, seed: int) -> list[bytes]:
     """The server sends 8 packets of ``L`` bytes into the client's offers; the client
     receives them (checked) and refills. Returns the packets."""
     packets = [payload(seed + j, L) for j in range(8)]
-    assert r.master_tx.write(packets) == 8
-    assert take(r.slave_rx.poll(64).packets) == packets
-    r.slave_rx.release()
+    assert r.server_tx.write(packets) == 8
+    assert take(r.client_rx.poll(64).packets) == packets
+    r.client_rx.release()
     return packets
 
 
@@ -264,12 +254,12 @@ def test_server_transmit_after_a_remembered_offer_turns_bad(
     """The client offers the same buffers lap after lap, then one offer turns bad: the
     server checks that run afresh, publishes the bad slot empty and sends the rest."""
     r = rigs(split=True, start=SLOT0)
-    tx, rx = r.master_tx, r.slave_rx
+    tx, rx = r.server_tx, r.client_rx
     for lap in range(2):
         server_lap(r, 10 * lap)
     slot = tx.tail + 3
     f, reg, n, off = bad_descriptor(r, "m2s", kind, slot)
-    r.put(r.m2s_slave, slot, f, reg, n, off)  # the client's offer in slot 3, turned bad
+    r.put(r.m2s_client, slot, f, reg, n, off)  # the client's offer in slot 3, turned bad
     packets = [payload(100 + j, L) for j in range(8)]
     assert tx.write(packets) == 7  # the bad slot went back empty, so one did not fit
     assert tx.counters.bad_descriptors == 1
@@ -280,11 +270,11 @@ def test_server_transmit_remembered_uneven_offers(rigs: Callable[..., MmapRig]) 
     """Slot 3 is offered smaller than the others, identically on every lap: a lap taken
     from the memo must still respect slot 3's capacity (the smallest of the run)."""
     r = rigs(split=True, start=SLOT0)
-    tx, rx = r.master_tx, r.slave_rx
+    tx, rx = r.server_tx, r.client_rx
     for lap in range(3):
         slot = tx.tail + 3
-        f, reg, _n, off = r.get(r.m2s_slave, slot)
-        r.put(r.m2s_slave, slot, f, reg, 32, off)  # the client offers only 32 bytes here
+        f, reg, _n, off = r.get(r.m2s_client, slot)
+        r.put(r.m2s_client, slot, f, reg, 32, off)  # the client offers only 32 bytes here
         canary = b"\xee" * (r.bsize - 32)
         r.write(reg, off + 32, canary)
         packets = [payload(10 * lap + j, 48) for j in range(8)]
@@ -298,7 +288,7 @@ def test_server_transmit_identical_offers_come_from_the_memo(
     rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = rigs(split=True, start=SLOT0)
-    tx, rx = r.master_tx, r.slave_rx
+    tx, rx = r.server_tx, r.client_rx
     for lap in range(2):
         checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
         if lap:
@@ -315,9 +305,9 @@ def test_server_transmit_offer_moved_to_another_good_buffer(rigs: Callable[..., 
     """Lap 2 offers slot 5 a different (valid) buffer: the data goes there."""
     r = rigs(split=True, start=SLOT0)
     server_lap(r, 0)
-    slot = r.master_tx.tail + 5
-    f, reg, _n, off = r.get(r.m2s_slave, slot)
-    r.put(r.m2s_slave, slot, f, reg, L, off + 32)  # the second half of its buffer
+    slot = r.server_tx.tail + 5
+    f, reg, _n, off = r.get(r.m2s_client, slot)
+    r.put(r.m2s_client, slot, f, reg, L, off + 32)  # the second half of its buffer
     packets = server_lap(r, 10)
     assert r.read(reg, off + 32, L) == packets[5]
 
@@ -328,13 +318,13 @@ def test_server_transmit_wrapping_offers_keep_the_memo_size(
     r = rigs(split=True, start=SLOT0 + 4)
     for lap in range(3):
         server_lap(r, 10 * lap)
-    assert memo_sizes_ok(r.master_tx.checked, r.size)
+    assert memo_sizes_ok(r.server_tx.checked, r.size)
 
 
 def test_server_reset_forgets_the_memo(rigs: Callable[..., MmapRig]) -> None:
     r = rigs(split=True, start=SLOT0)
-    tx = r.master_tx
-    raw = bytes(r.m2s_master.desc[: 16 * 8])
+    tx = r.server_tx
+    raw = bytes(r.m2s_server.desc[: 16 * 8])
     assert tx.write([payload(j, L) for j in range(8)]) == 8
     assert tx.checked.recall(raw, 0, 8) is not None
     tx.reset()

@@ -1,12 +1,12 @@
 """Hostile peers: malformed and malicious input from a raw peer, in both roles.
 
-1. A raw fake client (slave) against a real server: every handshake violation must be
+1. A raw fake client (client) against a real server: every handshake violation must be
    answered with a DISCONNECT naming the problem, recorded in ``server.failures``, leave the
    server listening (a well-behaved client gets through right afterwards) and leak nothing.
 2. After a successful handshake: index and descriptor abuse in shared memory, and garbage on
    the control socket, from a fake client (against a server connection) and from a fake
    server (against a client connection).
-3. A raw fake server (master) against ``aiomemif.connect``.
+3. A raw fake server (server) against ``aiomemif.connect``.
 
 The leak checks (fds, memfd mappings, loop readers, tasks) come from ``conftest.py``.
 """
@@ -20,25 +20,31 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 import pytest
-from hostile import (
+from support.hostile import (
     M2S,
     S2M,
-    MasterSide,
+    ClientMemory,
     RawListener,
     RawPeer,
-    SlaveMemory,
-    client_handshake,
     eventfd,
-    master_handshake,
     memfd,
     raw_message,
     set_blocking,
     steal_interrupt,
     watchdog,
+)
+from support.hostile_links import (
+    SMALL,
+    _connect,
+    fake_client_link,
+    fake_server,
+    fake_server_link,
+    server_publish,
+    server_send,
 )
 
 import aiomemif
@@ -55,12 +61,10 @@ from aiomemif._core.messages import (
     decode_untrusted,
     encode,
 )
-from aiomemif._core.wire import DESC_FLAG_NEXT, RING_FLAG_MASK_INT, RingType
+from aiomemif._core.wire import DESC_FLAG_NEXT, RingType
 
 NEXT = DESC_FLAG_NEXT
 EVENTFD_MAX = 0xFFFF_FFFF_FFFF_FFFE  # the largest value an eventfd counter can hold
-#: Small rings and buffers for every real client the tests start (fast to build and check).
-SMALL: dict[str, object] = {"ring_size": 16, "buffer_size": 256}
 
 # =============================================================================== helpers
 
@@ -101,17 +105,17 @@ async def do_init(peer: RawPeer, **fields: object) -> None:
     await peer.expect(Ack)
 
 
-async def do_region(peer: RawPeer, mem: SlaveMemory) -> None:
+async def do_region(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(mem.add_region(), [mem.fd])
     await peer.expect(Ack)
 
 
-async def do_ring(peer: RawPeer, mem: SlaveMemory, ring_type: RingType, index: int = 0) -> None:
+async def do_ring(peer: RawPeer, mem: ClientMemory, ring_type: RingType, index: int = 0) -> None:
     peer.send(mem.add_ring(ring_type, index), [mem.efd(ring_type, index)])
     await peer.expect(Ack)
 
 
-async def do_setup(peer: RawPeer, mem: SlaveMemory) -> None:
+async def do_setup(peer: RawPeer, mem: ClientMemory) -> None:
     """INIT, ADD_REGION and both rings, all valid."""
     await do_init(peer)
     await do_region(peer, mem)
@@ -131,151 +135,151 @@ def pipe_read_end() -> Iterator[int]:
 
 # ================================================== 1. raw fake client against a server
 
-Script = Callable[[RawPeer, SlaveMemory], Awaitable[None]]
+Script = Callable[[RawPeer, ClientMemory], Awaitable[None]]
 
 
-async def s_size_64(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_size_64(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send_raw(encode(Init(name="short"))[:64])
 
 
-async def s_size_129(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_size_129(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send_raw(raw_message(3, b"\x00\x02", size=129))
 
 
-async def s_size_300(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_size_300(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send_raw(raw_message(3, b"\x00\x02", size=300))
 
 
-async def s_size_129_with_fd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_size_129_with_fd(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     send_closing(peer, encode(AddRegion(0, 4096)) + b"\0", memfd(4096))
 
 
-async def s_type_0(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_type_0(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send_raw(raw_message(0))
 
 
-async def s_type_9(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_type_9(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send_raw(raw_message(9))
 
 
-async def s_type_ffff_mid_handshake(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_type_ffff_mid_handshake(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send_raw(raw_message(0xFFFF))
 
 
-async def s_first_connect(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_first_connect(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Connect("too-early"))
 
 
-async def s_first_ack(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_first_ack(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Ack())
 
 
-async def s_first_add_region(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_first_add_region(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(mem.add_region(), [mem.fd])
 
 
-async def s_first_hello(peer: RawPeer, mem: SlaveMemory) -> None:
-    peer.send(Hello())  # a master's message, from the slave
+async def s_first_hello(peer: RawPeer, mem: ClientMemory) -> None:
+    peer.send(Hello())  # a server's message, from the client
 
 
-async def s_init_twice(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_init_twice(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(Init(name="again"))
 
 
-async def s_bad_version(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_bad_version(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Init(version=0x0100))
 
 
-async def s_bad_version_high(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_bad_version_high(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Init(version=0x0201))
 
 
-async def s_unknown_id(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_unknown_id(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Init(interface_id=107))
 
 
-async def s_wrong_mode(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_wrong_mode(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Init(mode=1))
 
 
-async def s_mode_out_of_range(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_mode_out_of_range(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Init(mode=200))
 
 
-async def s_fd_on_init(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_fd_on_init(peer: RawPeer, mem: ClientMemory) -> None:
     send_closing(peer, Init(name="fd"), eventfd())
 
 
-async def s_region_without_fd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_without_fd(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(mem.add_region())
 
 
-async def s_region_two_fds(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_two_fds(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     send_closing(peer, mem.add_region(), os.dup(mem.fd), os.dup(mem.fd))
 
 
-async def s_region_many_fds(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_many_fds(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     send_closing(peer, mem.add_region(), *(os.dup(mem.fd) for _ in range(40)))
 
 
-async def s_region_index_1_first(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_index_1_first(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(AddRegion(1, mem.size), [mem.fd])
 
 
-async def s_region_index_repeated(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_index_repeated(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(AddRegion(0, mem.size), [mem.fd])
 
 
-async def s_region_eventfd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_eventfd(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     send_closing(peer, AddRegion(0, 4096), eventfd())
 
 
-async def s_region_pipe(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_pipe(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     with pipe_read_end() as r:
         send_closing(peer, AddRegion(0, 4096), r)
 
 
-async def s_region_smaller_than_announced(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_smaller_than_announced(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(AddRegion(0, mem.size + 1), [mem.fd])
 
 
-async def s_region_not_sealed(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_not_sealed(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     send_closing(peer, AddRegion(0, 65536), memfd(65536, seals=0))
 
 
-async def s_region_plain_file(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_plain_file(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     with tempfile.TemporaryFile() as f:
         f.truncate(65536)
         peer.send(AddRegion(0, 65536), [f.fileno()])
 
 
-async def s_region_size_0(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_size_0(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(AddRegion(0, 0), [mem.fd])
 
 
-async def s_region_over_limit(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_over_limit(peer: RawPeer, mem: ClientMemory) -> None:
     # The server is configured with max_region_bytes=1 MiB; the fd really is that large.
     await do_init(peer)
     send_closing(peer, AddRegion(0, 2 << 20), memfd(2 << 20))
 
 
-async def s_region_read_only_fd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_read_only_fd(peer: RawPeer, mem: ClientMemory) -> None:
     # Sealed, big enough, a regular file: but opened read-only, so it cannot be mapped
     # shared and writable. The problem only shows when the server maps it at CONNECT.
     await do_init(peer)
@@ -286,7 +290,7 @@ async def s_region_read_only_fd(peer: RawPeer, mem: SlaveMemory) -> None:
     peer.send(Connect("ro"))
 
 
-async def s_region_flood(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_region_flood(peer: RawPeer, mem: ClientMemory) -> None:
     # 256 valid regions (indexes 0..255, all the same memfd), then one more.
     await do_init(peer)
     for index in range(256):
@@ -295,51 +299,51 @@ async def s_region_flood(peer: RawPeer, mem: SlaveMemory) -> None:
     peer.send(AddRegion(256, mem.size), [mem.fd])
 
 
-async def s_ring_offset_misaligned(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_offset_misaligned(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, offset=3), [mem.efd(S2M)])
 
 
-async def s_ring_without_fd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_without_fd(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M))
 
 
-async def s_ring_two_fds(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_two_fds(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     send_closing(peer, mem.add_ring(S2M), eventfd(), eventfd())
 
 
-async def s_ring_memfd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_memfd(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     send_closing(peer, mem.add_ring(S2M), memfd(4096))
 
 
-async def s_ring_pipe(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_pipe(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     with pipe_read_end() as r:
         send_closing(peer, mem.add_ring(S2M), r)
 
 
-async def s_ring_index_1_first(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_index_1_first(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, index=1, offset=mem.ring_offset(S2M)), [mem.efd(S2M)])
 
 
-async def s_ring_index_repeated(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_index_repeated(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     await do_ring(peer, mem, M2S)
     peer.send(mem.add_ring(M2S), [mem.efd(M2S)])
 
 
-async def s_ring_index_beyond_queues(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_index_beyond_queues(peer: RawPeer, mem: ClientMemory) -> None:
     # The server has rx_queues=1, so S2M ring 1 is one too many (even though it is in order).
     await do_init(peer)
     await do_region(peer, mem)
@@ -347,94 +351,94 @@ async def s_ring_index_beyond_queues(peer: RawPeer, mem: SlaveMemory) -> None:
     peer.send(mem.add_ring(S2M, index=1, offset=mem.ring_offset(M2S)), [mem.efd(M2S)])
 
 
-async def s_ring_log2_15(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_log2_15(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, log2_ring_size=15), [mem.efd(S2M)])
 
 
-async def s_ring_log2_255(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_log2_255(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, log2_ring_size=255), [mem.efd(S2M)])
 
 
-async def s_ring_private_hdr(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_private_hdr(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, private_hdr_size=64), [mem.efd(S2M)])
 
 
-async def s_ring_region_not_announced(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_region_not_announced(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, region=1), [mem.efd(S2M)])
 
 
-async def s_ring_before_any_region(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_before_any_region(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(mem.add_ring(S2M), [mem.efd(S2M)])
 
 
-async def s_ring_offset_past_end(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_offset_past_end(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, offset=0xFFFF_FF00), [mem.efd(S2M)])
 
 
-async def s_ring_straddles_end(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_ring_straddles_end(peer: RawPeer, mem: ClientMemory) -> None:
     # The header fits, the descriptor array does not.
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(mem.add_ring(S2M, offset=mem.size - 128), [mem.efd(S2M)])
 
 
-async def s_connect_no_rings(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_no_rings(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     peer.send(Connect("empty"))
 
 
-async def s_connect_nothing_at_all(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_nothing_at_all(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     peer.send(Connect("empty"))
 
 
-async def s_connect_s2m_only(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_s2m_only(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     await do_ring(peer, mem, S2M)
     peer.send(Connect("half"))
 
 
-async def s_connect_m2s_only(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_m2s_only(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
     await do_ring(peer, mem, M2S)
     peer.send(Connect("half"))
 
 
-async def s_connect_bad_cookie_s2m(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_bad_cookie_s2m(peer: RawPeer, mem: ClientMemory) -> None:
     mem.ring(S2M).cookie = 0xDEADBEEF
     await do_setup(peer, mem)
     peer.send(Connect("cookie"))
 
 
-async def s_connect_bad_cookie_m2s(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_bad_cookie_m2s(peer: RawPeer, mem: ClientMemory) -> None:
     mem.ring(M2S).cookie = 0
     await do_setup(peer, mem)
     peer.send(Connect("cookie"))
 
 
-async def s_connect_with_fd(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_connect_with_fd(peer: RawPeer, mem: ClientMemory) -> None:
     await do_setup(peer, mem)
     send_closing(peer, Connect("fd"), eventfd())
 
 
-async def s_disconnect_mid_handshake(peer: RawPeer, mem: SlaveMemory) -> None:
+async def s_disconnect_mid_handshake(peer: RawPeer, mem: ClientMemory) -> None:
     await do_init(peer)
     await do_region(peer, mem)
-    peer.send(Disconnect("slave changed its mind"))
+    peer.send(Disconnect("client changed its mind"))
 
 
 RX_1 = InterfaceConfig(rx_queues=1, tx_queues=1)
@@ -529,7 +533,7 @@ async def test_server_refuses_malformed_client(
 ) -> None:
     cfg = cfg or InterfaceConfig()
     async with aiomemif.serve(sock_path, [cfg]) as srv:
-        with SlaveMemory() as mem:
+        with ClientMemory() as mem:
             async with await RawPeer.connect(sock_path) as peer:
                 await peer.expect(Hello)
                 await script(peer, mem)
@@ -556,21 +560,21 @@ async def test_server_refuses_bad_secret(sock_path: str, sent: bytes, expected: 
 
 
 async def test_server_reports_disconnect_from_client_mid_handshake(sock_path: str) -> None:
-    """A slave's DISCONNECT is recorded with its reason; its region fd is not kept."""
+    """A client's DISCONNECT is recorded with its reason; its region fd is not kept."""
     async with aiomemif.serve(sock_path) as srv:
-        with SlaveMemory() as mem:
+        with ClientMemory() as mem:
             async with await RawPeer.connect(sock_path) as peer:
                 await peer.expect(Hello)
                 await s_disconnect_mid_handshake(peer, mem)
                 await peer.expect_eof()
-        assert srv.failures[-1].reason == "slave changed its mind"
+        assert srv.failures[-1].reason == "client changed its mind"
         await healthy(srv, sock_path)
 
 
 @pytest.mark.parametrize("stage", ["before-init", "after-region", "after-rings"])
 async def test_server_survives_client_closing_mid_handshake(sock_path: str, stage: str) -> None:
     async with aiomemif.serve(sock_path) as srv:
-        with SlaveMemory() as mem:
+        with ClientMemory() as mem:
             async with await RawPeer.connect(sock_path) as peer:
                 await peer.expect(Hello)
                 if stage != "before-init":
@@ -607,7 +611,7 @@ async def test_server_zero_length_datagram(sock_path: str) -> None:
 async def test_server_times_out_silent_client(sock_path: str, stage: str) -> None:
     cfg = InterfaceConfig(handshake_timeout=0.3)
     async with aiomemif.serve(sock_path, [cfg]) as srv:
-        with SlaveMemory() as mem:
+        with ClientMemory() as mem:
             async with await RawPeer.connect(sock_path) as peer:
                 await peer.expect(Hello)
                 if stage != "after-hello":
@@ -643,7 +647,7 @@ async def test_second_init_for_connected_id_leaves_live_link_alone(sock_path: st
 async def test_second_init_for_id_still_handshaking(sock_path: str) -> None:
     """An id whose handshake is in progress is busy too; the first handshake still completes."""
     async with aiomemif.serve(sock_path) as srv:
-        with SlaveMemory() as mem:
+        with ClientMemory() as mem:
             async with await RawPeer.connect(sock_path) as first:
                 await first.expect(Hello)
                 await do_init(first)
@@ -664,29 +668,6 @@ async def test_second_init_for_id_still_handshaking(sock_path: str) -> None:
 
 
 # ======================================= 2a. data path: fake client against a server
-
-
-@attrs.frozen
-class ServerLink:
-    """A real server, its connection, and the raw client on the other end with its memory."""
-
-    srv: aiomemif.Server
-    conn: aiomemif.Connection
-    peer: RawPeer
-    mem: SlaveMemory
-
-
-@contextlib.asynccontextmanager
-async def fake_client_link(path: str) -> AsyncIterator[ServerLink]:
-    """A real server and a raw client that completed a valid handshake."""
-    async with aiomemif.serve(path) as srv:
-        with SlaveMemory() as mem:
-            async with await RawPeer.connect(path) as peer:
-                async with asyncio.timeout(2):
-                    await client_handshake(peer, mem)
-                    conn = await srv.accept()
-                async with conn:
-                    yield ServerLink(srv, conn, peer, mem)
 
 
 @pytest.mark.parametrize("waiting", [False, True], ids=["polled", "while-waiting"])
@@ -818,7 +799,7 @@ async def test_m2s_head_past_ring_size(sock_path: str, head: int) -> None:
 
 
 async def test_m2s_offered_bad_descriptors(sock_path: str) -> None:
-    """Offered buffers outside the slave's memory are never written; good ones still are."""
+    """Offered buffers outside the client's memory are never written; good ones still are."""
     async with fake_client_link(sock_path) as link:
         conn, mem = link.conn, link.mem
         ring = mem.ring(M2S)
@@ -867,11 +848,11 @@ async def test_server_link_garbage_on_control_socket(
 async def test_server_link_peer_disconnect_reason(sock_path: str) -> None:
     async with fake_client_link(sock_path) as link:
         conn, peer = link.conn, link.peer
-        peer.send(Disconnect("slave going away"))
+        peer.send(Disconnect("client going away"))
         async with asyncio.timeout(1):
             err = await conn.wait_closed()
         assert isinstance(err, aiomemif.PeerDisconnectedError)
-        assert err.reason == "slave going away"
+        assert err.reason == "client going away"
 
 
 def _send_guarded(conn: aiomemif.Connection, efd: int) -> tuple[bool, float]:
@@ -892,11 +873,11 @@ def _send_guarded(conn: aiomemif.Connection, efd: int) -> tuple[bool, float]:
 
 @pytest.mark.parametrize("when", ["after-connected", "at-add-ring"])
 async def test_server_tx_never_blocks_on_peer_eventfd(sock_path: str, when: str) -> None:
-    """The slave owns the M2S eventfd's open file description: it can make it blocking and
+    """The client owns the M2S eventfd's open file description: it can make it blocking and
     fill its counter. Signalling it must not freeze the server's event loop."""
     async with contextlib.AsyncExitStack() as stack:
         srv = await stack.enter_async_context(aiomemif.serve(sock_path))
-        mem = stack.enter_context(SlaveMemory(blocking_eventfds=when == "at-add-ring"))
+        mem = stack.enter_context(ClientMemory(blocking_eventfds=when == "at-add-ring"))
         peer = await stack.enter_async_context(await RawPeer.connect(sock_path))
         async with asyncio.timeout(2):
             await peer.expect(Hello)
@@ -926,7 +907,7 @@ async def test_server_tx_never_blocks_on_peer_eventfd(sock_path: str, when: str)
 
 
 async def test_server_rx_interrupt_never_blocks_on_peer_eventfd(sock_path: str) -> None:
-    """The slave shares the S2M eventfd: it can make it blocking and read the counter itself
+    """The client shares the S2M eventfd: it can make it blocking and read the counter itself
     after the loop saw it readable but before the server's interrupt reader runs. The reader
     must not then sit in a blocking read (freezing the whole event loop)."""
     async with fake_client_link(sock_path) as link:
@@ -946,29 +927,6 @@ async def test_server_rx_interrupt_never_blocks_on_peer_eventfd(sock_path: str) 
 
 
 # ======================================== 3. raw fake server against aiomemif.connect
-
-
-async def _connect(path: str, **kw: object) -> aiomemif.Connection:
-    return await aiomemif.connect(path, **kw)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def fake_server(
-    path: str, **client_kw: object
-) -> AsyncIterator[tuple[RawPeer, asyncio.Task[aiomemif.Connection]]]:
-    """A raw listener, a real ``connect`` running as a task, and the accepted raw peer."""
-    kw = {**SMALL, **client_kw}
-    async with RawListener(path) as listener:
-        task = asyncio.create_task(_connect(path, **kw))
-        try:
-            async with await listener.accept() as peer:
-                yield peer, task
-        finally:
-            if not task.done():
-                task.cancel()
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is None:
-                await task.result().aclose()
 
 
 async def _outcome(task: asyncio.Task[aiomemif.Connection]) -> BaseException:
@@ -1012,7 +970,7 @@ async def m_connected_first(peer: RawPeer) -> None:
     peer.send(Connected("too early"))
 
 
-async def m_init_from_master(peer: RawPeer) -> None:
+async def m_init_from_server(peer: RawPeer) -> None:
     peer.send(Init())
 
 
@@ -1071,7 +1029,7 @@ CLIENT_REFUSALS = [
     pytest.param(m_type_0, UNKNOWN_TYPE, id="type-0-instead-of-hello"),
     pytest.param(m_ack_first, "Unexpected message", id="ack-instead-of-hello"),
     pytest.param(m_connected_first, "Unexpected message", id="connected-instead-of-hello"),
-    pytest.param(m_init_from_master, "Unexpected message", id="init-from-master"),
+    pytest.param(m_init_from_server, "Unexpected message", id="init-from-server"),
     pytest.param(m_hello_64, "Invalid message size", id="hello-64-bytes"),
     pytest.param(m_hello_129, "Invalid message size", id="hello-129-bytes"),
     pytest.param(m_hello_with_fd, "Unexpected fd", id="hello-with-fd"),
@@ -1165,50 +1123,13 @@ async def test_client_server_never_accepts(sock_path: str) -> None:
 # ============================================== 2b. data path: fake server against a client
 
 
-@attrs.frozen
-class ClientLink:
-    """A real client connection and the raw server on the other end with what it mapped."""
-
-    conn: aiomemif.Connection
-    peer: RawPeer
-    side: MasterSide
-
-
-@contextlib.asynccontextmanager
-async def fake_master_link(path: str) -> AsyncIterator[ClientLink]:
-    async with fake_server(path) as (peer, task):
-        side = await master_handshake(peer)
-        try:
-            async with asyncio.timeout(1):
-                conn = await task
-            yield ClientLink(conn, peer, side)
-        finally:
-            side.close()
-
-
-def master_send(side: MasterSide, slot: int, data: bytes) -> None:
-    """Fill offered M2S slot ``slot`` with ``data`` (no publish)."""
-    ring = side.ring(M2S)
-    _, region, cap, offset, _ = ring.desc(slot)
-    assert len(data) <= cap
-    side.region(region)[offset : offset + len(data)] = data
-    ring.set_desc(slot, region=region, length=len(data), offset=offset)
-
-
-def master_publish(side: MasterSide, tail: int) -> None:
-    ring = side.ring(M2S)
-    ring.tail = tail
-    if not ring.flags & RING_FLAG_MASK_INT:
-        os.eventfd_write(side.efd(M2S), 1)
-
-
 async def test_client_link_control_good_packet(sock_path: str) -> None:
-    """Control case: the fake master can deliver a packet the normal way."""
-    async with fake_master_link(sock_path) as link:
+    """Control case: the fake server can deliver a packet the normal way."""
+    async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         assert side.ring(M2S).head == 16  # the client offered every buffer
-        master_send(side, 0, b"hello client")
-        master_publish(side, 1)
+        server_send(side, 0, b"hello client")
+        server_publish(side, 1)
         async with asyncio.timeout(1):
             batch = await conn.rx_queues[0].receive()
         assert [bytes(p) for p in batch] == [b"hello client"]
@@ -1217,13 +1138,13 @@ async def test_client_link_control_good_packet(sock_path: str) -> None:
 @pytest.mark.parametrize("waiting", [False, True], ids=["polled", "while-waiting"])
 @pytest.mark.parametrize("tail", [17, 0xFFFF], ids=["n+1", "minus-1"])
 async def test_m2s_tail_beyond_offered_head(sock_path: str, tail: int, waiting: bool) -> None:
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, peer, side = link.conn, link.peer, link.side
         rxq = conn.rx_queues[0]
         task = asyncio.ensure_future(rxq.receive()) if waiting else None
         await asyncio.sleep(0.01)
-        master_send(side, 0, b"x" * 60)
-        master_publish(side, tail)
+        server_send(side, 0, b"x" * 60)
+        server_publish(side, tail)
         with pytest.raises(aiomemif.DisconnectedError) as info:
             async with asyncio.timeout(1):
                 await (task if task is not None else rxq.receive())
@@ -1234,8 +1155,8 @@ async def test_m2s_tail_beyond_offered_head(sock_path: str, tail: int, waiting: 
 
 @pytest.mark.parametrize("ahead", [1, 14, 0x8000], ids=["head+1", "head+14", "head+0x8000"])
 async def test_s2m_tail_beyond_head(sock_path: str, ahead: int) -> None:
-    """The master returns buffers the client never published: its next send must fail."""
-    async with fake_master_link(sock_path) as link:
+    """The server returns buffers the client never published: its next send must fail."""
+    async with fake_server_link(sock_path) as link:
         conn, peer, side = link.conn, link.peer, link.side
         await conn.tx_queues[0].send_batch([b"one", b"two"])
         ring = side.ring(S2M)
@@ -1248,37 +1169,37 @@ async def test_s2m_tail_beyond_head(sock_path: str, ahead: int) -> None:
 
 
 async def test_m2s_descriptors_rewritten_out_of_bounds(sock_path: str) -> None:
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         ring = side.ring(M2S)
         size = len(side.region(0))
-        master_send(side, 0, b"first")
+        server_send(side, 0, b"first")
         ring.set_desc(1, region=1, length=10, offset=0)
         ring.set_desc(2, length=200, offset=size - 100)
         ring.set_desc(3, length=0, offset=ring.desc(3)[3])
-        master_send(side, 4, b"last")
-        master_publish(side, 5)
+        server_send(side, 4, b"last")
+        server_publish(side, 5)
         async with asyncio.timeout(1):
             batch = await conn.rx_queues[0].receive()
         assert [bytes(p) for p in batch] == [b"first", b"last"]
         batch.release()
         assert conn.details().rx_queues[0].bad_descriptors == 3
         assert conn.is_up
-        # The refill restored the client's own descriptors over the master's rewrites.
+        # The refill restored the client's own descriptors over the server's rewrites.
         assert ring.head == 21
         assert ring.desc(1)[1:3] == (0, 256)
 
 
 async def test_m2s_chain_running_past_tail(sock_path: str) -> None:
     """A NEXT chain cut off by the published tail is never delivered as a packet."""
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         ring = side.ring(M2S)
-        master_send(side, 0, b"whole")
-        master_send(side, 1, b"dangling")
+        server_send(side, 0, b"whole")
+        server_send(side, 1, b"dangling")
         _, region, length, offset, _ = ring.desc(1)
         ring.set_desc(1, flags=NEXT, region=region, length=length, offset=offset)
-        master_publish(side, 2)
+        server_publish(side, 2)
         async with asyncio.timeout(1):
             batch = await conn.rx_queues[0].receive()
         assert [bytes(p) for p in batch] == [b"whole"]
@@ -1289,15 +1210,15 @@ async def test_m2s_chain_running_past_tail(sock_path: str) -> None:
 
 
 async def test_m2s_valid_chain_is_joined(sock_path: str) -> None:
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         ring = side.ring(M2S)
         for slot, part in enumerate([b"a" * 256, b"b" * 256, b"c"]):
-            master_send(side, slot, part)
+            server_send(side, slot, part)
             if slot < 2:
                 _, region, length, offset, _ = ring.desc(slot)
                 ring.set_desc(slot, flags=NEXT, region=region, length=length, offset=offset)
-        master_publish(side, 3)
+        server_publish(side, 3)
         async with asyncio.timeout(1):
             batch = await conn.rx_queues[0].receive()
         assert [bytes(p) for p in batch] == [b"a" * 256 + b"b" * 256 + b"c"]
@@ -1316,7 +1237,7 @@ async def test_m2s_valid_chain_is_joined(sock_path: str) -> None:
 async def test_client_link_garbage_on_control_socket(
     sock_path: str, datagram: bytes, fd: bool, expected: str | re.Pattern[str]
 ) -> None:
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, peer = link.conn, link.peer
         if fd:
             send_closing(peer, datagram, memfd(4096))
@@ -1331,9 +1252,9 @@ async def test_client_link_garbage_on_control_socket(
 
 
 async def test_client_tx_never_blocks_on_shared_eventfd(sock_path: str) -> None:
-    """The master shares the S2M eventfd's open file description: it can clear O_NONBLOCK
+    """The server shares the S2M eventfd's open file description: it can clear O_NONBLOCK
     and fill the counter. Signalling it must not freeze the client's event loop."""
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         efd = side.efd(S2M)
         set_blocking(efd, True)
@@ -1345,9 +1266,9 @@ async def test_client_tx_never_blocks_on_shared_eventfd(sock_path: str) -> None:
 
 
 async def test_client_rx_interrupt_never_blocks_on_shared_eventfd(sock_path: str) -> None:
-    """Mirror of the server test: the master makes the client's M2S eventfd blocking and
+    """Mirror of the server test: the server makes the client's M2S eventfd blocking and
     steals the count between the loop's readiness check and the client's read."""
-    async with fake_master_link(sock_path) as link:
+    async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         efd = side.efd(M2S)
         set_blocking(efd, True)
@@ -1356,8 +1277,8 @@ async def test_client_rx_interrupt_never_blocks_on_shared_eventfd(sock_path: str
         assert not rescued.is_set(), "the client's interrupt reader blocked the event loop"
         if not stolen:
             pytest.skip("the loop ran the library's reader first; the race was not staged")
-        master_send(side, 0, b"after the race")
-        master_publish(side, 1)
+        server_send(side, 0, b"after the race")
+        server_publish(side, 1)
         async with asyncio.timeout(1):
             batch = await conn.rx_queues[0].receive()
         assert [bytes(p) for p in batch] == [b"after the race"]

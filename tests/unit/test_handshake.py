@@ -146,7 +146,7 @@ def pump(
         ex.log.append((dest, msg, out.fd))
         outputs: list[Output]
         if dest == "client":
-            assert out.fd is None  # the master never sends fds
+            assert out.fd is None  # the server never sends fds
             outputs = ex.client.receive(msg)
             while outputs:
                 o = outputs.pop(0)
@@ -656,7 +656,7 @@ SERVER_TABLE = {
     (ServerState.CONFIGURING, MsgType.ADD_REGION),
     (ServerState.CONFIGURING, MsgType.ADD_RING),
     (ServerState.CONFIGURING, MsgType.CONNECT),
-    (ServerState.CONFIGURING, MsgType.ACK),  # a stray ACK is ignored, as reference masters do
+    (ServerState.CONFIGURING, MsgType.ACK),  # a stray ACK is ignored, as reference servers do
 }
 
 
@@ -666,7 +666,7 @@ def test_server_ignores_a_stray_ack_while_configuring() -> None:
     assert server.state is ServerState.CONFIGURING
     with pytest.raises(RemoteProtocolError, match="Unexpected fd"):
         server.receive(Ack(), 99)
-    assert server.state is ServerState.CLOSED
+    assert server.state is ServerState.CLOSED  # type: ignore[comparison-overlap]  # receive() moved it
 
 
 def test_tables_are_what_the_protocol_allows() -> None:

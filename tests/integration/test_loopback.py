@@ -112,7 +112,7 @@ async def test_refused_handshakes(
 ) -> None:
     async with aiomemif.serve(sock_path, [InterfaceConfig(secret="s3cret")]) as srv:
         with pytest.raises(aiomemif.HandshakeRefusedError) as info:
-            await aiomemif.connect(sock_path, **client_kw)
+            await aiomemif.connect(sock_path, **client_kw)  # type: ignore[arg-type]  # settings
         assert info.value.reason == reason
         assert srv.failures[-1].reason == reason
         # The server keeps listening and the right secret still works.

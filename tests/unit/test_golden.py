@@ -34,7 +34,7 @@ from aiomemif._core.messages import (
 from aiomemif._core.ring import descriptor_table
 from aiomemif._core.wire import RingType
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def load(name: str) -> bytes:

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_datapath import ROLES, TIMEOUT, linked, payload
+from support.links import ROLES, TIMEOUT, linked, payload, server_tx, tx_cursor
 
 from aiomemif import ChainedPacket, Connection, InterfaceConfig, RxQueue, TxQueue
 from aiomemif._core import wire as w
@@ -65,7 +65,7 @@ async def test_equal_chains_go_in_bulk_both_ways(
         size = 3 * BSIZE - 40  # 3 buffers each
         for lap in range(5):  # 5 laps of 3 x 3 slots wrap the 32-slot ring
             packets = [payload(lap * 10 + i, size) for i in range(3)]
-            start = tx._endpoint.head if sender == "client" else tx._endpoint.tail
+            start = tx_cursor(tx)
             assert tx.send_batch_nowait(packets) == 3
             assert flags_of(tx, start, 9) == [NEXT, NEXT, 0] * 3
             async with asyncio.timeout(TIMEOUT):
@@ -117,7 +117,7 @@ async def test_chain_run_with_a_bad_segment_takes_the_general_path(
     async with linked(sock_path, config(), config()) as (server, client):
         tx, rx = ends(server, client, sender)
         packets = [payload(i, 2 * BSIZE) for i in range(3)]
-        start = tx._endpoint.head if sender == "client" else tx._endpoint.tail
+        start = tx_cursor(tx)
         assert tx.send_batch_nowait(packets) == 3
         # Corrupt the second chain's last segment (slot start + 3) behind the receiver.
         ring = rx._endpoint.ring
@@ -138,7 +138,7 @@ async def test_uneven_offers_are_filled_one_packet_at_a_time(
     async with linked(sock_path, config(), config()) as (server, client):
         tx, rx = server.tx_queues[0], client.rx_queues[0]
         ring = rx._endpoint.ring
-        first = tx._endpoint.tail & ring.mask
+        first = server_tx(tx).tail & ring.mask
         ring.words[4 * ((first + 1) & ring.mask) + 1] = 32  # the client offers 32 bytes there
         each = calls(monkeypatch, ServerTx, "_write_each")
         packets = [payload(i, 100) for i in range(4)]

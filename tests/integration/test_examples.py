@@ -21,7 +21,7 @@ import pytest
 
 import aiomemif
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 DEADLINE = 20.0  # seconds any one example may take
 

@@ -14,10 +14,22 @@ import gc
 import json
 import random
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import attrs
 import pytest
+from support.links import (
+    ROLES,
+    TIMEOUT,
+    Modes,
+    client_rx,
+    client_tx,
+    ends,
+    eventually,
+    linked,
+    payload,
+    receive_count,
+)
 
 import aiomemif
 from aiomemif import (
@@ -35,41 +47,6 @@ from aiomemif._core import wire as w
 MASK_INT = w.RING_FLAG_MASK_INT
 #: What using a released memoryview raises (ValueError).
 RELEASED = "released"
-ROLES = ["client", "server"]
-TIMEOUT = 10
-
-
-def payload(seed: int, size: int) -> bytes:
-    """Deterministic pseudo-random bytes (every byte position distinguishable)."""
-    return random.Random(seed).randbytes(size)
-
-
-@contextlib.asynccontextmanager
-async def linked(
-    sock_path: str,
-    client_cfg: InterfaceConfig | None = None,
-    server_cfg: InterfaceConfig | None = None,
-    *,
-    client_mode: RxMode = RxMode.INTERRUPT,
-    server_mode: RxMode = RxMode.INTERRUPT,
-) -> AsyncIterator[tuple[Connection, Connection]]:
-    """A server connection and a client connection linked to each other: (server, client)."""
-    scfg = server_cfg or InterfaceConfig()
-    ccfg = client_cfg or InterfaceConfig()
-    async with (
-        aiomemif.serve(sock_path, [scfg], rx_mode=server_mode) as srv,
-        aiomemif.connect(sock_path, ccfg, rx_mode=client_mode) as client,
-    ):
-        async with asyncio.timeout(TIMEOUT):
-            server = await srv.accept()
-        yield server, client
-
-
-def ends(server: Connection, client: Connection, sender: str) -> tuple[TxQueue, RxQueue]:
-    """(tx, rx) for traffic sent by ``sender``."""
-    if sender == "client":
-        return client.tx_queues[0], server.rx_queues[0]
-    return server.tx_queues[0], client.rx_queues[0]
 
 
 def region_mappings(conn: Connection) -> list[object]:
@@ -126,27 +103,6 @@ async def transfer(
                 await sender
     assert [s.data for s in seen] == list(packets)
     return seen
-
-
-async def receive_count(rx: RxQueue, count: int) -> list[bytes]:
-    got: list[bytes] = []
-    async with asyncio.timeout(TIMEOUT):
-        while len(got) < count:
-            batch = await rx.receive()
-            got.extend(batch.keep(i) for i in range(len(batch)))
-            batch.release()
-    return got
-
-
-async def eventually(check: object, what: str) -> None:
-    """Yield to the loop until ``check()`` is true (bounded by the test timeout)."""
-    assert callable(check)
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not check():
-                await asyncio.sleep(0.0005)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
 
 
 def rx_conn_of(server: Connection, client: Connection, sender: str) -> Connection:
@@ -301,7 +257,10 @@ async def test_buffers_return_exactly_at_release(sock_path: str, sender: str) ->
         tx, rx = ends(server, client, sender)
         ring = rx._endpoint.ring
         # The receiver gives buffers back by moving M2S head (client) or S2M tail (server).
-        index = (lambda: ring.head) if sender == "server" else (lambda: ring.tail)
+
+        def index() -> int:
+            return ring.head if sender == "server" else ring.tail
+
         start = index()
         assert start == (32 if sender == "server" else 0)
         await tx.send_batch([payload(1, 10), payload(2, 600), payload(3, 256)])  # 1+3+1 slots
@@ -490,7 +449,7 @@ async def test_rx_headroom(sock_path: str) -> None:
     cfg = InterfaceConfig(rx_headroom=64, buffer_size=bsize, ring_size=16)
     async with linked(sock_path, cfg) as (server, client):
         crx = client.rx_queues[0]
-        bases = list(crx._endpoint.buffers)
+        bases = list(client_rx(crx).buffers)
         ring = server.tx_queues[0]._endpoint.ring
         for slot in range(16):
             flags, region, length, offset, _ = w.DESC.unpack_from(ring.desc, slot * 16)
@@ -522,7 +481,7 @@ async def test_tx_headroom(sock_path: str) -> None:
     cfg = InterfaceConfig(tx_headroom=32, buffer_size=bsize, ring_size=16)
     async with linked(sock_path, cfg) as (server, client):
         ctx = client.tx_queues[0]
-        bases = list(ctx._endpoint.buffers)
+        bases = list(client_tx(ctx).buffers)
         packets = [payload(1, bsize - 32), payload(2, bsize - 31), payload(3, 1)]
         await ctx.send_batch(packets)
         ring = server.rx_queues[0]._endpoint.ring
@@ -544,7 +503,7 @@ async def test_set_headroom_at_run_time(sock_path: str) -> None:
     bsize = 256
     async with linked(sock_path, InterfaceConfig(buffer_size=bsize, ring_size=16)) as (s, c):
         crx = c.rx_queues[0]
-        bases = list(crx._endpoint.buffers)
+        bases = list(client_rx(crx).buffers)
         ring = s.tx_queues[0]._endpoint.ring
 
         def offered(slot: int) -> tuple[int, int]:
@@ -585,7 +544,9 @@ async def test_set_headroom_at_run_time(sock_path: str) -> None:
 
 
 def buffer_tables(client: Connection) -> tuple[list[int], list[int]]:
-    return list(client.rx_queues[0]._endpoint.buffers), list(client.tx_queues[0]._endpoint.buffers)
+    return list(client_rx(client.rx_queues[0]).buffers), list(
+        client_tx(client.tx_queues[0]).buffers
+    )
 
 
 def every_buffer(client: Connection) -> list[int]:
@@ -598,7 +559,7 @@ def check_ownership(client: Connection, all_buffers: list[int]) -> None:
     descriptors the client currently offers on M2S name its rx table's buffers."""
     rx_table, tx_table = buffer_tables(client)
     assert sorted(rx_table + tx_table) == all_buffers
-    ep = client.rx_queues[0]._endpoint
+    ep = client_rx(client.rx_queues[0])
     ring = ep.ring
     offered_from = ring.tail  # slots [tail, head) are offered to the server, not yet filled
     for k in range((ep.head - offered_from) & 0xFFFF):
@@ -628,7 +589,7 @@ async def test_forward_plain_and_chained(sock_path: str) -> None:
         with pytest.raises(ValueError, match=RELEASED):
             bytes(chain.segments[0])
         batch.release()
-        seen = []
+        seen: list[Seen] = []
         async with asyncio.timeout(TIMEOUT):
             while len(seen) < 4:
                 b = await server.rx_queues[0].receive()
@@ -795,7 +756,7 @@ async def test_forward_with_split_layout(sock_path: str) -> None:
 # -- 6. receive modes ----------------------------------------------------------------------
 
 
-def modes_for(receiver: str, mode: RxMode) -> dict[str, RxMode]:
+def modes_for(receiver: str, mode: RxMode) -> Modes:
     return {"client_mode": mode} if receiver == "client" else {"server_mode": mode}
 
 

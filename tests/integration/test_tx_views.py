@@ -6,7 +6,7 @@ leaves behind (only lengths are rewritten while the ring is clean).
 from __future__ import annotations
 
 import pytest
-from test_datapath import ROLES, ends, linked, payload, receive_count
+from support.links import ROLES, client_tx, ends, linked, payload, receive_count, server_tx
 
 import aiomemif
 from aiomemif import InterfaceConfig, TxQueue
@@ -108,7 +108,7 @@ async def test_server_views_around_an_unusable_offer(sock_path: str) -> None:
     async with linked(sock_path, CFG) as (s, c):
         tx, rx = ends(s, c, "server")
         offered = c.rx_queues[0]._endpoint.ring
-        slot = (tx._endpoint.tail + 1) & offered.mask
+        slot = (server_tx(tx).tail + 1) & offered.mask
         offered.halves[8 * slot + 1] = 99  # region 99 does not exist
         bufs = tx.alloc_nowait(3, 100)
         assert not bufs.chained
@@ -139,7 +139,7 @@ async def test_client_commit_after_a_chain_clears_its_flags(sock_path: str) -> N
     slots (without wrapping) must clear them, not only rewrite the lengths."""
     async with linked(sock_path, InterfaceConfig(buffer_size=256, ring_size=16)) as (s, c):
         tx, rx = ends(s, c, "client")
-        ep = tx._endpoint
+        ep = client_tx(tx)
         start = ep.head & ep.ring.mask
         assert start == 0
         bufs = tx.alloc_nowait(2, 600)  # slots 0-5
