@@ -388,7 +388,7 @@ class RingModel(RuleBasedStateMachine):
 
 
 def test_ring_model() -> None:
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+    run_state_machine_as_test(  # type: ignore[no-untyped-call, unused-ignore]  # typed in newer hypothesis
         RingModel, settings=settings(max_examples=150, stateful_step_count=60, deadline=None)
     )
 
