@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Final
 
 HERE: Final = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/, for the raw peer in hostile.py
+sys.path.insert(0, str(HERE.parent))  # tests/, for the raw peer in support/hostile.py
 
 from support.hostile import M2S, S2M, ClientMemory, RawPeer, raw_message  # noqa: E402
 
