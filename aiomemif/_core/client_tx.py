@@ -127,7 +127,7 @@ class ClientTx(TxEndpoint):
         if not _copy_chains(self.sink, offsets, seq[:count], size, cap):
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
-        self._publish(lengths, flags)
+        self._publish_at(lengths, offsets, flags)  # (the offsets the copy just used)
         self.counters.chained += count
         return _count_sent(self.counters, count, size * count)
 

@@ -10,13 +10,15 @@ returned.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import islice
 
 from ..errors import RemoteProtocolError
 from . import wire as w
 from .buffers import ChainedPacket, Packet
 from .descriptors import (
     CheckedRuns,
+    Row,
     check_run,
     descriptor_ok,
     each_ok,
@@ -161,8 +163,6 @@ class RxEndpoint:
         """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed
         regions and wrap-around; each descriptor is checked on its own."""
         regions = self.regions
-        rows = list(self.ring.descriptor_runs(start, count))
-        oks = each_ok(rows, self.sizes)
         pkts: list[Packet] = []
         append = pkts.append
         used = bad = nbytes = chained = 0
@@ -170,7 +170,7 @@ class RxEndpoint:
         chain: list[memoryview] | None = None
         chain_bad = False
         chain_start = 0
-        for (flags, reg, length, off, _meta), ok in zip(rows, oks, strict=True):
+        for (flags, reg, length, off, _meta), ok in self._checked_rows(start, count, limit):
             slot = start + used
             used += 1
             if ok:
@@ -216,6 +216,18 @@ class RxEndpoint:
             if slots is None:
                 slots = list(range(start, start + len(pkts)))
         return self._took(pkts, start, used, slots, nbytes, bad, chained)
+
+    def _checked_rows(self, start: int, count: int, limit: int) -> Iterator[tuple[Row, bool]]:
+        """The ``count`` descriptors from free-running index ``start``, each with its
+        :func:`each_ok` verdict, unpacked and checked in growing chunks (``limit`` first: a
+        packet takes at least one slot), so a poll that stops after ``limit`` packets does
+        not check the whole published backlog."""
+        rows_left = self.ring.descriptor_runs(start, count)
+        sizes = self.sizes
+        chunk = max(limit, 8)
+        while rows := list(islice(rows_left, chunk)):
+            yield from zip(rows, each_ok(rows, sizes), strict=True)
+            chunk *= 2
 
     def _took(
         self,
