@@ -72,10 +72,15 @@ class _Interrupt:
     """A persistent reader on a ring eventfd that drains it and wakes one waiter."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, efd: EventFd, counters: QueueCounters
+        self,
+        loop: asyncio.AbstractEventLoop,
+        efd: EventFd,
+        counters: QueueCounters,
+        on_error: Callable[[RemoteProtocolError], None],
     ) -> None:
         self._loop = loop
         self._efd = efd
+        self._on_error = on_error
         self._counters = counters
         self._waiter: asyncio.Future[bool] | None = None
         self._armed = False
@@ -96,8 +101,12 @@ class _Interrupt:
 
     def _ready(self) -> None:
         # Drain first, then wake the receiver, which scans the ring afterwards.
-        if self._efd.drain():
-            self._counters.interrupts_received += 1
+        try:
+            if self._efd.drain():
+                self._counters.interrupts_received += 1
+        except RemoteProtocolError as exc:
+            self._on_error(exc)  # the connection goes down; waiters get its error
+            return
         self.wake()
 
     async def wait(self) -> bool:
@@ -211,7 +220,7 @@ class RxQueue(QueueBase):
         self._endpoint = endpoint
         #: The header word the peer publishes into: tail (M2S, we are the client) or head.
         self._published = endpoint.ring.tail_index if isinstance(endpoint, ClientRx) else _HEAD
-        self._interrupt = _Interrupt(loop, efd, endpoint.counters)
+        self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error)
         self._batch: Batch | None = None
         self._busy = False
         self._mode = mode

@@ -188,7 +188,10 @@ class TxQueue(QueueBase):
     def _signal(self) -> None:
         fence()  # our publish must be visible before we read the receiver's MASK_INT
         if self._endpoint.ring.wants_signal():
-            self._efd.signal()
+            try:
+                self._efd.signal()
+            except RemoteProtocolError as exc:
+                raise self._protocol_failure(exc) from exc
             self.counters.interrupts_sent += 1
 
     def _free_endpoint(self) -> ClientTx | ServerTx:

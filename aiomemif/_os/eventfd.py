@@ -1,7 +1,10 @@
-"""Interrupt eventfds: created here or received from the peer; signal and drain that never
-block, whatever the peer does to the shared O_NONBLOCK flag.
+"""Interrupt eventfds: created here or received from the peer; signal and drain that the
+peer cannot keep blocked, whatever it does to the shared O_NONBLOCK flag.
 
 Synchronous system calls only (no asyncio). An :class:`EventFd` closes its fd exactly once.
+A syscall the peer can make block is bracketed for :mod:`.watchdog`, which frees it within
+about two ticks (20 ms) and marks the fd tampered; the call then raises
+:class:`~aiomemif.errors.RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -10,15 +13,21 @@ import errno
 import os
 import select
 
-from .fds import close_fd, wrap_os_error
+from ..errors import RemoteProtocolError
+from .fds import wrap_os_error
+from .watchdog import Guarded
 
 __all__ = ["EventFd"]
 
 
-class EventFd:
+_TAMPERED = "peer made an interrupt eventfd block (cleared O_NONBLOCK on it)"
+
+
+class EventFd(Guarded):
     """A non-blocking eventfd (created here, or received from the peer)."""
 
     def __init__(self, fd: int | None = None) -> None:
+        super().__init__()
         if fd is None:
             try:
                 fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -28,26 +37,43 @@ class EventFd:
         self._buf = bytearray(8)
         self._poller = select.poll()
         self._poller.register(fd, select.POLLOUT)
+        self.guard()
 
     def signal(self) -> None:
-        """Add 1 to the counter: wake the peer waiting on it. Never blocks.
+        """Add 1 to the counter: wake the peer waiting on it.
 
         The fd's O_NONBLOCK flag is shared with the peer, which may clear it; a write to a
-        saturated counter would then block the event loop. So the write happens only when
-        poll says it cannot block (a saturated counter means "already signalled").
+        saturated counter then blocks. The write happens only when poll says it cannot
+        block (a saturated counter means "already signalled"); a peer that fills the counter
+        between the poll and the write holds us until the watchdog empties it.
+
+        Raises:
+            RemoteProtocolError: the watchdog had to free this write (the peer cleared
+                O_NONBLOCK and filled the counter).
         """
         if not self._poller.poll(0):
             return
+        self.writing = True
+        self.ops += 1
         try:
             os.eventfd_write(self.fd, 1)
         except BlockingIOError:
             pass  # counter saturated: the peer is already signalled
+        finally:
+            self.ops += 1
+        if self.tampered:
+            raise RemoteProtocolError(_TAMPERED)
 
     def drain(self) -> int:
-        """Read and reset the counter; 0 if it was already zero. Never blocks.
+        """Read and reset the counter; 0 if it was already zero.
 
         ``RWF_NOWAIT`` makes the read non-blocking whatever the shared O_NONBLOCK flag says
-        (the peer can read the counter between our readiness check and this read).
+        (the peer can read the counter between our readiness check and this read). Kernels
+        whose eventfds refuse it get a readiness check and a plain read, which the peer can
+        make block; the watchdog then frees it.
+
+        Raises:
+            RemoteProtocolError: the watchdog had to free this read.
         """
         try:
             if os.preadv(self.fd, [self._buf], -1, os.RWF_NOWAIT) == 8:
@@ -59,13 +85,17 @@ class EventFd:
                 raise
             # Kernel without RWF_NOWAIT for eventfd: fall back to a readiness guard.
             if select.select([self.fd], [], [], 0)[0]:
+                self.writing = False
+                self.ops += 1
                 try:
                     return os.eventfd_read(self.fd)
                 except BlockingIOError:
                     pass
+                finally:
+                    self.ops += 1
+                    if self.tampered:
+                        raise RemoteProtocolError(_TAMPERED) from None
         return 0
 
     def close(self) -> None:
-        if self.fd >= 0:
-            close_fd(self.fd)
-            self.fd = -1
+        self.close_fd()
