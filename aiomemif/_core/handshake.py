@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hmac
 from collections.abc import Callable
-from typing import ClassVar, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
 import attrs
 
@@ -47,6 +47,7 @@ from .messages import (
 )
 
 __all__ = [
+    "MAX_STRAY_ACKS",
     "ClientHandshake",
     "ClientState",
     "Established",
@@ -62,6 +63,10 @@ __all__ = [
     "ServerState",
     "check_secret",
 ]
+
+#: Stray ACKs a server tolerates from a client during one handshake (real clients send at
+#: most one or two; more only hold the handshake open).
+MAX_STRAY_ACKS: Final = 16
 
 
 class FdKind(enum.Enum):
@@ -316,6 +321,7 @@ class ServerHandshake(_Machine):
         self.regions: list[RegionRecord] = []
         self.rings: list[RingRecord] = []
         self._app_name = app_name
+        self._stray_acks = 0
 
     def hello(self) -> SendMessage:
         """The HELLO to send right after accepting the connection."""
@@ -410,7 +416,12 @@ class ServerHandshake(_Machine):
         return [MapRegions(msg.if_name)]
 
     def _on_stray_ack(self, _msg: Ack, _fd: int | None, _info: FdInfo | None) -> list[Output]:
-        return []  # reference servers ignore an extra ACK from a client
+        # Reference servers ignore an extra ACK from a client; a flood of them only holds
+        # the handshake open, so a few are tolerated and the rest end it.
+        self._stray_acks += 1
+        if self._stray_acks > MAX_STRAY_ACKS:
+            raise RemoteProtocolError("Too many stray ACK messages")
+        return []
 
     def mapped(self) -> list[Output]:
         """The regions are mapped and every cookie checked: answer CONNECTED, link up.

@@ -8,11 +8,13 @@ stale-socket probe. Synchronous syscalls plus tiny awaitable wrappers built on
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import errno
 import os
 import socket
 import stat
+import struct
 from typing import Final
 
 from .._core import wire as w
@@ -27,13 +29,22 @@ from ..errors import (
 from . import readers
 from .fds import close_fd, wrap_os_error
 
-__all__ = ["ControlChannel", "Listener", "connect_socket", "format_address", "parse_address"]
+__all__ = [
+    "ControlChannel",
+    "Listener",
+    "connect_socket",
+    "format_address",
+    "parse_address",
+    "peer_credentials",
+]
 
 #: Room for SCM_CREDENTIALS (always first when the listener set SO_PASSCRED) plus up to 8
 #: fds, so that a peer sending too many is seen (and every fd closed) instead of truncated.
 _MAX_FDS: Final = 8
 _ANCBUF: Final = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * _MAX_FDS)
 _RECV_SIZE: Final = 2 * w.MSG_SIZE
+#: How many datagrams in a row :meth:`ControlChannel.recv` takes before yielding the loop.
+_YIELD_EVERY: Final = 8
 _SOCK_FLAGS: Final = socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 Address = str | bytes
@@ -80,6 +91,8 @@ class ControlChannel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        #: Datagrams :meth:`recv` returned without waiting since it last let the loop run.
+        self._streak = 0
 
     def recv_nowait(self) -> tuple[bytes, list[int]] | None:
         """Receive one datagram and its fds, or None if nothing is waiting.
@@ -117,11 +130,20 @@ class ControlChannel:
         return data, fds
 
     async def recv(self) -> tuple[bytes, list[int]]:
-        """Wait for one datagram (see :meth:`recv_nowait` for errors)."""
+        """Wait for one datagram (see :meth:`recv_nowait` for errors).
+
+        A peer that keeps the socket full would never make this wait; every
+        :data:`_YIELD_EVERY` datagrams it lets the loop run anyway.
+        """
+        self._streak += 1
+        if self._streak >= _YIELD_EVERY:
+            self._streak = 0
+            await asyncio.sleep(0)
         while True:
             got = self.recv_nowait()
             if got is not None:
                 return got
+            self._streak = 0
             await readers.wait_readable(self.fd, "control")
 
     def send_disconnect(self, reason: str) -> None:
@@ -182,17 +204,37 @@ async def connect_socket(address: Address) -> socket.socket:
     return sock
 
 
+_CRED: Final = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process that connected ``sock`` (``SO_PEERCRED``).
+
+    Raises:
+        OSError: the socket has no peer credentials.
+    """
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    pid, uid, gid = _CRED.unpack(raw)
+    return pid, uid, gid
+
+
 class Listener:
     """A listening SOCK_SEQPACKET socket; a stale socket file is probed and replaced."""
 
-    def __init__(self, address: Address, backlog: int = 64) -> None:
+    def __init__(self, address: Address, backlog: int = 64, mode: int | None = 0o600) -> None:
         self.address = address
         self._inode: tuple[int, int] | None = None
         if isinstance(address, str):
             _remove_stale_socket(address)
         sock = socket.socket(socket.AF_UNIX, _SOCK_FLAGS)
         try:
+            if mode is not None and isinstance(address, str):
+                # Linux gives the socket file the socket inode's mode (less the umask), so
+                # the file never exists with wider permissions than ``mode``.
+                os.fchmod(sock.fileno(), mode)
             sock.bind(address)
+            if mode is not None and isinstance(address, str):
+                os.chmod(address, mode)  # exactly ``mode``, whatever the umask took away
             sock.listen(backlog)
             if isinstance(address, str):
                 st = os.stat(address)
@@ -206,7 +248,12 @@ class Listener:
         self.fd = sock.fileno()
 
     def accept_nowait(self) -> socket.socket | None:
-        """Accept one pending connection (non-blocking, close-on-exec) or return None."""
+        """Accept one pending connection (non-blocking, close-on-exec) or return None.
+
+        Raises:
+            OSError: accept failed otherwise (``EMFILE``/``ENFILE`` when out of fds,
+                ``ENOBUFS``/``ENOMEM``); the connection stays queued in the backlog.
+        """
         try:
             sock, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
