@@ -7,9 +7,10 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from types import TracebackType
-from typing import final
+from typing import Final, Literal, final
 
 import attrs
 
@@ -21,7 +22,13 @@ from .._core.ring import QueueCounters, Ring, ring_cookie_ok
 from .._core.rx import ServerRx
 from .._core.server_tx import ServerTx
 from .._os import readers
-from .._os.channel import ControlChannel, Listener, format_address, parse_address
+from .._os.channel import (
+    ControlChannel,
+    Listener,
+    format_address,
+    parse_address,
+    peer_credentials,
+)
 from .._os.eventfd import EventFd
 from .._os.fds import close_fd, describe_fd
 from .._os.regions import Region, map_region
@@ -38,6 +45,9 @@ from .tx_queue import TxQueue
 __all__ = ["HandshakeFailure", "Server", "serve"]
 
 log = logging.getLogger("aiomemif")
+
+#: Seconds before accepting again after accept() failed (e.g. out of fds).
+_ACCEPT_RETRY: Final = 0.1
 
 
 @final
@@ -62,6 +72,26 @@ class Server:
     Each id has its own configuration (secret, mode, queue counts). A client naming an id
     that is already connected or handshaking is refused with "Already connected"; the live
     connection is not disturbed. Refusals are recorded in ``failures``.
+
+    Who may connect, and how many at once:
+
+    - ``allowed_uids``: the uids a client process may run as (checked with
+      ``SO_PEERCRED`` at accept; others get DISCONNECT "Permission denied"). ``None``
+      means this process's effective uid and root; ``"any"`` switches the check off.
+    - ``socket_mode``: permissions of a filesystem socket file (``0o600``: only the owner
+      can connect; ``None`` leaves them to the umask). Abstract addresses have none.
+    - ``max_pending``: handshakes in progress at once. Beyond it the server stops taking
+      connections from the kernel's backlog (``backlog`` long) until one ends, like a
+      listen backlog; a client that has not sent INIT within the shortest
+      ``handshake_timeout`` of the interfaces is dropped, and after INIT the named
+      interface's ``handshake_timeout`` (counted from accept) applies.
+    - When ``accept`` fails (out of fds: EMFILE/ENFILE, or ENOBUFS/ENOMEM), accepting
+      pauses with a WARNING log line and resumes when a handshake or connection of this
+      server ends, or 0.1 s later.
+
+    Raises:
+        ConfigurationError: duplicate interface ids, an app_name over 31 bytes,
+            ``max_pending`` below 1, or a bad ``allowed_uids``.
     """
 
     def __init__(
@@ -72,6 +102,9 @@ class Server:
         app_name: str = "aiomemif",
         rx_mode: RxMode = RxMode.INTERRUPT,
         backlog: int = 64,
+        max_pending: int = 16,
+        allowed_uids: Iterable[int] | Literal["any"] | None = None,
+        socket_mode: int | None = 0o600,
     ) -> None:
         self._address = parse_address(
             os.fspath(address) if isinstance(address, os.PathLike) else address
@@ -88,6 +121,25 @@ class Server:
         self.app_name = app_name
         self.rx_mode = RxMode(rx_mode)
         self._backlog = backlog
+        if max_pending < 1:
+            raise ConfigurationError("max_pending must be at least 1")
+        self._max_pending = max_pending
+        if allowed_uids == "any":
+            self._uids: frozenset[int] | None = None
+        elif allowed_uids is None:
+            self._uids = frozenset({os.geteuid(), 0})
+        elif isinstance(allowed_uids, str):
+            raise ConfigurationError('allowed_uids must be uids, None or "any"')
+        else:
+            self._uids = frozenset(allowed_uids)
+        self._socket_mode = socket_mode
+        #: Why accepting is paused (None: the listener is registered with the loop).
+        self._paused: str | None = None
+        #: accept() failed and has not succeeded since (for logging a shortage once).
+        self._starved = False
+        self._retry: asyncio.TimerHandle | None = None
+        #: The shortest handshake timeout: the deadline for a client to send INIT.
+        self._init_timeout = min(c.handshake_timeout for c in self._interfaces.values())
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bound: dict[int, Connection | None] = {}
@@ -100,6 +152,16 @@ class Server:
     @property
     def address(self) -> str:
         return format_address(self._address)
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Handshakes in progress (at most ``max_pending``)."""
+        return len(self._sessions)
+
+    @property
+    def accepting(self) -> bool:
+        """False while accepting is paused (``max_pending`` reached, or out of fds)."""
+        return self._listener is not None and self._paused is None and not self._closed
 
     @property
     def connections_by_id(self) -> dict[int, Connection]:
@@ -116,7 +178,7 @@ class Server:
         if self._listener is not None or self._closed:
             raise ClosedResourceError("server already started or closed")
         self._loop = asyncio.get_running_loop()
-        self._listener = Listener(self._address, self._backlog)
+        self._listener = Listener(self._address, self._backlog, self._socket_mode)
         readers.add_reader(self._loop, self._listener.fd, self._on_accept, "listener")
 
     async def __aenter__(self) -> Server:
@@ -128,12 +190,73 @@ class Server:
     ) -> None:
         await self.aclose()
 
+    # -- accepting -------------------------------------------------------------------------
     def _on_accept(self) -> None:
         assert self._listener is not None and self._loop is not None
-        while (sock := self._listener.accept_nowait()) is not None:
+        while len(self._sessions) < self._max_pending:
+            try:
+                sock = self._listener.accept_nowait()
+            except OSError as exc:
+                # Out of fds or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM) or anything else:
+                # the client stays in the backlog; retrying at once would spin the loop.
+                self._pause(f"accept failed: {exc.strerror or exc}", retry=_ACCEPT_RETRY)
+                return
+            if sock is None:
+                return
+            self._starved = False
+            if not self._allowed(sock):
+                continue
             task = self._loop.create_task(self._session(ControlChannel(sock)))
             self._sessions.add(task)
-            task.add_done_callback(self._sessions.discard)
+            task.add_done_callback(self._session_done)
+        self._pause(f"{self._max_pending} handshakes pending")
+
+    def _allowed(self, sock: socket.socket) -> bool:
+        """Check the client's uid (SO_PEERCRED) against ``allowed_uids``; refuse others."""
+        if self._uids is None:
+            return True
+        try:
+            pid, uid, _gid = peer_credentials(sock)
+        except OSError:
+            pid, uid = 0, -1
+        if uid in self._uids:
+            return True
+        reason = f"Permission denied (uid {uid})"
+        log.warning("memif server %s: refused pid %d: %s", self.address, pid, reason)
+        self.failures.append(HandshakeFailure(None, reason))
+        channel = ControlChannel(sock)
+        channel.send_disconnect("Permission denied")
+        channel.close()
+        return False
+
+    def _pause(self, why: str, retry: float | None = None) -> None:
+        """Stop taking connections from the backlog until :meth:`_resume` (a handshake or
+        connection ends, or ``retry`` seconds pass)."""
+        assert self._loop is not None and self._listener is not None
+        if self._paused is None:
+            readers.remove_reader(self._loop, self._listener.fd)
+            if retry is None:
+                log.info("memif server %s: pausing accepts: %s", self.address, why)
+            elif not self._starved:  # once per shortage, not on every retry
+                log.warning("memif server %s: pausing accepts: %s", self.address, why)
+        self._starved = retry is not None
+        self._paused = why
+        if retry is not None and self._retry is None:
+            self._retry = self._loop.call_later(retry, self._resume)
+
+    def _resume(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._paused is None or self._closed or self._listener is None:
+            return
+        assert self._loop is not None
+        self._paused = None
+        readers.add_reader(self._loop, self._listener.fd, self._on_accept, "listener")
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        self._sessions.discard(task)
+        self._resume()
 
     def _is_busy(self, interface_id: int) -> bool:
         return interface_id in self._bound
@@ -144,8 +267,9 @@ class Server:
         conn: Connection | None = None
         claimed: int | None = None
         try:
-            timeout = max(c.handshake_timeout for c in self._interfaces.values())
-            async with asyncio.timeout(timeout):
+            assert self._loop is not None
+            started = self._loop.time()
+            async with asyncio.timeout(self._init_timeout) as deadline:
                 await channel.send(encode(machine.hello().message))
                 while conn is None:
                     data, fds = await channel.recv()
@@ -166,6 +290,8 @@ class Server:
                     if claimed is None and machine.interface_id is not None:
                         claimed = machine.interface_id
                         self._bound[claimed] = None
+                        assert machine.config is not None  # INIT named a configured id
+                        deadline.reschedule(started + machine.config.handshake_timeout)
                     while outputs:
                         out = outputs.pop(0)
                         if isinstance(out, SendMessage):
@@ -267,6 +393,7 @@ class Server:
         if self._bound.get(conn.interface_id) is conn:
             del self._bound[conn.interface_id]
         discard_queued(self._ready, conn)  # never accepted: nothing should keep it
+        self._resume()  # its fds are free again
 
     async def accept(self) -> Connection:
         """Wait for the next client to complete its handshake (live connections only).
@@ -293,6 +420,9 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._listener is not None:
             assert self._loop is not None
             readers.remove_reader(self._loop, self._listener.fd)
@@ -317,13 +447,27 @@ def serve(
     *,
     app_name: str = "aiomemif",
     rx_mode: RxMode = RxMode.INTERRUPT,
+    backlog: int = 64,
+    max_pending: int = 16,
+    allowed_uids: Iterable[int] | Literal["any"] | None = None,
+    socket_mode: int | None = 0o600,
 ) -> Server:
     """Create a server; use it with ``async with`` (or call ``await server.start()``).
 
     With no ``interfaces``, one default interface (id 0, no secret, ethernet) is served.
+    The other arguments are :class:`Server`'s.
 
     Raises:
         ConfigurationError: duplicate interface ids or a bad address.
         AddressInUseError, MemifOSError: when started (see :meth:`Server.start`).
     """
-    return Server(address, interfaces, app_name=app_name, rx_mode=rx_mode)
+    return Server(
+        address,
+        interfaces,
+        app_name=app_name,
+        rx_mode=rx_mode,
+        backlog=backlog,
+        max_pending=max_pending,
+        allowed_uids=allowed_uids,
+        socket_mode=socket_mode,
+    )

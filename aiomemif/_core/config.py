@@ -138,8 +138,10 @@ class InterfaceConfig:
     interface_name: str = attrs.field(default="", validator=_name(31))
     #: Seconds the peer gets to complete the handshake.
     handshake_timeout: float = attrs.field(default=5.0)
-    #: Server only: the most bytes of shared memory one client may hand us.
-    max_region_bytes: int = attrs.field(default=1 << 34, validator=_int_range(1, 1 << 48))
+    #: Server only: the most bytes of shared memory (all regions together) one client may
+    #: hand us. 256 MiB holds 8 queues each way of 4096 slots of 2048 B; VPP's and DPDK's
+    #: default regions are a few MiB. Raise it for bigger rings or buffers.
+    max_region_bytes: int = attrs.field(default=1 << 28, validator=_int_range(1, 1 << 48))
 
     def __attrs_post_init__(self) -> None:
         for name in ("rx_headroom", "tx_headroom"):
