@@ -231,19 +231,42 @@ def connect(
 @final
 @attrs.frozen(kw_only=True)
 class ReconnectPolicy:
-    """Back-off between connection attempts: ``initial * factor**n``, capped, with jitter."""
+    """Back-off between connection attempts: ``initial * factor**n`` with jitter, never
+    above ``maximum``.
+
+    Raises:
+        ConfigurationError: a negative delay or jitter, ``jitter`` of 1 or more, a
+            ``factor`` below 1, ``maximum`` below ``initial``, or ``attempts`` below 1.
+    """
 
     initial: float = 0.5
+    #: The longest delay :meth:`delay` returns (jitter included).
     maximum: float = 3.0
     factor: float = 2.0
-    #: Fraction of random spread added to each delay (0.1 = up to +10%).
+    #: Fraction of random spread: up to +10% (0.1) on each delay, taken off instead where
+    #: adding it would pass ``maximum`` (so capped delays still spread out).
     jitter: float = 0.1
     #: Give up after this many consecutive failed attempts (None: never).
     attempts: int | None = None
 
+    def __attrs_post_init__(self) -> None:
+        if self.initial < 0 or self.maximum < self.initial:
+            raise ConfigurationError("need 0 <= initial <= maximum")
+        if self.factor < 1:
+            raise ConfigurationError("factor must be at least 1")
+        if not 0 <= self.jitter < 1:
+            raise ConfigurationError("jitter must be in [0, 1)")
+        if self.attempts is not None and self.attempts < 1:
+            raise ConfigurationError("attempts must be at least 1 (or None)")
+
     def delay(self, failures: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
-        return base * (1 + random.uniform(0, self.jitter))
+        """Seconds to wait after ``failures`` consecutive failures (in 0..``maximum``)."""
+        try:
+            base = min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
+        except OverflowError:
+            base = self.maximum
+        spread = base * random.uniform(0, self.jitter)
+        return base + spread if base + spread <= self.maximum else base - spread
 
 
 @final

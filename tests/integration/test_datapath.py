@@ -1059,7 +1059,10 @@ def test_reconnect_policy_delay_grows_and_is_capped() -> None:
     for failures, base in [(0, 0.01), (1, 0.01), (2, 0.02), (3, 0.04), (4, 0.05), (50, 0.05)]:
         for _ in range(50):
             d = policy.delay(failures)
-            assert base <= d <= base * 1.1 + 1e-12
+            if base < policy.maximum:  # jitter adds up to 10%...
+                assert base <= d <= min(base * 1.1, policy.maximum) + 1e-12
+            else:  # ...and takes it off where adding it would pass the maximum
+                assert base * 0.9 - 1e-12 <= d <= policy.maximum
     no_jitter = aiomemif.ReconnectPolicy(initial=0.5, maximum=3.0, jitter=0.0)
     assert [no_jitter.delay(k) for k in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
