@@ -58,10 +58,11 @@ Json = dict[str, Any]
 #: Extra seconds the parent allows on top of a case's timeout (spawn, imports, teardown).
 GRACE = 15.0
 
-#: The library's run validation function (``aiomemif._core.descriptors.run_ok``): the bulk
-#: receive and transmit paths call it through module globals, in the validator module and
-#: wherever it was imported.
-VALIDATION_NAMES = ("run_ok",)
+#: The library's run validation functions (``aiomemif._core.descriptors.run_ok`` against
+#: regions, ``offered_run_ok`` against a client's offered buffers): the bulk receive and
+#: transmit paths call them through module globals, in the validator module and wherever
+#: they were imported.
+VALIDATION_NAMES = ("run_ok", "offered_run_ok")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -167,7 +167,9 @@ def _build(
             conn.tx_queues.append(TxQueue(place.index, tx, efd, **hooks))
         else:
             mvs = [v for v in views if v is not None]
-            rx = ClientRx(ring, mvs, counters, breg, table, bsize, config.rx_headroom)
+            rx = ClientRx(
+                ring, mvs, counters, breg, table, bsize, config.rx_headroom, config.max_frame_bytes
+            )
             conn.rx_queues.append(RxQueue(place.index, rx, efd, rx_mode, loop, **hooks))
             rx.refill()  # stock the M2S ring with empty buffers
     conn._start()

@@ -376,7 +376,7 @@ class Server:
             conn._own(ring, efd)
             counters = QueueCounters()
             if rec.ring_type is w.RingType.S2M:
-                rx = ServerRx(ring, mvs, counters)
+                rx = ServerRx(ring, mvs, counters, cfg.max_frame_bytes)
                 rx.reset()
                 conn.rx_queues.append(
                     RxQueue(rec.index, rx, efd, self.rx_mode, self._loop, **hooks)

@@ -142,6 +142,13 @@ class InterfaceConfig:
     #: hand us. 256 MiB holds 8 queues each way of 4096 slots of 2048 B; VPP's and DPDK's
     #: default regions are a few MiB. Raise it for bigger rings or buffers.
     max_region_bytes: int = attrs.field(default=1 << 28, validator=_int_range(1, 1 << 48))
+    #: Both roles: the largest packet taken on receive, in bytes of data (one descriptor's
+    #: length, or a whole chain's), up to 16 MiB. Default 65,535: memif's largest frame,
+    #: one u16-sized buffer (headroom in front of the data does not count). A larger
+    #: packet is dropped and counted in ``bad_descriptors``, like a bad descriptor.
+    max_frame_bytes: int = attrs.field(
+        default=w.DEFAULT_MAX_FRAME_BYTES, validator=_int_range(1, 1 << 24)
+    )
 
     def __attrs_post_init__(self) -> None:
         for name in ("rx_headroom", "tx_headroom"):

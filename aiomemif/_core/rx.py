@@ -3,8 +3,11 @@
 ``ServerRx`` reads an S2M ring (the client publishes head, we give slots back by moving
 tail); ``ClientRx`` reads an M2S ring (the server publishes tail into buffers we offered; we
 refill and move head). Every descriptor is checked by :mod:`aiomemif._core.descriptors`
-before a byte of it is read; bad descriptors are counted and skipped, their slots still
-returned.
+before a byte of it is read: on S2M against the regions, on M2S against the buffer we
+offered in that slot (:class:`~aiomemif._core.descriptors.OfferedBuffers`), and every
+packet (a whole chain too) against the largest frame we take (``max_frame``). Bad
+descriptors, and packets too large, are counted as bad descriptors and skipped, their
+slots still returned.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from . import wire as w
 from .buffers import ChainedPacket, Packet
 from .descriptors import (
     CheckedRuns,
+    OfferedBuffers,
     Row,
     check_run,
     descriptor_ok,
+    each_offered_ok,
     each_ok,
+    offered_ok,
+    offered_run_ok,
     run_ok,
-    within_buffer,
 )
 from .ring import QueueCounters, Ring, descriptor_table
 
@@ -33,6 +39,7 @@ _MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
 _DESC = w.DESC
 _HEAD = w.RING_HEAD_OFF // 2
+_MAX_FRAME = w.DEFAULT_MAX_FRAME_BYTES
 
 
 class RxRun:
@@ -49,12 +56,25 @@ class RxRun:
 
 
 class RxEndpoint:
-    """Shared receive logic: scan published descriptors, validate, build views."""
+    """Shared receive logic: scan published descriptors, validate, build views.
 
-    def __init__(self, ring: Ring, regions: Sequence[memoryview], counters: QueueCounters) -> None:
+    ``max_frame`` is the largest packet taken (one descriptor, or a chain's total).
+    """
+
+    #: The client's table of the buffers it offered (None: a server checks regions).
+    shadow: OfferedBuffers | None = None
+
+    def __init__(
+        self,
+        ring: Ring,
+        regions: Sequence[memoryview],
+        counters: QueueCounters,
+        max_frame: int = _MAX_FRAME,
+    ) -> None:
         self.ring = ring
         self.regions = list(regions)
         self.sizes = [len(r) for r in regions]
+        self.max_frame = max_frame
         self.counters = counters
         #: Next slot to read (free-running) and slots read but not yet given back.
         self.read = 0
@@ -69,6 +89,18 @@ class RxEndpoint:
             RemoteProtocolError: the peer's index claims more than it may.
         """
         raise NotImplementedError
+
+    def _one_ok(self, region: int, length: int, offset: int, slot: int) -> bool:
+        """The check of one descriptor received in ring slot ``slot`` (role hook)."""
+        return descriptor_ok(region, length, offset, self.sizes, self.max_frame)
+
+    def _each_ok(self, rows: Sequence[Row], first: int) -> list[bool]:
+        """:meth:`_one_ok` of each of ``rows``, received from slot ``first`` (role hook)."""
+        return each_ok(rows, self.sizes, self.max_frame)
+
+    def _run_ok(self, region: int, lengths: list[int], offsets: list[int], slot: int) -> bool:
+        """The bulk check of a run received from ring slot ``slot`` (role hook)."""
+        return run_ok(region, lengths, offsets, self.sizes, self.max_frame)
 
     def poll(self, limit: int) -> RxRun:
         """Return views of up to ``limit`` newly published packets (possibly none).
@@ -91,7 +123,7 @@ class RxEndpoint:
         raw = ring.snapshot(start, n)  # the bulk path checks and uses only this copy
         slot = start & ring.mask
         memo = self.checked if slot + n <= ring.size else None
-        run = check_run(raw, slot, self.sizes, memo)
+        run = check_run(raw, slot, self.sizes, memo, limit=self.max_frame, shadow=self.shadow)
         if run is not None:
             return self._views(start, *run)
         if raw[0] | raw[1] << 8 == _NEXT:  # a chain first: perhaps a run of equal ones
@@ -113,7 +145,8 @@ class RxEndpoint:
 
     def _collect_chains(self, start: int, count: int, limit: int, raw: bytes) -> RxRun | None:
         """:meth:`_collect` of a run of equally long chains in one region (jumbo frames of
-        one size), or None for anything else. Only whole chains are taken."""
+        one size), or None for anything else (a chain over ``max_frame`` too). Only whole
+        chains are taken."""
         head = memoryview(raw).cast("I")[0::4].tolist()
         first = head[0]
         end = first ^ _NEXT  # the last descriptor of a chain: same region, no flags
@@ -136,40 +169,43 @@ class RxEndpoint:
         head = words[0::4].tolist()
         lengths, offsets = words[1::4].tolist(), words[2::4].tolist()
         region = end >> 16
-        if head != ([first] * (k - 1) + [end]) * m or not run_ok(
-            region, lengths, offsets, self.sizes
+        if head != ([first] * (k - 1) + [end]) * m or not self._run_ok(
+            region, lengths, offsets, start & self.ring.mask
         ):
+            return None
+        totals = [sum(lengths[i : i + k]) for i in range(0, used, k)]
+        if max(totals) > self.max_frame:
             return None
         mv = self.regions[region]
         views = [mv[o : o + n] for o, n in zip(offsets, lengths, strict=True)]
         pkts: list[Packet] = [
-            ChainedPacket._of(tuple(views[i : i + k]), sum(lengths[i : i + k]))
-            for i in range(0, used, k)
+            ChainedPacket._of(tuple(views[i : i + k]), totals[j])
+            for j, i in enumerate(range(0, used, k))
         ]
         slots = list(range(start, start + used, k))
-        return self._took(pkts, start, used, slots, sum(lengths), chained=m)
+        return self._took(pkts, start, used, slots, sum(totals), chained=m)
 
     def _collect_one(self, start: int, count: int, limit: int) -> RxRun:
         """:meth:`_collect` of a single unchained descriptor (else the general path)."""
         ring = self.ring
-        flags, region, length, offset, _meta = _DESC.unpack_from(
-            ring.desc, (start & ring.mask) * 16
-        )
-        if flags or not descriptor_ok(region, length, offset, self.sizes):
+        slot = start & ring.mask
+        flags, region, length, offset, _meta = _DESC.unpack_from(ring.desc, slot * 16)
+        if flags or not self._one_ok(region, length, offset, slot):
             return self._collect_each(start, count, limit)
         return self._took([self.regions[region][offset : offset + length]], start, 1, None, length)
 
     def _collect_each(self, start: int, count: int, limit: int) -> RxRun:
         """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed
-        regions and wrap-around; each descriptor is checked on its own."""
-        regions = self.regions
+        regions and wrap-around; each descriptor is checked on its own, and a chain whose
+        total passes ``max_frame`` is dropped whole (counted once, as a bad descriptor)."""
+        regions, max_frame = self.regions, self.max_frame
         pkts: list[Packet] = []
         append = pkts.append
         used = bad = nbytes = chained = 0
         slots: list[int] | None = None
         chain: list[memoryview] | None = None
         chain_bad = False
-        chain_start = 0
+        chain_start = chain_bytes = 0
         for (flags, reg, length, off, _meta), ok in self._checked_rows(start, count, limit):
             slot = start + used
             used += 1
@@ -178,9 +214,14 @@ class RxEndpoint:
             else:
                 bad += 1
                 view = None
+            if chain is not None and view is not None and not chain_bad:
+                chain_bytes += length
+                if chain_bytes > max_frame:  # the chain so far, with this segment
+                    chain_bad = True
+                    bad += 1
             if flags & _NEXT:
                 if chain is None:
-                    chain, chain_bad, chain_start = [], False, slot
+                    chain, chain_bad, chain_start, chain_bytes = [], False, slot, length
                 if view is None:
                     chain_bad = True
                 else:
@@ -191,8 +232,8 @@ class RxEndpoint:
             if chain is not None:
                 if view is not None and not chain_bad:
                     chain.append(view)
-                    packet = ChainedPacket(chain)
-                    nbytes += len(packet)
+                    packet = ChainedPacket._of(tuple(chain), chain_bytes)
+                    nbytes += chain_bytes
                     chained += 1
                     slots.append(chain_start)  # type: ignore[union-attr]
                     append(packet)
@@ -219,14 +260,15 @@ class RxEndpoint:
 
     def _checked_rows(self, start: int, count: int, limit: int) -> Iterator[tuple[Row, bool]]:
         """The ``count`` descriptors from free-running index ``start``, each with its
-        :func:`each_ok` verdict, unpacked and checked in growing chunks (``limit`` first: a
+        :meth:`_each_ok` verdict, unpacked and checked in growing chunks (``limit`` first: a
         packet takes at least one slot), so a poll that stops after ``limit`` packets does
         not check the whole published backlog."""
         rows_left = self.ring.descriptor_runs(start, count)
-        sizes = self.sizes
         chunk = max(limit, 8)
+        first = start
         while rows := list(islice(rows_left, chunk)):
-            yield from zip(rows, each_ok(rows, sizes), strict=True)
+            yield from zip(rows, self._each_ok(rows, first), strict=True)
+            first += len(rows)
             chunk *= 2
 
     def _took(
@@ -277,7 +319,14 @@ class ServerRx(RxEndpoint):
 
 
 class ClientRx(RxEndpoint):
-    """Client side of an M2S ring: receive what the server published, then refill."""
+    """Client side of an M2S ring: receive what the server published, then refill.
+
+    What the server publishes in slot ``k`` is taken only from inside the buffer offered
+    in slot ``k`` (``shadow``, :class:`~aiomemif._core.descriptors.OfferedBuffers`), by
+    every receive path and by :meth:`owned_segments` (zero-copy forwarding) alike.
+    """
+
+    shadow: OfferedBuffers
 
     def __init__(
         self,
@@ -288,16 +337,28 @@ class ClientRx(RxEndpoint):
         buffers: array[int],
         buffer_size: int,
         headroom: int = 0,
+        max_frame: int = _MAX_FRAME,
     ) -> None:
-        super().__init__(ring, regions, counters)
+        super().__init__(ring, regions, counters, max_frame)
         self.region_index = region_index
         #: Offset of the buffer behind each slot (rewritten by zero-copy forwarding).
         self.buffers = buffers
         self.buffer_size = buffer_size
         self.headroom = headroom
         self.pristine = descriptor_table(buffers, region_index, headroom, buffer_size)
+        #: What we offered in each slot, the only memory a received descriptor may name.
+        self.shadow = OfferedBuffers(region_index, buffers, buffer_size, headroom)
         self.head = 0
         self.checked = CheckedRuns(ring.size, region_index)  # our buffers' region
+
+    def _one_ok(self, region: int, length: int, offset: int, slot: int) -> bool:
+        return offered_ok(region, length, offset, slot, self.shadow, self.max_frame)
+
+    def _each_ok(self, rows: Sequence[Row], first: int) -> list[bool]:
+        return each_offered_ok(rows, first, self.shadow, self.max_frame)
+
+    def _run_ok(self, region: int, lengths: list[int], offsets: list[int], slot: int) -> bool:
+        return offered_run_ok(region, lengths, offsets, slot, self.shadow, self.max_frame)
 
     def set_headroom(self, headroom: int) -> None:
         """Offer buffers with ``headroom`` bytes kept free in front (from the next refill)."""
@@ -305,30 +366,36 @@ class ClientRx(RxEndpoint):
         self.pristine = descriptor_table(
             self.buffers, self.region_index, headroom, self.buffer_size
         )
+        self.shadow.set_headroom(headroom)
 
     def retable(self, slots: Sequence[int]) -> None:
-        """Rebuild the refill descriptors of ``slots`` after their buffers changed."""
+        """Rebuild the refill descriptors of ``slots`` after their buffers changed (and
+        forget what was checked against the old buffers there)."""
         mask, h, length = self.ring.mask, self.headroom, self.buffer_size - self.headroom
         for slot in slots:
             k = slot & mask
             _DESC.pack_into(
                 self.pristine, k * 16, 0, self.region_index, length, self.buffers[k] + h, 0
             )
+        self.shadow.moved(slots)
+        self.checked.forget(slots)
 
     def owned_segments(self, first: int, nseg: int) -> list[tuple[int, int, int]] | None:
         """(offset, length, slot) of the ``nseg`` descriptors from free-running slot
-        ``first`` (one received packet), re-read and each checked to lie inside the buffer
-        we offered in its own slot; None if one does not (the peer rewrote it)."""
-        ring, bufs = self.ring, self.buffers
-        own, size = self.region_index, self.buffer_size
+        ``first`` (one received packet), re-read and checked by the receive rule: each
+        inside the buffer we offered in its own slot, the packet at most ``max_frame``
+        bytes. None if not (the peer rewrote a descriptor since the receive)."""
+        ring, shadow, limit = self.ring, self.shadow, self.max_frame
         out = []
+        total = 0
         for slot in range(first, first + nseg):
             k = slot & ring.mask
             _flags, region, length, offset, _meta = _DESC.unpack_from(ring.desc, k * 16)
-            if not within_buffer(region, length, offset, own, bufs[k], size):
+            if not offered_ok(region, length, offset, k, shadow, limit):
                 return None
+            total += length
             out.append((offset, length, slot))
-        return out
+        return out if total <= limit else None
 
     def refill(self) -> None:
         """Offer every free slot again with its own buffer (publishes head; no signal)."""

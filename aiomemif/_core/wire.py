@@ -29,6 +29,9 @@ MAX_LOG2_RING_SIZE: Final = 14
 DEFAULT_CACHELINE: Final = 64
 DEFAULT_LOG2_RING_SIZE: Final = 10
 DEFAULT_BUFFER_SIZE: Final = 2048
+#: The largest packet a receiver takes by default (``InterfaceConfig.max_frame_bytes``):
+#: 65,535 bytes, what one u16-sized buffer holds and the most any aiomemif sender sends.
+DEFAULT_MAX_FRAME_BYTES: Final = 65535
 
 MASK16: Final = 0xFFFF
 

@@ -176,25 +176,31 @@ async def test_link_s2m_run_ending_at_the_region_end(sock_path: str, lengths: st
 
 @pytest.mark.parametrize("lengths", ["mixed", "equal"])
 async def test_link_m2s_run_ending_at_the_region_end(sock_path: str, lengths: str) -> None:
-    """The same from a hostile server: the last buffer ends at the client region's end."""
+    """The same from a hostile server: the last buffer ends at the client region's end
+    (slot 15's buffer is the region's last; its packet is moved to the buffer's end)."""
     async with fake_server_link(sock_path) as link:
         conn, side = link.conn, link.side
         ring = side.ring(M2S)
         region = side.region(0)
+        for j in range(8):  # a first lap, so that the run below ends in slot 15
+            server_send(side, j, b"lap-1")
+        server_publish(side, 8)
+        async with asyncio.timeout(TIMEOUT):
+            (await conn.rx_queues[0].receive()).release()
         sizes = [60, 256, 1, 200, 17, 256, 99, 7] if lengths == "mixed" else [64] * 8
         packets = packets_of(4, sizes)
         for j in range(7):
-            server_send(side, j, packets[j])
+            server_send(side, 8 + j, packets[j])
         off = len(region) - sizes[7]
         region[off:] = packets[7]
-        ring.set_desc(7, length=sizes[7], offset=off)
-        server_publish(side, 8)
+        ring.set_desc(15, length=sizes[7], offset=off)
+        server_publish(side, 16)
         async with asyncio.timeout(TIMEOUT):
             batch = await conn.rx_queues[0].receive()
         assert [bytes(p) for p in batch] == packets
         batch.release()
         d = conn.details().rx_queues[0]
-        assert (d.packets, d.bytes, d.bad_descriptors) == (8, sum(sizes), 0)
+        assert (d.packets, d.bytes, d.bad_descriptors) == (16, 40 + sum(sizes), 0)
 
 
 @pytest.mark.parametrize("layout", [RegionLayout.SINGLE, RegionLayout.SPLIT])

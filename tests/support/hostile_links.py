@@ -23,10 +23,17 @@ from support.hostile import (
 
 
 @contextlib.asynccontextmanager
-async def fake_client_link(path: str) -> AsyncIterator[ServerLink]:
-    """A real server and a raw client that completed a valid handshake."""
-    async with aiomemif.serve(path) as srv:
-        with ClientMemory() as mem:
+async def fake_client_link(
+    path: str,
+    config: aiomemif.InterfaceConfig | None = None,
+    *,
+    log2_ring_size: int = 4,
+    buffer_size: int = 256,
+) -> AsyncIterator[ServerLink]:
+    """A real server (one interface: ``config``, or the default) and a raw client that
+    completed a valid handshake, with a :class:`ClientMemory` of these sizes."""
+    async with aiomemif.serve(path, () if config is None else [config]) as srv:
+        with ClientMemory(log2_ring_size=log2_ring_size, buffer_size=buffer_size) as mem:
             async with await RawPeer.connect(path) as peer:
                 async with asyncio.timeout(2):
                     await client_handshake(peer, mem)
@@ -36,8 +43,10 @@ async def fake_client_link(path: str) -> AsyncIterator[ServerLink]:
 
 
 @contextlib.asynccontextmanager
-async def fake_server_link(path: str) -> AsyncIterator[ClientLink]:
-    async with fake_server(path) as (peer, task):
+async def fake_server_link(path: str, **client_kw: object) -> AsyncIterator[ClientLink]:
+    """A raw server and a real client (``SMALL``, updated by ``client_kw``) that completed
+    a valid handshake."""
+    async with fake_server(path, **client_kw) as (peer, task):
         side = await server_handshake(peer)
         try:
             async with asyncio.timeout(1):

@@ -291,6 +291,11 @@ def descriptors(ring: Ring, first: int, count: int) -> list[tuple[int, int, int,
     return out
 
 
+#: The bulk check of a run of received descriptors, per direction: the server checks a
+#: run against the regions, the client against the buffers it offered.
+BULK_CHECK = {"s2m": "run_ok", "m2s": "offered_run_ok"}
+
+
 BAD_KINDS = [
     "region out of range",
     "length 0",

@@ -185,10 +185,13 @@ def test_run_ending_exactly_at_the_region_end(
     direction: str,
     lengths: str,
 ) -> None:
-    """The last buffer of the run ends exactly at the end of its region. With mixed lengths
-    the conservative bulk bound (largest offset + largest length) fails although every
+    """The last buffer of the run ends exactly at the end of its region (S2M) or of the
+    buffer offered in its slot (M2S: a client takes nothing else). With mixed lengths the
+    conservative bulk bound (largest offset + largest length) fails although every
     descriptor is valid, so the run goes descriptor by descriptor: all of them must still
-    be delivered. With equal lengths the bound is exact and the bulk path takes the run."""
+    be delivered. With equal lengths the bound is exact and the bulk path takes the run;
+    on M2S the moved offset is not the offered one, so that run goes descriptor by
+    descriptor too."""
     r = rigs()
     rx = r.receiver(direction)
     fallback = spy(monkeypatch, rx, "_collect_each")
@@ -196,14 +199,16 @@ def test_run_ending_exactly_at_the_region_end(
     sizes = [40, 64, 3, 64, 17, 1, 64, 5] if lengths == "mixed" else [32] * 8
     packets = packets_of(2, sizes)
     region_size = len(r.server_views[r.breg])
+    end = region_size if direction == "s2m" else r.own_buffer(direction, first + 7) + r.bsize
     descs = []
     for j, p in enumerate(packets):
-        base = r.own_buffer(direction, first + j) if j < 7 else region_size - len(p)
+        base = r.own_buffer(direction, first + j) if j < 7 else end - len(p)
         r.write(r.breg, base, p)
         descs.append((0, r.breg, len(p), base))
     r.publish(direction, descs)
     assert take(rx.poll(64).packets) == packets
-    assert bool(fallback) == (lengths == "mixed")  # both branches of the bulk check ran
+    # both branches of the bulk check ran
+    assert bool(fallback) == (lengths == "mixed" or direction == "m2s")
     c = rx.counters
     assert (c.packets, c.bytes, c.bad_descriptors) == (8, sum(sizes), 0)
     rx.release()
@@ -226,12 +231,16 @@ def test_run_with_two_regions_or_a_chain(
 ) -> None:
     """A run whose descriptors name two regions, or where one carries NEXT, is not a bulk
     run: every packet is still built from the right region, chains are joined, and a chain
-    cut off by the published index is dropped and counted."""
+    cut off by the published index is dropped and counted. (A client takes nothing from
+    a region it offered no buffers in: there the other region's descriptors are refused,
+    and a chain with one of them is dropped whole.)"""
     r = rigs(extra=4096)
     assert r.extra is not None
     rx = r.receiver(direction)
     first = rx.read
     two_regions = shape in ("two regions", "a chain across two regions")
+    refused = 0
+    part_ok = True
     next_on = {
         "a chain across two regions": {2, 3},
         "one NEXT in a plain run": {3},
@@ -251,16 +260,20 @@ def test_run_with_two_regions_or_a_chain(
         flags = NEXT if j in next_on else 0
         descs.append((flags, region, len(data), off))
         parts.append(data)
+        if direction == "m2s" and region != r.breg:
+            refused += 1
+            part_ok = False
         if not flags:
-            expected.append((b"".join(parts), len(parts) > 1))
-            parts = []
+            if part_ok:
+                expected.append((b"".join(parts), len(parts) > 1))
+            parts, part_ok = [], True
     r.publish(direction, descs)
     views = rx.poll(64).packets
     assert [isinstance(v, ChainedPacket) for v in views] == [chain for _, chain in expected]
     assert take(views) == [data for data, _ in expected]
     c = rx.counters
     dropped = 1 if parts else 0  # a chain still open after the last published slot
-    assert (c.packets, c.bad_descriptors) == (len(expected), dropped)
+    assert (c.packets, c.bad_descriptors) == (len(expected), dropped + refused)
     assert c.chained == sum(chain for _, chain in expected)
     assert rx.held == 8
     rx.release()

@@ -14,7 +14,18 @@ from collections.abc import Callable
 
 import pytest
 from support.links import payload
-from support.rig import BAD_KINDS, MASK, NEXT, MmapRig, bad_descriptor, forbid, rigs, spy, take
+from support.rig import (
+    BAD_KINDS,
+    BULK_CHECK,
+    MASK,
+    NEXT,
+    MmapRig,
+    bad_descriptor,
+    forbid,
+    rigs,
+    spy,
+    take,
+)
 
 import aiomemif._core.descriptors
 from aiomemif._core.descriptors import CheckedRuns
@@ -109,7 +120,7 @@ def test_second_lap_of_a_checked_run(
         r.write(reg, spare, b"elsewhere-%06d" % pos)
         descs[pos] = (f, reg, n, spare)
         expected[pos] = b"elsewhere-%06d" % pos
-    checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
+    checks = spy(monkeypatch, aiomemif._core.descriptors, BULK_CHECK[direction])
     if change is None:
         forbid(monkeypatch, rx, "_collect_each")
     r.publish(direction, descs)
@@ -133,7 +144,7 @@ def test_memo_is_not_used_for_a_run_across_the_ring_end(
     for lap in range(2):
         packets = [payload(10 * lap + j, L) for j in range(8)]
         r.publish(direction, r.stage(direction, rx.read, packets))
-        checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
+        checks = spy(monkeypatch, aiomemif._core.descriptors, BULK_CHECK[direction])
         assert take(rx.poll(64).packets) == packets
         assert len(checks) == 1  # checked on both laps
         monkeypatch.undo()
@@ -205,7 +216,7 @@ def test_uneven_lengths_and_a_partial_recall(
         r.publish(direction, r.stage(direction, rx.read, packets))
         checks: list[object] = []
         if lap:
-            checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
+            checks = spy(monkeypatch, aiomemif._core.descriptors, BULK_CHECK[direction])
             forbid(monkeypatch, rx, "_collect_each")
         assert take(rx.poll(3).packets) + take(rx.poll(64).packets) == packets
         assert checks == []
@@ -217,17 +228,19 @@ def test_client_memo_keeps_to_its_buffer_region(
     rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that first publishes in-range descriptors of another region (region 0,
-    where the rings live) does not keep the client's memo from remembering its buffers."""
+    where the rings live) gets them refused (the client offered none there), and does not
+    keep the client's memo from remembering its buffers."""
     r = rigs(split=True, start=SLOT0)
     rx = r.client_rx
-    odd = [(0, 0, L, 64 * j) for j in range(8)]  # region 0: valid, not the buffer region
+    odd = [(0, 0, L, 64 * j) for j in range(8)]  # region 0: in range, not the buffer region
     r.publish("m2s", odd)
-    assert len(take(rx.poll(64).packets)) == 8
+    assert take(rx.poll(64).packets) == []
+    assert rx.counters.bad_descriptors == 8
     rx.release()
     for lap in range(2):
         packets = [payload(10 * lap + j, L) for j in range(8)]
         r.publish("m2s", r.stage("m2s", rx.read, packets))
-        checks = spy(monkeypatch, aiomemif._core.descriptors, "run_ok")
+        checks = spy(monkeypatch, aiomemif._core.descriptors, "offered_run_ok")
         assert take(rx.poll(64).packets) == packets
         assert len(checks) == (0 if lap else 1)
         monkeypatch.undo()

@@ -10,7 +10,7 @@ import pytest
 from support.links import (
     payload,
 )
-from support.rig import MmapRig, snapshot, take
+from support.rig import NEXT, MmapRig, snapshot, take
 
 from aiomemif import (
     ChainedPacket,
@@ -88,12 +88,19 @@ def test_transmit_reports_an_oversized_buffer_left_for_later(side: str, make: ob
 def test_server_chain_run_leaves_a_larger_offer_unused() -> None:
     """Offers of 64 bytes except slot 6 (256 bytes, still inside the client's region).
     Three 150-byte packets: the per-packet path sends two 3-buffer chains (slots 0..5) and
-    the third packet unchained in slot 6 -- all three fit now."""
+    the third packet unchained in slot 6 -- all three fit now. (The rig's ClientRx did not
+    offer that larger buffer, so it takes the two chains and refuses slot 6.)"""
     r = MmapRig(log2=3, bsize=64, start=0)
     try:
         r.put(r.m2s_client, 6, 0, r.breg, 256, r.tx_table[0])  # a client's larger buffer
         packets = [payload(j, 150) for j in range(3)]
-        sent, chained, got = _lap(r, packets)
-        assert (sent, chained, got) == (3, [True, True, False], packets)
+        assert r.server_tx.write(packets) == 3
+        assert [r.get(r.m2s_server, s)[0] for s in range(7)] == [NEXT, NEXT, 0] * 2 + [0]
+        assert r.get(r.m2s_server, 6)[2:] == (150, r.tx_table[0])
+        assert r.read(r.breg, r.tx_table[0], 150) == packets[2]
+        views = r.client_rx.poll(64).packets
+        assert [isinstance(v, ChainedPacket) for v in views] == [True, True]
+        assert take(views) == packets[:2]
+        assert r.client_rx.counters.bad_descriptors == 1
     finally:
         r.close()
