@@ -78,6 +78,9 @@ class FdInfo:
     size: int = 0
     #: ``F_GET_SEALS`` result (0 where the file cannot carry seals).
     seals: int = 0
+    #: Eventfds: whether it is ``EFD_SEMAPHORE`` (one unit per read, so a large count keeps
+    #: its reader ready for as many reads); None if the I/O layer could not rule that out.
+    semaphore: bool | None = False
 
 
 #: ``F_SEAL_SHRINK`` from <fcntl.h>; duplicated here to keep the core free of OS modules.
@@ -376,6 +379,10 @@ class ServerHandshake(_Machine):
             raise RemoteProtocolError("Missing interrupt fd")
         if info is None or info.kind is not FdKind.EVENTFD:
             raise ResourceError("Interrupt fd is not an eventfd")
+        if info.semaphore:
+            raise ResourceError("Interrupt fd is an EFD_SEMAPHORE eventfd")
+        if info.semaphore is None:
+            raise ResourceError("Interrupt fd may be an EFD_SEMAPHORE eventfd")
         if msg.private_hdr_size != 0:
             raise RemoteProtocolError("Private headers not supported")
         same_dir = [r for r in self.rings if r.ring_type == msg.ring_type]

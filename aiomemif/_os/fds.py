@@ -12,6 +12,7 @@ import stat
 
 from .._core.handshake import FdInfo, FdKind
 from ..errors import MemifOSError
+from .fdinfo import eventfd_semaphore
 
 __all__ = ["close_fd", "describe_fd", "wrap_os_error"]
 
@@ -28,7 +29,10 @@ def close_fd(fd: int) -> None:
 
 
 def describe_fd(fd: int) -> FdInfo:
-    """Inspect a received fd for the handshake checks (kind, size, seals)."""
+    """Inspect a received fd for the handshake checks (kind, size, seals, semaphore mode).
+
+    Never raises: an fd that cannot be inspected is reported as ``FdKind.OTHER``.
+    """
     try:
         st = os.fstat(fd)
     except OSError:
@@ -43,5 +47,6 @@ def describe_fd(fd: int) -> FdInfo:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         target = ""
-    kind = FdKind.EVENTFD if target == "anon_inode:[eventfd]" else FdKind.OTHER
-    return FdInfo(kind)
+    if target != "anon_inode:[eventfd]":
+        return FdInfo(FdKind.OTHER)
+    return FdInfo(FdKind.EVENTFD, semaphore=eventfd_semaphore(fd))
