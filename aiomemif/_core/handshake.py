@@ -393,7 +393,7 @@ class ServerHandshake(_Machine):
             raise RemoteProtocolError("Ring size too large")
         if msg.region >= len(self.regions):
             raise RemoteProtocolError("Invalid ring region")
-        if msg.offset % 8:
+        if msg.offset % w.RING_OFFSET_ALIGN:
             raise RemoteProtocolError("Misaligned ring offset")
         end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
         if end > self.regions[msg.region].size:

@@ -37,6 +37,7 @@ EVENTFD_MAX = 0xFFFF_FFFF_FFFF_FFFE  # the largest value an eventfd counter can 
 SEMAPHORE = "Interrupt fd is an EFD_SEMAPHORE eventfd"
 UNSURE = "Interrupt fd may be an EFD_SEMAPHORE eventfd"
 NOT_EVENTFD = "Interrupt fd is not an eventfd"
+MISALIGNED = "Misaligned ring offset"
 
 # ================================================================================ helpers
 
@@ -267,3 +268,24 @@ def test_this_kernel_prints_the_flag() -> None:
             assert fdinfo.eventfd_semaphore(fd) is semaphore
         finally:
             os.close(fd)
+
+
+# ============================================================== 2. rings and regions (8)
+
+
+@pytest.mark.parametrize("misalign", [8, 4, 2, 1])
+@pytest.mark.parametrize("ring_type", [S2M, M2S], ids=["s2m", "m2s"])
+async def test_ring_offset_not_16_aligned_is_refused(
+    sock_path: str, ring_type: RingType, misalign: int
+) -> None:
+    # Offsets aligned to 8 but not 16 were accepted before the fix.
+    async with aiomemif.serve(sock_path) as srv:
+        with ClientMemory() as mem:
+            async with await RawPeer.connect(sock_path) as peer:
+                await init_and_region(peer, mem)
+                if ring_type is M2S:
+                    peer.send(mem.add_ring(S2M), [mem.efd(S2M)])
+                    await peer.expect(Ack)
+                offset = mem.ring_offset(ring_type) + misalign
+                peer.send(mem.add_ring(ring_type, offset=offset), [mem.efd(ring_type)])
+                await refused(srv, peer, MISALIGNED, sock_path, None)
