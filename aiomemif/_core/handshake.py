@@ -78,6 +78,8 @@ class FdInfo:
     size: int = 0
     #: ``F_GET_SEALS`` result (0 where the file cannot carry seals).
     seals: int = 0
+    #: Regular files: ``(st_dev, st_ino)``, the file's identity however it was opened.
+    file_id: tuple[int, int] | None = None
     #: Eventfds: whether it is ``EFD_SEMAPHORE`` (one unit per read, so a large count keeps
     #: its reader ready for as many reads); None if the I/O layer could not rule that out.
     semaphore: bool | None = False
@@ -127,6 +129,8 @@ class RegionRecord:
     index: int
     size: int
     fd: int
+    #: ``FdInfo.file_id`` of the region's fd (None if the I/O layer did not say).
+    file_id: tuple[int, int] | None = None
 
 
 @attrs.frozen
@@ -367,9 +371,12 @@ class ServerHandshake(_Machine):
             raise ResourceError("Region fd is smaller than its announced size")
         if not info.seals & F_SEAL_SHRINK:
             raise ResourceError("Region fd is not sealed against shrinking")
+        for other in self.regions:  # one file twice: rings and buffers could alias
+            if info.file_id is not None and other.file_id == info.file_id:
+                raise ResourceError(f"Region {msg.index} is the same file as region {other.index}")
         if sum(r.size for r in self.regions) + msg.size > self.config.max_region_bytes:
             raise ResourceError("Regions exceed the size limit")
-        self.regions.append(RegionRecord(msg.index, msg.size, fd))
+        self.regions.append(RegionRecord(msg.index, msg.size, fd, info.file_id))
         return [SendMessage(Ack())]
 
     def _on_add_ring(self, msg: AddRing, fd: int | None, info: FdInfo | None) -> list[Output]:

@@ -29,9 +29,11 @@ def close_fd(fd: int) -> None:
 
 
 def describe_fd(fd: int) -> FdInfo:
-    """Inspect a received fd for the handshake checks (kind, size, seals, semaphore mode).
+    """Inspect a received fd for the handshake checks.
 
-    Never raises: an fd that cannot be inspected is reported as ``FdKind.OTHER``.
+    Reports its kind, and for regular files the size, seals and identity ``(st_dev,
+    st_ino)``; for eventfds whether they are (or may be) ``EFD_SEMAPHORE``. Never raises:
+    an fd that cannot be inspected is reported as ``FdKind.OTHER``.
     """
     try:
         st = os.fstat(fd)
@@ -42,7 +44,7 @@ def describe_fd(fd: int) -> FdInfo:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError:
             seals = 0
-        return FdInfo(FdKind.REGULAR, st.st_size, seals)
+        return FdInfo(FdKind.REGULAR, st.st_size, seals, file_id=(st.st_dev, st.st_ino))
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:

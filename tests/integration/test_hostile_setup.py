@@ -18,9 +18,10 @@ suite's leak checks (fds, mappings, loop readers, tasks) see nothing left behind
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import select
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import pytest
@@ -29,7 +30,7 @@ from support.hostile_links import fake_client_link
 
 import aiomemif
 from aiomemif import InterfaceConfig
-from aiomemif._core.messages import Ack, Connect, Connected, Hello, Init, Message
+from aiomemif._core.messages import Ack, AddRegion, Connect, Connected, Hello, Init, Message
 from aiomemif._core.wire import RingType
 from aiomemif._os import fdinfo
 
@@ -289,3 +290,35 @@ async def test_ring_offset_not_16_aligned_is_refused(
                 offset = mem.ring_offset(ring_type) + misalign
                 peer.send(mem.add_ring(ring_type, offset=offset), [mem.efd(ring_type)])
                 await refused(srv, peer, MISALIGNED, sock_path, None)
+
+
+def _same_file_dup(fd: int) -> int:
+    return os.dup(fd)
+
+
+def _same_file_reopened(fd: int) -> int:
+    # A new open file description of the same memfd: a different fd and file, same inode.
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+
+
+@pytest.mark.parametrize("same_file", [_same_file_dup, _same_file_reopened], ids=["dup", "reopen"])
+@pytest.mark.parametrize("second", [1, 2])
+async def test_regions_from_one_file_are_refused(
+    sock_path: str, same_file: Callable[[int], int], second: int
+) -> None:
+    # Before the fix both regions were ACKed; an S2M ring at offset 0 of region 0 and an M2S
+    # ring at offset 0 of the alias then got CONNECTED: one ring header serving both ways.
+    async with aiomemif.serve(sock_path) as srv:
+        with ClientMemory() as mem:
+            async with await RawPeer.connect(sock_path) as peer:
+                await init_and_region(peer, mem)
+                if second == 2:  # an unrelated region in between
+                    other = os.memfd_create("other", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                    os.ftruncate(other, 4096)
+                    fcntl.fcntl(other, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+                    send_closing(peer, AddRegion(1, 4096), other)
+                    await peer.expect(Ack)
+                alias = same_file(mem.fd)
+                send_closing(peer, AddRegion(second, mem.size), alias)
+                expected = f"Region {second} is the same file as region 0"
+                await refused(srv, peer, expected, sock_path, None)
