@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import itertools
 from collections.abc import Callable
 from typing import ClassVar, TypeAlias
 
@@ -33,7 +34,7 @@ from ..errors import (
 )
 from . import wire as w
 from .config import InterfaceConfig
-from .layout import ClientLayout, ring_bytes
+from .layout import ClientLayout, implied_cacheline, ring_bytes
 from .messages import (
     Ack,
     AddRegion,
@@ -419,9 +420,34 @@ class ServerHandshake(_Machine):
         types = {r.ring_type for r in self.rings}
         if types != {w.RingType.S2M, w.RingType.M2S}:
             raise RemoteProtocolError("At least one ring in each direction is required")
+        self._check_ring_strides()
         self.peer_if_name = msg.if_name
         self.state = ServerState.MAPPING
         return [MapRegions(msg.if_name)]
+
+    def _check_ring_strides(self) -> None:
+        """Refuse rings packed with another cacheline size than ours.
+
+        A client with a larger cacheline than ours builds larger rings, so ours fit inside
+        them and nothing overlaps; but in the one region where it packs them, each ring
+        starts exactly its own ring size after the previous one. Rings in different regions,
+        or not packed back to back, reveal nothing (see docs/protocol.md).
+
+        Raises:
+            RemoteProtocolError: "Ring stride suggests a 128-byte cacheline peer".
+        """
+        assert self.config is not None
+        by_region: dict[int, list[RingRecord]] = {}
+        for rec in self.rings:
+            by_region.setdefault(rec.region, []).append(rec)
+        for rings in by_region.values():
+            rings.sort(key=lambda r: r.offset)
+            for a, b in itertools.pairwise(rings):
+                other = implied_cacheline(
+                    b.offset - a.offset, a.log2_ring_size, self.config.cacheline
+                )
+                if other is not None:
+                    raise RemoteProtocolError(f"Ring stride suggests a {other}-byte cacheline peer")
 
     def _on_stray_ack(self, _msg: Ack, _fd: int | None, _info: FdInfo | None) -> list[Output]:
         return []  # reference servers ignore an extra ACK from a client

@@ -29,7 +29,7 @@ from support.hostile import M2S, S2M, ClientMemory, RawPeer, eventfd
 from support.hostile_links import fake_client_link
 
 import aiomemif
-from aiomemif import InterfaceConfig
+from aiomemif import InterfaceConfig, RegionLayout
 from aiomemif._core.messages import Ack, AddRegion, Connect, Connected, Hello, Init, Message
 from aiomemif._core.wire import RingType
 from aiomemif._os import fdinfo
@@ -39,6 +39,7 @@ SEMAPHORE = "Interrupt fd is an EFD_SEMAPHORE eventfd"
 UNSURE = "Interrupt fd may be an EFD_SEMAPHORE eventfd"
 NOT_EVENTFD = "Interrupt fd is not an eventfd"
 MISALIGNED = "Misaligned ring offset"
+STRIDE_128 = "Ring stride suggests a 128-byte cacheline peer"
 
 # ================================================================================ helpers
 
@@ -322,3 +323,65 @@ async def test_regions_from_one_file_are_refused(
                 send_closing(peer, AddRegion(second, mem.size), alias)
                 expected = f"Region {second} is the same file as region 0"
                 await refused(srv, peer, expected, sock_path, None)
+
+
+def _cacheline_128_cfg(n: int) -> InterfaceConfig:
+    return InterfaceConfig(rx_queues=n, tx_queues=n)
+
+
+@pytest.mark.parametrize("log2", [4, 10])
+@pytest.mark.parametrize("n", [1, 2])
+async def test_cacheline_128_client_against_64_server_is_refused(
+    sock_path: str, n: int, log2: int
+) -> None:
+    # A raw client with the CL=128 layout (ring stride 256 + 16·N). Before the fix the
+    # server accepted it and read tail and descriptors at its CL=64 offsets.
+    cfg = _cacheline_128_cfg(n)
+    async with aiomemif.serve(sock_path, [cfg]) as srv:
+        with ClientMemory(n, n, log2_ring_size=log2, cacheline=128) as mem:
+            async with await RawPeer.connect(sock_path) as peer:
+                await init_and_region(peer, mem)
+                for ring_type, index in mem.all_rings():
+                    peer.send(mem.add_ring(ring_type, index), [mem.efd(ring_type, index)])
+                    await peer.expect(Ack)
+                peer.send(Connect("cl128"))
+                await refused(srv, peer, STRIDE_128, sock_path, cfg)
+
+
+@pytest.mark.parametrize("layout", [RegionLayout.SINGLE, RegionLayout.SPLIT])
+async def test_aiomemif_client_with_cacheline_128_is_refused(
+    sock_path: str, layout: RegionLayout
+) -> None:
+    async with aiomemif.serve(sock_path) as srv:
+        with pytest.raises(aiomemif.HandshakeRefusedError) as info:
+            async with asyncio.timeout(2):
+                await aiomemif.connect(
+                    sock_path, cacheline=128, layout=layout, ring_size=64, buffer_size=256
+                )
+        assert info.value.reason == STRIDE_128
+        assert srv.failures[-1].reason == STRIDE_128
+        await healthy(srv, sock_path)
+
+
+async def test_rings_in_separate_regions_are_fine(sock_path: str) -> None:
+    """Rings that are not packed in one region reveal nothing and are accepted.
+
+    Here the CL=128 client puts its M2S ring in a second memfd: the server cannot tell (the
+    limits of the check are in docs/protocol.md), so the link comes up.
+    """
+    async with aiomemif.serve(sock_path) as srv:
+        with ClientMemory(cacheline=128) as mem, ClientMemory(cacheline=128) as other:
+            async with await RawPeer.connect(sock_path) as peer:
+                await init_and_region(peer, mem)
+                peer.send(AddRegion(1, other.size), [other.fd])
+                await peer.expect(Ack)
+                peer.send(mem.add_ring(S2M), [mem.efd(S2M)])
+                await peer.expect(Ack)
+                peer.send(other.add_ring(M2S, offset=0, region=1), [other.efd(M2S)])
+                await peer.expect(Ack)
+                peer.send(Connect("apart"))
+                await peer.expect(Connected)
+                async with asyncio.timeout(1):
+                    conn = await srv.accept()
+                await conn.aclose()
+                assert await peer.expect_disconnect()

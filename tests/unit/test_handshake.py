@@ -574,6 +574,9 @@ SERVER_FAILURES: list[tuple[str, list[Step], Step, type[RemoteProtocolError], st
     ("ring fd on connect", [init(), REGION0, S2M0, M2S0], (Connect("c"), 30, EVENTFD), R,
      "Unexpected fd"),
     # CONNECT
+    ("rings packed with a 128-byte cacheline", [init(), REGION0, S2M0,
+     ring(RingType.M2S, 0, offset=ring_bytes(10, 128))], (Connect("c"), None, None), R,
+     "Ring stride suggests a 128-byte cacheline peer"),
     ("connect without rings", [init()], (Connect("c"), None, None), R,
      "At least one ring in each direction is required"),
     ("connect without m2s", [init(), REGION0, S2M0], (Connect("c"), None, None), R,
