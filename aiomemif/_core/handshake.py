@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import itertools
 from collections.abc import Callable
 from typing import ClassVar, Final, TypeAlias
 
@@ -33,7 +34,7 @@ from ..errors import (
 )
 from . import wire as w
 from .config import InterfaceConfig
-from .layout import ClientLayout, ring_bytes
+from .layout import ClientLayout, implied_cacheline, ring_bytes
 from .messages import (
     Ack,
     AddRegion,
@@ -83,6 +84,11 @@ class FdInfo:
     size: int = 0
     #: ``F_GET_SEALS`` result (0 where the file cannot carry seals).
     seals: int = 0
+    #: Regular files: ``(st_dev, st_ino)``, the file's identity however it was opened.
+    file_id: tuple[int, int] | None = None
+    #: Eventfds: whether it is ``EFD_SEMAPHORE`` (one unit per read, so a large count keeps
+    #: its reader ready for as many reads); None if the I/O layer could not rule that out.
+    semaphore: bool | None = False
 
 
 #: ``F_SEAL_SHRINK`` from <fcntl.h>; duplicated here to keep the core free of OS modules.
@@ -129,6 +135,8 @@ class RegionRecord:
     index: int
     size: int
     fd: int
+    #: ``FdInfo.file_id`` of the region's fd (None if the I/O layer did not say).
+    file_id: tuple[int, int] | None = None
 
 
 @attrs.frozen
@@ -370,9 +378,12 @@ class ServerHandshake(_Machine):
             raise ResourceError("Region fd is smaller than its announced size")
         if not info.seals & F_SEAL_SHRINK:
             raise ResourceError("Region fd is not sealed against shrinking")
+        for other in self.regions:  # one file twice: rings and buffers could alias
+            if info.file_id is not None and other.file_id == info.file_id:
+                raise ResourceError(f"Region {msg.index} is the same file as region {other.index}")
         if sum(r.size for r in self.regions) + msg.size > self.config.max_region_bytes:
             raise ResourceError("Regions exceed the size limit")
-        self.regions.append(RegionRecord(msg.index, msg.size, fd))
+        self.regions.append(RegionRecord(msg.index, msg.size, fd, info.file_id))
         return [SendMessage(Ack())]
 
     def _on_add_ring(self, msg: AddRing, fd: int | None, info: FdInfo | None) -> list[Output]:
@@ -382,6 +393,10 @@ class ServerHandshake(_Machine):
             raise RemoteProtocolError("Missing interrupt fd")
         if info is None or info.kind is not FdKind.EVENTFD:
             raise ResourceError("Interrupt fd is not an eventfd")
+        if info.semaphore:
+            raise ResourceError("Interrupt fd is an EFD_SEMAPHORE eventfd")
+        if info.semaphore is None:
+            raise ResourceError("Interrupt fd may be an EFD_SEMAPHORE eventfd")
         if msg.private_hdr_size != 0:
             raise RemoteProtocolError("Private headers not supported")
         same_dir = [r for r in self.rings if r.ring_type == msg.ring_type]
@@ -392,7 +407,7 @@ class ServerHandshake(_Machine):
             raise RemoteProtocolError("Ring size too large")
         if msg.region >= len(self.regions):
             raise RemoteProtocolError("Invalid ring region")
-        if msg.offset % 8:
+        if msg.offset % w.RING_OFFSET_ALIGN:
             raise RemoteProtocolError("Misaligned ring offset")
         end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
         if end > self.regions[msg.region].size:
@@ -411,9 +426,34 @@ class ServerHandshake(_Machine):
         types = {r.ring_type for r in self.rings}
         if types != {w.RingType.S2M, w.RingType.M2S}:
             raise RemoteProtocolError("At least one ring in each direction is required")
+        self._check_ring_strides()
         self.peer_if_name = msg.if_name
         self.state = ServerState.MAPPING
         return [MapRegions(msg.if_name)]
+
+    def _check_ring_strides(self) -> None:
+        """Refuse rings packed with another cacheline size than ours.
+
+        A client with a larger cacheline than ours builds larger rings, so ours fit inside
+        them and nothing overlaps; but in the one region where it packs them, each ring
+        starts exactly its own ring size after the previous one. Rings in different regions,
+        or not packed back to back, reveal nothing (see docs/protocol.md).
+
+        Raises:
+            RemoteProtocolError: "Ring stride suggests a 128-byte cacheline peer".
+        """
+        assert self.config is not None
+        by_region: dict[int, list[RingRecord]] = {}
+        for rec in self.rings:
+            by_region.setdefault(rec.region, []).append(rec)
+        for rings in by_region.values():
+            rings.sort(key=lambda r: r.offset)
+            for a, b in itertools.pairwise(rings):
+                other = implied_cacheline(
+                    b.offset - a.offset, a.log2_ring_size, self.config.cacheline
+                )
+                if other is not None:
+                    raise RemoteProtocolError(f"Ring stride suggests a {other}-byte cacheline peer")
 
     def _on_stray_ack(self, _msg: Ack, _fd: int | None, _info: FdInfo | None) -> list[Output]:
         # Reference servers ignore an extra ACK from a client; a flood of them only holds

@@ -13,12 +13,34 @@ import attrs
 
 from . import wire as w
 
-__all__ = ["ClientLayout", "RegionLayout", "RingPlacement", "plan_client_layout", "ring_bytes"]
+__all__ = [
+    "ClientLayout",
+    "RegionLayout",
+    "RingPlacement",
+    "implied_cacheline",
+    "plan_client_layout",
+    "ring_bytes",
+]
 
 
 def ring_bytes(log2_ring_size: int, cacheline: int) -> int:
     """Bytes one ring occupies: a two-cacheline header plus the descriptor array."""
     return 2 * cacheline + w.DESC_SIZE * (1 << log2_ring_size)
+
+
+def implied_cacheline(distance: int, log2_ring_size: int, cacheline: int) -> int | None:
+    """The other cacheline size that two rings ``distance`` bytes apart were packed with.
+
+    Every real client packs rings back to back, so the distance from one ring to the next
+    in the same region is that client's ring size, ``2·CL + 16·N``. Returns the known
+    cacheline size other than ``cacheline`` whose ring size equals ``distance`` (a
+    128-byte client seen by a 64-byte server leaves exactly 128 bytes more than this
+    server's ring size), or None.
+    """
+    for other in w.KNOWN_CACHELINES:
+        if other != cacheline and distance == ring_bytes(log2_ring_size, other):
+            return other
+    return None
 
 
 @attrs.frozen

@@ -27,6 +27,11 @@ MAX_RING_INDEX: Final = 255
 MAX_LOG2_RING_SIZE: Final = 14
 
 DEFAULT_CACHELINE: Final = 64
+#: Cacheline sizes real peers build rings with (x86-64; aarch64 VPP, libmemif, DPDK).
+KNOWN_CACHELINES: Final = (64, 128)
+#: A server's alignment requirement for ring offsets: one descriptor. Every real peer
+#: packs rings of ``2·CL + 16·N`` bytes from offset 0, so its offsets are multiples of 16.
+RING_OFFSET_ALIGN: Final = 16
 DEFAULT_LOG2_RING_SIZE: Final = 10
 DEFAULT_BUFFER_SIZE: Final = 2048
 #: The largest packet a receiver takes by default (``InterfaceConfig.max_frame_bytes``):

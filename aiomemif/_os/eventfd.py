@@ -72,8 +72,19 @@ class EventFd(Guarded):
         whose eventfds refuse it get a readiness check and a plain read, which the peer can
         make block; the watchdog then frees it.
 
+        One read suffices for any counter value, 1 up to 2**64 - 2: a counter-mode eventfd
+        returns its whole count and drops to 0, so the fd stays unreadable until the peer
+        signals again, and a loop reader fires once per burst of signals instead of
+        spinning. That depends on the eventfd not being ``EFD_SEMAPHORE``, whose reads
+        return 1 and take only 1 (a count of 2**40 would keep the reader ready for 2**40
+        reads), and no bounded number of reads fixes that. Hence the two guarantees: a
+        client drains only eventfds it created itself (counter mode), and a server refuses
+        semaphore eventfds at ADD_RING (``fdinfo.eventfd_semaphore``), a mode that cannot
+        change later.
+
         Raises:
             RemoteProtocolError: the watchdog had to free this read.
+            OSError: the read failed for another reason than "nothing to read" (EBADF).
         """
         try:
             if os.preadv(self.fd, [self._buf], -1, os.RWF_NOWAIT) == 8:

@@ -12,6 +12,7 @@ import stat
 
 from .._core.handshake import FdInfo, FdKind
 from ..errors import MemifOSError
+from .fdinfo import eventfd_semaphore
 
 __all__ = ["close_fd", "describe_fd", "wrap_os_error"]
 
@@ -28,7 +29,12 @@ def close_fd(fd: int) -> None:
 
 
 def describe_fd(fd: int) -> FdInfo:
-    """Inspect a received fd for the handshake checks (kind, size, seals)."""
+    """Inspect a received fd for the handshake checks.
+
+    Reports its kind, and for regular files the size, seals and identity ``(st_dev,
+    st_ino)``; for eventfds whether they are (or may be) ``EFD_SEMAPHORE``. Never raises:
+    an fd that cannot be inspected is reported as ``FdKind.OTHER``.
+    """
     try:
         st = os.fstat(fd)
     except OSError:
@@ -38,10 +44,11 @@ def describe_fd(fd: int) -> FdInfo:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError:
             seals = 0
-        return FdInfo(FdKind.REGULAR, st.st_size, seals)
+        return FdInfo(FdKind.REGULAR, st.st_size, seals, file_id=(st.st_dev, st.st_ino))
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         target = ""
-    kind = FdKind.EVENTFD if target == "anon_inode:[eventfd]" else FdKind.OTHER
-    return FdInfo(kind)
+    if target != "anon_inode:[eventfd]":
+        return FdInfo(FdKind.OTHER)
+    return FdInfo(FdKind.EVENTFD, semaphore=eventfd_semaphore(fd))

@@ -942,10 +942,10 @@ async def test_cacheline_mismatch_is_refused(sock_path: str, layout: RegionLayou
     # (each ring 2*128 + 16*N): the server's idea of ring 0 runs into ring 1 (or, with rings
     # alone in region 0, past the region's end), which it checks and refuses.
     #
-    # The other direction (client 128, server 64) cannot be detected at handshake time: the
-    # server's smaller rings fit inside the client's larger ones, the cookie is at offset 0
-    # in both, and nothing in ADD_RING says which cacheline size the client used. The link
-    # would come up with the server reading tail and descriptors at the wrong offsets.
+    # The other direction (client 128, server 64) does not overlap: the server's smaller
+    # rings fit inside the client's larger ones and the cookie is at offset 0 in both. It
+    # shows only in the distance between rings packed in one region ("Ring stride suggests
+    # a 128-byte cacheline peer", tests/integration/test_hostile_setup.py).
     async with aiomemif.serve(sock_path, [InterfaceConfig(cacheline=128)]) as srv:
         with pytest.raises(aiomemif.HandshakeRefusedError) as info:
             async with asyncio.timeout(TIMEOUT):

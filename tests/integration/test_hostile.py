@@ -291,12 +291,13 @@ async def s_region_read_only_fd(peer: RawPeer, mem: ClientMemory) -> None:
 
 
 async def s_region_flood(peer: RawPeer, mem: ClientMemory) -> None:
-    # 256 valid regions (indexes 0..255, all the same memfd), then one more.
+    # 256 valid regions (indexes 0..255, each its own memfd: one file twice is refused),
+    # then one more.
     await do_init(peer)
     for index in range(256):
-        peer.send(AddRegion(index, mem.size), [mem.fd])
+        send_closing(peer, AddRegion(index, 4096), memfd(4096))
         await peer.expect(Ack)
-    peer.send(AddRegion(256, mem.size), [mem.fd])
+    send_closing(peer, AddRegion(256, 4096), memfd(4096))
 
 
 async def s_ring_offset_misaligned(peer: RawPeer, mem: ClientMemory) -> None:

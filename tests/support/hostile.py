@@ -292,8 +292,21 @@ def memfd(size: int, *, seals: int = fcntl.F_SEAL_SHRINK, name: str = "hostile")
     return fd
 
 
-def eventfd(*, nonblocking: bool = True) -> int:
-    return os.eventfd(0, os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblocking else 0))
+def eventfd(*, nonblocking: bool = True, semaphore: bool = False, count: int = 0) -> int:
+    """An eventfd (``EFD_SEMAPHORE`` if ``semaphore``) whose counter already holds ``count``.
+
+    ``count`` is written after creation, so it may exceed the u32 ``initval`` of eventfd(2)
+    (up to ``2**64 - 2``).
+    """
+    flags = os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblocking else 0)
+    fd = os.eventfd(0, flags | (os.EFD_SEMAPHORE if semaphore else 0))
+    try:
+        if count:
+            os.eventfd_write(fd, count)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def set_blocking(fd: int, blocking: bool) -> None:

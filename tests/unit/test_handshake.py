@@ -69,6 +69,11 @@ def region_info(size: int, seals: int = F_SEAL_SHRINK) -> FdInfo:
     return FdInfo(FdKind.REGULAR, size, seals=seals)
 
 
+def region_file(size: int, inode: int) -> FdInfo:
+    """A sealed memfd region that ``fstat`` says is inode ``inode`` of device 5."""
+    return FdInfo(FdKind.REGULAR, size, seals=F_SEAL_SHRINK, file_id=(5, inode))
+
+
 def info_for(msg: Message) -> FdInfo | None:
     """What ``describe_fd`` would report for the fd a well-behaved client attaches."""
     if isinstance(msg, AddRegion):
@@ -525,6 +530,12 @@ SERVER_FAILURES: list[tuple[str, list[Step], Step, type[RemoteProtocolError], st
      "Regions exceed the size limit"),
     ("regions over the cap", [init(5), (AddRegion(0, 600), 10, region_info(600))],
      (AddRegion(1, 401), 11, region_info(401)), X, "Regions exceed the size limit"),
+    ("region 1 is region 0's file", [init(), (AddRegion(0, MiB), 10, region_file(MiB, 7))],
+     (AddRegion(1, MiB), 11, region_file(MiB, 7)), X, "Region 1 is the same file as region 0"),
+    ("region 2 is region 0's file",
+     [init(), (AddRegion(0, MiB), 10, region_file(MiB, 7)),
+      (AddRegion(1, MiB), 11, region_file(MiB, 8))],
+     (AddRegion(2, 4096), 12, region_file(MiB, 7)), X, "Region 2 is the same file as region 0"),
     ("257th region", many_regions(), (AddRegion(256, 1), 9, region_info(1)), R, "Too many regions"),
     # ADD_RING
     ("ring without fd", [init(), REGION0], (S2M0[0], None, None), R, "Missing interrupt fd"),
@@ -532,6 +543,12 @@ SERVER_FAILURES: list[tuple[str, list[Step], Step, type[RemoteProtocolError], st
      "Interrupt fd is not an eventfd"),
     ("ring fd is a file", [init(), REGION0], (S2M0[0], 20, region_info(MiB)), X,
      "Interrupt fd is not an eventfd"),
+    ("ring fd is a semaphore eventfd", [init(), REGION0],
+     (S2M0[0], 20, FdInfo(FdKind.EVENTFD, semaphore=True)), X,
+     "Interrupt fd is an EFD_SEMAPHORE eventfd"),
+    ("ring fd may be a semaphore eventfd", [init(), REGION0],
+     (M2S0[0], 21, FdInfo(FdKind.EVENTFD, semaphore=None)), X,
+     "Interrupt fd may be an EFD_SEMAPHORE eventfd"),
     ("private header", [init(), REGION0], ring(RingType.S2M, 0, private_hdr_size=1), R,
      "Private headers not supported"),
     ("s2m index 1 first", [init(6), REGION0], ring(RingType.S2M, 1), R, "Invalid ring index"),
@@ -548,13 +565,18 @@ SERVER_FAILURES: list[tuple[str, list[Step], Step, type[RemoteProtocolError], st
      "Invalid ring region"),
     ("misaligned ring", [init(), REGION0], ring(RingType.S2M, 0, offset=4), R,
      "Misaligned ring offset"),
+    ("ring aligned to 8, not 16", [init(), REGION0], ring(RingType.S2M, 0, offset=16392), R,
+     "Misaligned ring offset"),
     ("ring past region end", [init(), REGION0],
-     ring(RingType.S2M, 0, offset=MiB - ring_bytes(10, 64) + 8), R, "Ring outside its region"),
+     ring(RingType.S2M, 0, offset=MiB - ring_bytes(10, 64) + 16), R, "Ring outside its region"),
     ("ring offset beyond region", [init(), REGION0], ring(RingType.S2M, 0, offset=2 * MiB), R,
      "Ring outside its region"),
     ("ring fd on connect", [init(), REGION0, S2M0, M2S0], (Connect("c"), 30, EVENTFD), R,
      "Unexpected fd"),
     # CONNECT
+    ("rings packed with a 128-byte cacheline", [init(), REGION0, S2M0,
+     ring(RingType.M2S, 0, offset=ring_bytes(10, 128))], (Connect("c"), None, None), R,
+     "Ring stride suggests a 128-byte cacheline peer"),
     ("connect without rings", [init()], (Connect("c"), None, None), R,
      "At least one ring in each direction is required"),
     ("connect without m2s", [init(), REGION0, S2M0], (Connect("c"), None, None), R,
@@ -597,6 +619,14 @@ def test_server_validation_failures(
         pytest.param([init(5), (AddRegion(0, 1000), 10, region_info(1000))], id="exactly the cap"),
         pytest.param([init(), (AddRegion(0, MiB), 10, region_info(2 * MiB))], id="file larger"),
         pytest.param([init(), (AddRegion(0, MiB), 10, region_info(MiB, 0xF))], id="all seals"),
+        pytest.param(
+            [
+                init(),
+                (AddRegion(0, MiB), 10, region_file(MiB, 7)),
+                (AddRegion(1, MiB), 11, region_file(MiB, 8)),
+            ],
+            id="two regions, two files",
+        ),
         pytest.param(
             [init(), REGION0, ring(RingType.S2M, 0, offset=MiB - ring_bytes(10, 64))],
             id="ring ends at region end",
