@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import select
+import signal
 import socket
 import threading
 import time
@@ -45,10 +46,31 @@ def _blocked_in_write(tid: int) -> bool:
         return False
 
 
+class _Late(Exception):
+    pass
+
+
+def _late(_sig: int, _frame: object) -> None:
+    raise _Late
+
+
+def _write_within(efd: int, value: int, seconds: float = 0.005) -> None:
+    """Add ``value`` to the blocking eventfd, giving up if that blocks for ``seconds``
+    (the library wrote in between and the counter cannot take it)."""
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        os.eventfd_write(efd, value)
+    except _Late:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def _fill_in_the_window(efd: int, loop_tid: int, seconds: float, shared: Shared) -> None:
     """Child: keep the eventfd one short of full, and fill it at random moments, hoping to
     land between the library's readiness check and its write. Whenever the loop thread is
-    then found inside ``write`` (syscall 1), hold it there for a second."""
+    then found inside ``write`` (an eventfd wait), hold it there for a second."""
+    signal.signal(signal.SIGALRM, _late)
     buf = bytearray(8)
     poller = select.poll()
     poller.register(efd, select.POLLOUT)
@@ -58,9 +80,9 @@ def _fill_in_the_window(efd: int, loop_tid: int, seconds: float, shared: Shared)
             os.preadv(efd, [buf], -1, os.RWF_NOWAIT)  # empty (frees a held writer)
         except BlockingIOError:
             pass
-        os.eventfd_write(efd, EVENTFD_MAX - 1)  # one short of full: "writable"
+        _write_within(efd, EVENTFD_MAX - 1)  # one short of full: "writable"
         if poller.poll(0):
-            os.eventfd_write(efd, 1)  # full now: a write already past its check blocks
+            _write_within(efd, 1)  # full now: a write already past its check blocks
         for _ in range(2):
             if _blocked_in_write(loop_tid):
                 shared[0] += 1  # caught the loop in write: hold it

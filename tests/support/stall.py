@@ -77,9 +77,10 @@ class Shared:
 
 @contextlib.contextmanager
 def forked(target: Callable[[], None], seconds: float) -> Iterator[int]:
-    """Run ``target`` in a forked child for at most ``seconds`` (+1 s of grace, then
-    SIGALRM ends it even inside a blocking syscall). Yields the child's pid; on exit waits
-    for it. ``target`` must use only ``os``-level calls (no asyncio in the child)."""
+    """Run ``target`` in a forked child for at most ``seconds``. Yields the child's pid; on
+    exit waits for it, and SIGKILLs it 3 s after ``seconds`` (it may be stuck in a blocking
+    syscall; a SIGALRM 2 s after ``seconds`` ends it sooner unless ``target`` installs its
+    own SIGALRM handler). ``target`` must use only ``os``-level calls (no asyncio)."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
