@@ -9,11 +9,13 @@ thread instead costs a thread wake-up (tens of µs) on every interrupt of every 
 
 So the syscall stays on the loop, bracketed by a counter on the :class:`Guarded` object
 (odd while inside). One daemon thread, alive while guarded eventfds exist, looks every
-:data:`TICK` seconds; an fd whose counter stayed odd and unchanged for a whole tick is
-stuck. The watchdog then does the opposite operation without blocking (it drains a full
-counter with an ``RWF_NOWAIT`` read, or adds 1 to an empty one), repeating briefly while
-the peer races it, and marks the fd ``tampered``; the loop, back from the syscall, reports
-a protocol error and the connection goes down. The longest stall is about two ticks.
+:data:`TICK` seconds; an fd whose counter stayed odd and unchanged for a whole tick, and
+which the peer has made able to block (O_NONBLOCK cleared, or for a write a full counter; a
+loop thread that is merely preempted is left alone), is stuck. The watchdog then does the
+opposite operation without blocking (it drains a full counter with an ``RWF_NOWAIT`` read,
+or adds 1 to an empty one), repeating briefly while the peer races it, and marks the fd
+``tampered``; the loop, back from the syscall, reports a protocol error and the connection
+goes down. The longest stall is about two ticks.
 
 The watchdog only touches an fd under :data:`LOCK`, which :meth:`Guarded.close_fd` also
 takes, so it never operates on a number the loop has closed and reused.
@@ -21,8 +23,10 @@ takes, so it never operates on a number the loop has closed and reused.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import select
 import threading
 import time
 import weakref
@@ -38,6 +42,9 @@ TICK: Final = 0.01
 LOCK: Final = threading.Lock()
 #: How many quick retries one rescue makes while the peer keeps re-blocking the syscall.
 _RETRIES: Final = 200
+#: Ticks after which a syscall is freed even if it does not look blockable (a peer that
+#: cleared O_NONBLOCK, blocked our read, then set the flag again).
+_PATIENCE: Final = 100
 
 _guarded: weakref.WeakSet[Guarded] = weakref.WeakSet()
 _thread: threading.Thread | None = None
@@ -66,6 +73,7 @@ class Guarded:
         #: Set by the watchdog when it had to free a syscall on this fd.
         self.tampered = False
         self._seen = 0
+        self._ticks = 0
 
     def guard(self) -> None:
         """Put this fd under the watchdog (starting its thread if needed)."""
@@ -101,8 +109,32 @@ def _watch() -> None:
         for g in items:
             ops = g.ops
             if ops & 1 and ops == g._seen:
-                _rescue(g, ops)
+                g._ticks += 1
+                if g._ticks >= _PATIENCE or _blockable(g):
+                    _rescue(g, ops)
+            else:
+                g._ticks = 0
             g._seen = ops
+
+
+def _blockable(g: Guarded) -> bool:
+    """Can the syscall on ``g`` really be waiting in the kernel (not merely slow, e.g. the
+    loop thread preempted or waiting for the GIL)? Only if the peer cleared O_NONBLOCK,
+    or (for a write) the counter is full: an honest peer leaves the flag set and never
+    fills the counter, so it is never taken for an attacker."""
+    with LOCK:
+        if g.fd < 0:
+            return False
+        try:
+            if not fcntl.fcntl(g.fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+                return True
+            if g.writing:
+                poller = select.poll()
+                poller.register(g.fd, select.POLLOUT)
+                return not poller.poll(0)
+        except OSError:
+            pass
+        return False
 
 
 def _rescue(g: Guarded, ops: int) -> None:

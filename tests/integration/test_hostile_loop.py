@@ -1,4 +1,4 @@
-"""Hostile peers that try to stall or spin the event loop (issue 17, cases 1-4 and 7).
+"""Hostile peers that try to stall or spin the event loop (issue 17, cases 2-4 and 7).
 
 Each attack runs against a real server or client while :func:`support.stall.heartbeat`
 records the longest time the loop could not run anything else; it must stay under
@@ -27,6 +27,8 @@ import aiomemif
 from aiomemif import InterfaceConfig
 from aiomemif._core.messages import Ack, Hello, Init
 from aiomemif._core.wire import MsgType
+from aiomemif._os.eventfd import EventFd
+from aiomemif._os.watchdog import TICK
 
 STALL_LIMIT = 0.05
 EVENTFD_MAX = (1 << 64) - 2  # the largest count an eventfd holds
@@ -253,3 +255,22 @@ async def test_init_deadline_is_the_shortest_timeout(sock_path: str) -> None:
             with pytest.raises(TimeoutError):  # 0.5 s on, still waiting for us
                 await peer.recv_raw(wait=0.5)
         assert srv.failures[0].reason == "Handshake timeout"
+
+
+# ------------------------------------------------- 2. the watchdog spares honest peers
+def test_watchdog_leaves_a_slow_honest_syscall_alone() -> None:
+    """A loop thread preempted (or waiting for the GIL) inside a signal looks stuck for a
+    while; with O_NONBLOCK set and the counter not full it cannot be blocked in the kernel,
+    so the watchdog must not take the peer for an attacker (that would end honest links)."""
+    efd = EventFd()
+    try:
+        efd.writing = True
+        efd.ops += 1  # "inside the write" for five ticks
+        time.sleep(5 * TICK)
+        assert not efd.tampered
+        set_blocking(efd.fd, True)  # now the peer has made it blockable
+        time.sleep(3 * TICK)
+        assert efd.tampered
+        efd.ops += 1
+    finally:
+        efd.close()
