@@ -249,8 +249,8 @@ def _config(spec: FlowSpec, app: str) -> aiomemif.InterfaceConfig:
     return aiomemif.InterfaceConfig(
         interface_id=0,
         app_name=app,
-        rx_queues=spec.queues,
-        tx_queues=spec.queues,
+        rx_queue_count=spec.queues,
+        tx_queue_count=spec.queues,
         ring_size=spec.ring_size,
         buffer_size=spec.buffer_size,
     )

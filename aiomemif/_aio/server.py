@@ -139,6 +139,10 @@ class Server:
         self._starved = False
         self._retry: asyncio.TimerHandle | None = None
         #: The shortest handshake timeout: the deadline for a client to send INIT.
+        self._max_queues = (
+            max(c.rx_queue_count for c in self._interfaces.values()),
+            max(c.tx_queue_count for c in self._interfaces.values()),
+        )
         self._init_timeout = min(c.handshake_timeout for c in self._interfaces.values())
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,7 +266,9 @@ class Server:
         return interface_id in self._bound
 
     async def _session(self, channel: ControlChannel) -> None:
-        machine = ServerHandshake(self._interfaces.get, self._is_busy, self.app_name)
+        machine = ServerHandshake(
+            self._interfaces.get, self._is_busy, self.app_name, self._max_queues
+        )
         regions: list[Region] = []
         conn: Connection | None = None
         claimed: int | None = None
@@ -302,13 +308,13 @@ class Server:
                         elif isinstance(out, Established):
                             conn = self._build(channel, machine, regions)
         except RemoteProtocolError as exc:
-            self._record(machine.interface_id, exc.reason)
+            self._record(machine.requested_id, exc.reason)
             channel.send_disconnect(exc.reason)
         except TimeoutError:
-            self._record(machine.interface_id, "Handshake timeout")
+            self._record(machine.requested_id, "Handshake timeout")
             channel.send_disconnect("Handshake timeout")
         except DisconnectedError as exc:
-            self._record(machine.interface_id, exc.reason)
+            self._record(machine.requested_id, exc.reason)
         finally:
             if conn is None:
                 owned = {r.fd for r in regions}

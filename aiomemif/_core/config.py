@@ -100,9 +100,16 @@ def _mode(value: int | w.Mode) -> w.Mode:
 class InterfaceConfig:
     """Configuration of one memif interface, for either role.
 
-    Queue counts are from this side's point of view: a client's ``tx_queues`` are S2M rings,
-    a server's ``tx_queues`` are M2S rings. A client asks for these counts (clamped to what
-    the server's HELLO allows); a server accepts at most these many rings each way.
+    Queue counts are from this side's point of view: a client's ``tx_queue_count`` counts
+    S2M rings, a server's counts M2S rings. A client asks for these counts (clamped to what
+    the server's HELLO allows); on a server they are maxima: its HELLO announces the largest
+    counts among its interfaces, and a client asking one interface for more rings than it
+    allows is refused ("Invalid ring index 1: interface 3 allows 1 s2m ring").
+
+    A server ignores ``ring_size``, ``buffer_size``, the headrooms and ``layout``: the
+    client builds the rings and buffers (as with VPP and DPDK servers, whose HELLO allows
+    rings of up to 16384 slots); what a client may make a server map is bounded by
+    ``max_region_bytes`` instead.
 
     Raises:
         ConfigurationError: any value out of range (see each field).
@@ -117,8 +124,10 @@ class InterfaceConfig:
         validator=_secret,
     )
     mode: w.Mode = attrs.field(default=w.Mode.ETHERNET, converter=_mode)
-    rx_queues: int = attrs.field(default=1, validator=_int_range(1, 256))
-    tx_queues: int = attrs.field(default=1, validator=_int_range(1, 256))
+    #: Receive queues: asked for by a client, the most a server accepts.
+    rx_queue_count: int = attrs.field(default=1, validator=_int_range(1, 256))
+    #: Transmit queues: asked for by a client, the most a server accepts.
+    tx_queue_count: int = attrs.field(default=1, validator=_int_range(1, 256))
     #: Descriptors per ring (client only: the client builds the rings).
     ring_size: int = attrs.field(default=1 << w.DEFAULT_LOG2_RING_SIZE, validator=_ring_size)
     #: Bytes per packet buffer (client only: the client builds the buffers).

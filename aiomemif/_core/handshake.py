@@ -233,8 +233,8 @@ class ClientHandshake(_Machine):
         return [
             HelloReceived(
                 msg,
-                n_s2m=min(msg.max_s2m_ring + 1, cfg.tx_queues),
-                n_m2s=min(msg.max_m2s_ring + 1, cfg.rx_queues),
+                n_s2m=min(msg.max_s2m_ring + 1, cfg.tx_queue_count),
+                n_m2s=min(msg.max_m2s_ring + 1, cfg.rx_queue_count),
                 log2_ring_size=min(msg.max_log2_ring_size, cfg.log2_ring_size),
             )
         ]
@@ -306,7 +306,8 @@ class ServerHandshake(_Machine):
     """The server side of one accepted connection.
 
     ``lookup(id)`` returns the interface configured for an id (or None); ``is_busy(id)``
-    says whether that id already has a connection or handshake. The caller marks the id
+    says whether that id already has a connection or handshake; ``max_queues`` is the
+    most (S2M, M2S) rings any interface accepts, announced in HELLO. The caller marks the id
     busy as soon as ``receive`` accepts the INIT (``interface_id`` is then set).
     """
 
@@ -318,8 +319,13 @@ class ServerHandshake(_Machine):
         lookup: Callable[[int], InterfaceConfig | None],
         is_busy: Callable[[int], bool],
         app_name: str = "aiomemif",
+        max_queues: tuple[int, int] = (w.MAX_RING_INDEX + 1, w.MAX_RING_INDEX + 1),
     ) -> None:
         self._lookup = lookup
+        #: Most (s2m, m2s) rings any interface takes: what HELLO announces.
+        self._max_queues = max_queues
+        #: The id the client's INIT named (set even when that INIT is refused).
+        self.requested_id: int | None = None
         self._is_busy = is_busy
         self.state: ServerState = ServerState.AWAIT_INIT
         self.config: InterfaceConfig | None = None
@@ -333,7 +339,8 @@ class ServerHandshake(_Machine):
 
     def hello(self) -> SendMessage:
         """The HELLO to send right after accepting the connection."""
-        return SendMessage(Hello(name=self._app_name))
+        s2m, m2s = self._max_queues
+        return SendMessage(Hello(name=self._app_name, max_s2m_ring=s2m - 1, max_m2s_ring=m2s - 1))
 
     @property
     def received_fds(self) -> list[int]:
@@ -343,6 +350,7 @@ class ServerHandshake(_Machine):
     def _on_init(self, msg: Init, _fd: int | None, _info: FdInfo | None) -> list[Output]:
         if msg.version != w.PROTOCOL_VERSION:
             raise RemoteProtocolError("Incompatible memif version")
+        self.requested_id = msg.interface_id
         cfg = self._lookup(msg.interface_id)
         if cfg is None:
             raise RemoteProtocolError("ID not found")
@@ -400,9 +408,16 @@ class ServerHandshake(_Machine):
         if msg.private_hdr_size != 0:
             raise RemoteProtocolError("Private headers not supported")
         same_dir = [r for r in self.rings if r.ring_type == msg.ring_type]
-        limit = cfg.rx_queues if msg.ring_type == w.RingType.S2M else cfg.tx_queues
-        if msg.index != len(same_dir) or msg.index >= limit:
+        limit = cfg.rx_queue_count if msg.ring_type == w.RingType.S2M else cfg.tx_queue_count
+        if msg.index != len(same_dir):
             raise RemoteProtocolError("Invalid ring index")
+        if msg.index >= limit:
+            kind = "s2m" if msg.ring_type == w.RingType.S2M else "m2s"
+            rings = "ring" if limit == 1 else "rings"
+            raise RemoteProtocolError(
+                f"Invalid ring index {msg.index}: interface {cfg.interface_id}"
+                f" allows {limit} {kind} {rings}"
+            )
         if msg.log2_ring_size > w.MAX_LOG2_RING_SIZE:
             raise RemoteProtocolError("Ring size too large")
         if msg.region >= len(self.regions):

@@ -98,8 +98,8 @@ async def _both_ways(
 async def _loopback(args: argparse.Namespace) -> int:
     cfg = InterfaceConfig(
         interface_id=args.id,
-        rx_queues=args.queues,
-        tx_queues=args.queues,
+        rx_queue_count=args.queues,
+        tx_queue_count=args.queues,
         ring_size=args.ring_size,
         buffer_size=args.buffer_size,
     )

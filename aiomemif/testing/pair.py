@@ -56,7 +56,7 @@ async def memif_pair(
     """Start a server, connect a client to it, and yield both connections.
 
     ``settings`` are :class:`~aiomemif.InterfaceConfig` fields (``ring_size=256``,
-    ``rx_queues=2``, ``secret="s"``, ...), or pass a whole ``config``; both ends get the same
+    ``rx_queue_count=2``, ``secret="s"``, ...), or pass a whole ``config``; both ends get the same
     configuration (client-only fields such as ``ring_size`` and ``buffer_size`` shape the
     shared memory). ``rx_mode`` is the receive mode of every queue on both ends (change one
     queue later with ``rx.set_mode(...)``). Without ``address`` the socket lives in a fresh

@@ -12,7 +12,7 @@ plugin changes nothing for tests that do not ask for its fixtures.
     nothing leaked. Settings come from ``@pytest.mark.memif_pair(ring_size=256, ...)`` and/or
     indirect parametrization with a dict (or an ``InterfaceConfig``)::
 
-        @pytest.mark.memif_pair(rx_queues=2, tx_queues=2, rx_mode=aiomemif.RxMode.POLLING)
+        @pytest.mark.memif_pair(rx_queue_count=2, tx_queue_count=2, rx_mode=aiomemif.RxMode.POLLING)
         async def test_two_queues(memif_pair): ...
 
         @pytest.mark.parametrize("memif_pair", [{"ring_size": 64}], indirect=True)

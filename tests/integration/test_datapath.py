@@ -975,10 +975,10 @@ QUEUE_FIELDS = {
 async def test_details_both_roles(sock_path: str) -> None:
     n, bsize = 32, 512
     ccfg = InterfaceConfig(
-        interface_id=7, secret="pw", ring_size=n, buffer_size=bsize, rx_queues=2,
+        interface_id=7, secret="pw", ring_size=n, buffer_size=bsize, rx_queue_count=2,
         app_name="cli-app", interface_name="cli-if",
     )  # fmt: skip
-    scfg = InterfaceConfig(interface_id=7, secret="pw", tx_queues=2, interface_name="srv-if")
+    scfg = InterfaceConfig(interface_id=7, secret="pw", tx_queue_count=2, interface_name="srv-if")
     async with (
         aiomemif.serve(sock_path, [scfg], app_name="srv-app", rx_mode=RxMode.POLLING) as srv,
         aiomemif.connect(sock_path, ccfg) as client,

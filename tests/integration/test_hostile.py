@@ -345,7 +345,7 @@ async def s_ring_index_repeated(peer: RawPeer, mem: ClientMemory) -> None:
 
 
 async def s_ring_index_beyond_queues(peer: RawPeer, mem: ClientMemory) -> None:
-    # The server has rx_queues=1, so S2M ring 1 is one too many (even though it is in order).
+    # The server has rx_queue_count=1, so S2M ring 1 is one too many (even though it is in order).
     await do_init(peer)
     await do_region(peer, mem)
     await do_ring(peer, mem, S2M)
@@ -442,7 +442,7 @@ async def s_disconnect_mid_handshake(peer: RawPeer, mem: ClientMemory) -> None:
     peer.send(Disconnect("client changed its mind"))
 
 
-RX_1 = InterfaceConfig(rx_queues=1, tx_queues=1)
+RX_1 = InterfaceConfig(rx_queue_count=1, tx_queue_count=1)
 SECRET = InterfaceConfig(secret="s3cret")
 LIMITED = InterfaceConfig(max_region_bytes=1 << 20)
 UNKNOWN_TYPE = re.compile(r"Unknown message type.*")
@@ -506,7 +506,12 @@ REFUSALS = [
     pytest.param(s_ring_pipe, "Interrupt fd is not an eventfd", None, id="ring-pipe"),
     pytest.param(s_ring_index_1_first, "Invalid ring index", None, id="ring-index-1-first"),
     pytest.param(s_ring_index_repeated, "Invalid ring index", None, id="ring-index-dup"),
-    pytest.param(s_ring_index_beyond_queues, "Invalid ring index", RX_1, id="ring-beyond-queues"),
+    pytest.param(
+        s_ring_index_beyond_queues,
+        "Invalid ring index 1: interface 0 allows 1 s2m ring",
+        RX_1,
+        id="ring-beyond-queues",
+    ),
     pytest.param(s_ring_log2_15, "Ring size too large", None, id="ring-log2-15"),
     pytest.param(s_ring_log2_255, "Ring size too large", None, id="ring-log2-255"),
     pytest.param(s_ring_private_hdr, "Private headers not supported", None, id="ring-priv-hdr"),

@@ -326,7 +326,7 @@ async def test_regions_from_one_file_are_refused(
 
 
 def _cacheline_128_cfg(n: int) -> InterfaceConfig:
-    return InterfaceConfig(rx_queues=n, tx_queues=n)
+    return InterfaceConfig(rx_queue_count=n, tx_queue_count=n)
 
 
 @pytest.mark.parametrize("log2", [4, 10])

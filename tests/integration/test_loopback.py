@@ -46,7 +46,7 @@ async def test_both_directions(sock_path: str) -> None:
 
 
 async def test_several_queues_each_way(sock_path: str) -> None:
-    cfg = InterfaceConfig(rx_queues=3, tx_queues=3, ring_size=64)
+    cfg = InterfaceConfig(rx_queue_count=3, tx_queue_count=3, ring_size=64)
     async with aiomemif.serve(sock_path, [cfg]) as srv, aiomemif.connect(sock_path, cfg) as client:
         server = await srv.accept()
         assert len(client.tx_queues) == len(server.rx_queues) == 3
@@ -59,29 +59,49 @@ async def test_several_queues_each_way(sock_path: str) -> None:
 
 
 async def test_client_asks_for_fewer_queues_than_server_allows(sock_path: str) -> None:
-    async with aiomemif.serve(sock_path, [InterfaceConfig(rx_queues=4, tx_queues=4)]) as srv:
-        async with aiomemif.connect(sock_path, rx_queues=1, tx_queues=2) as client:
+    async with aiomemif.serve(
+        sock_path, [InterfaceConfig(rx_queue_count=4, tx_queue_count=4)]
+    ) as srv:
+        async with aiomemif.connect(sock_path, rx_queue_count=1, tx_queue_count=2) as client:
             server = await srv.accept()
             assert len(server.rx_queues) == 2 and len(server.tx_queues) == 1
             await transfer(client.tx_queues[1], server.rx_queues[1], 100)
 
 
-async def test_client_asks_for_more_queues_than_server_allows(sock_path: str) -> None:
-    async with aiomemif.serve(sock_path, [InterfaceConfig(rx_queues=1)]) as srv:
-        with pytest.raises(aiomemif.HandshakeRefusedError, match="Invalid ring index"):
-            await aiomemif.connect(sock_path, tx_queues=2)
-        assert srv.failures[-1].reason == "Invalid ring index"
+async def test_client_asking_more_queues_gets_what_hello_allows(sock_path: str) -> None:
+    # One interface: HELLO announces its counts, and the client asks for no more.
+    cfg = InterfaceConfig(rx_queue_count=1, tx_queue_count=2)
+    async with aiomemif.serve(sock_path, [cfg]) as srv:
+        async with aiomemif.connect(sock_path, tx_queue_count=4, rx_queue_count=4) as client:
+            server = await srv.accept()
+            assert (len(client.tx_queues), len(client.rx_queues)) == (1, 2)
+            assert (len(server.rx_queues), len(server.tx_queues)) == (1, 2)
+            await transfer(client.tx_queues[0], server.rx_queues[0], 10)
+
+
+async def test_refusal_names_the_interface_limit(sock_path: str) -> None:
+    # HELLO announces the largest counts of all interfaces; interface 1 allows fewer.
+    interfaces = [
+        InterfaceConfig(interface_id=0, rx_queue_count=4),
+        InterfaceConfig(interface_id=1),
+    ]
+    async with aiomemif.serve(sock_path, interfaces) as srv:
+        reason = "Invalid ring index 1: interface 1 allows 1 s2m ring"
+        with pytest.raises(aiomemif.HandshakeRefusedError) as info:
+            await aiomemif.connect(sock_path, interface_id=1, tx_queue_count=2)
+        assert info.value.reason == reason
+        assert srv.failures[-1] == aiomemif.HandshakeFailure(1, reason)
 
 
 async def test_several_interface_ids_on_one_socket(sock_path: str) -> None:
     interfaces = [
         InterfaceConfig(interface_id=0),
-        InterfaceConfig(interface_id=7, secret="s3cret", rx_queues=2),
+        InterfaceConfig(interface_id=7, secret="s3cret", rx_queue_count=2),
         InterfaceConfig(interface_id=9, mode=aiomemif.Mode.IP),
     ]
     async with aiomemif.serve(sock_path, interfaces) as srv:
         async with (
-            aiomemif.connect(sock_path, interface_id=7, secret="s3cret", tx_queues=2) as c7,
+            aiomemif.connect(sock_path, interface_id=7, secret="s3cret", tx_queue_count=2) as c7,
             aiomemif.connect(sock_path, interface_id=9, mode=aiomemif.Mode.IP) as c9,
             aiomemif.connect(sock_path, interface_id=0) as c0,
         ):

@@ -146,7 +146,7 @@ async def test_pair_carries_traffic(nothing_leaked, memif_pair, memif_socket_pat
 
 
 @pytest.mark.asyncio
-@pytest.mark.memif_pair(interface_id=7, rx_queues=2, tx_queues=2, ring_size=64,
+@pytest.mark.memif_pair(interface_id=7, rx_queue_count=2, tx_queue_count=2, ring_size=64,
                         rx_mode=aiomemif.RxMode.POLLING)
 async def test_marker_settings(memif_pair):
     details = memif_pair.client.details()
@@ -227,7 +227,9 @@ def test_plugin_loads_without_pytest_asyncio(pytester: pytest.Pytester) -> None:
 
 
 async def test_helper_pair_both_ways_then_closed() -> None:
-    async with aiomemif.testing.memif_pair(rx_queues=2, tx_queues=2, ring_size=128) as pair:
+    async with aiomemif.testing.memif_pair(
+        rx_queue_count=2, tx_queue_count=2, ring_size=128
+    ) as pair:
         assert pair.config.ring_size == 128
         for q in range(2):
             await pair.client.tx_queues[q].send(b"up%d" % q)

@@ -49,7 +49,7 @@ async def test_macswap_every_size_both_ways(role: str, sock_path: str) -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 async def test_two_queues_each_way(role: str, sock_path: str) -> None:
-    cfg = InterfaceConfig(rx_queues=2, tx_queues=2)
+    cfg = InterfaceConfig(rx_queue_count=2, tx_queue_count=2)
     async with linked(role, sock_path, cfg, rxq=2, txq=2) as (conn, pmd):
         assert len(conn.rx_queues) == len(conn.tx_queues) == 2
         for q in range(2):

@@ -261,8 +261,8 @@ def test_full_exchange_lockstep_order(
         interface_id=interface_id,
         secret=secret,
         mode=mode,
-        tx_queues=n_tx,
-        rx_queues=n_rx,
+        tx_queue_count=n_tx,
+        rx_queue_count=n_rx,
         ring_size=1 << log2,
         buffer_size=64,
     )
@@ -272,8 +272,8 @@ def test_full_exchange_lockstep_order(
             interface_id=interface_id,
             secret=secret,
             mode=mode,
-            rx_queues=n_tx + spare_rx,  # the server receives on S2M rings
-            tx_queues=n_rx + spare_tx,
+            rx_queue_count=n_tx + spare_rx,  # the server receives on S2M rings
+            tx_queue_count=n_rx + spare_tx,
         )
     )
     ex = pump(cfg, reg, buffer_size=64)
@@ -337,7 +337,7 @@ def test_full_exchange_with_dpdk_secret_init() -> None:
 def test_hello_maxima_are_indexes_and_clamp_the_client(
     max_s2m: int, max_m2s: int, max_log2: int, tx: int, rx: int, log2: int
 ) -> None:
-    cfg = InterfaceConfig(tx_queues=tx, rx_queues=rx, ring_size=1 << log2)
+    cfg = InterfaceConfig(tx_queue_count=tx, rx_queue_count=rx, ring_size=1 << log2)
     client = ClientHandshake(cfg)
     hello = Hello(max_m2s_ring=max_m2s, max_s2m_ring=max_s2m, max_log2_ring_size=max_log2)
     (out,) = client.receive(wire(hello))
@@ -352,16 +352,16 @@ def test_hello_maxima_are_indexes_and_clamp_the_client(
 
 
 def test_zero_maxima_mean_one_ring_each() -> None:
-    client = ClientHandshake(InterfaceConfig(tx_queues=4, rx_queues=4))
+    client = ClientHandshake(InterfaceConfig(tx_queue_count=4, rx_queue_count=4))
     (out,) = client.receive(Hello(max_m2s_ring=0, max_s2m_ring=0))
     assert isinstance(out, HelloReceived)
     assert (out.n_s2m, out.n_m2s) == (1, 1)
 
 
 def test_full_exchange_with_a_clamping_hello() -> None:
-    cfg = InterfaceConfig(interface_id=1, tx_queues=4, rx_queues=4, ring_size=1024)
+    cfg = InterfaceConfig(interface_id=1, tx_queue_count=4, rx_queue_count=4, ring_size=1024)
     reg = Registry()
-    reg.add(InterfaceConfig(interface_id=1, rx_queues=4, tx_queues=4))
+    reg.add(InterfaceConfig(interface_id=1, rx_queue_count=4, tx_queue_count=4))
     hello = Hello(name="small", max_region=0, max_m2s_ring=1, max_s2m_ring=0, max_log2_ring_size=6)
     ex = pump(cfg, reg, hello=hello)
     rings = [m for m in ex.sent_by("client") if isinstance(m, AddRing)]
@@ -482,7 +482,7 @@ def server_registry() -> Registry:
     reg.add(InterfaceConfig(interface_id=4))
     reg.busy.add(4)
     reg.add(InterfaceConfig(interface_id=5, max_region_bytes=1000))
-    reg.add(InterfaceConfig(interface_id=6, rx_queues=2, tx_queues=2))
+    reg.add(InterfaceConfig(interface_id=6, rx_queue_count=2, tx_queue_count=2))
     reg.add(InterfaceConfig(interface_id=7, secret="abc123", mode=Mode.IP))
     reg.busy.add(7)
     return reg
@@ -555,9 +555,9 @@ SERVER_FAILURES: list[tuple[str, list[Step], Step, type[RemoteProtocolError], st
     ("m2s index 1 first", [init(6), REGION0], ring(RingType.M2S, 1), R, "Invalid ring index"),
     ("s2m index twice", [init(6), REGION0, S2M0], S2M0, R, "Invalid ring index"),
     ("more s2m than rx queues", [init(1), REGION0, S2M0], ring(RingType.S2M, 1, offset=32768),
-     R, "Invalid ring index"),
+     R, "Invalid ring index 1: interface 1 allows 1 s2m ring"),
     ("more m2s than tx queues", [init(1), REGION0, M2S0], ring(RingType.M2S, 1, offset=32768),
-     R, "Invalid ring index"),
+     R, "Invalid ring index 1: interface 1 allows 1 m2s ring"),
     ("log2 15", [init(), REGION0], ring(RingType.S2M, 0, log2_ring_size=15), R,
      "Ring size too large"),
     ("ring before any region", [init()], S2M0, R, "Invalid ring region"),
