@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from .. import Connection, InterfaceConfig, connect, serve
+from .. import Connection, InterfaceConfig, Server, connect, serve
 from .._os.channel import parse_address
-from ..errors import ConfigurationError
+from ..errors import (
+    AddressInUseError,
+    ConfigurationError,
+    DisconnectedError,
+    HandshakeRefusedError,
+    HandshakeTimeoutError,
+    MemifOSError,
+    PeerDisconnectedError,
+    RemoteProtocolError,
+)
 
 __all__ = [
     "SECRET_ENV",
+    "CommandError",
     "UsageError",
     "add_link_options",
+    "closed_text",
     "emit",
+    "ending_text",
     "interface_config",
+    "link_up_text",
     "open_link",
+    "os_text",
     "packet_size",
     "positive",
+    "print_json",
 ]
 
 #: Environment variable read for the secret when neither --secret nor --secret-file is given.
@@ -33,6 +51,29 @@ _MODES = {"ethernet": 0, "ip": 1}
 
 class UsageError(Exception):
     """A bad option value found after parsing (exit status 2)."""
+
+
+class CommandError(Exception):
+    """A failure the command reports as one line on stderr (exit status 1): the link could
+    not be set up (``cannot connect to X: ...``, ``handshake refused: ...``), a file could
+    not be written, ... The message is complete; it is printed after ``aiomemif CMD: ``."""
+
+
+def os_text(exc: OSError) -> str:
+    """The system's words for an OSError (``No such file or directory``), without the
+    context aiomemif adds to a :class:`~aiomemif.MemifOSError`."""
+    if isinstance(exc, AddressInUseError):
+        return str(exc.strerror or exc)
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc.strerror or exc)
+
+
+def print_json(args: argparse.Namespace, document: dict[str, Any]) -> None:
+    """Print the one JSON document of a ``--json`` run on stdout (and remember that it was
+    printed, so that a later failure does not print a second one)."""
+    print(json.dumps(document, indent=2), flush=True)
+    args.json_printed = True
 
 
 def positive(text: str) -> int:
@@ -137,24 +178,116 @@ def interface_config(args: argparse.Namespace) -> InterfaceConfig:
         raise UsageError(str(exc)) from None
 
 
+async def connect_link(args: argparse.Namespace, cfg: InterfaceConfig) -> Connection:
+    """Connect once as a client (the caller closes the connection).
+
+    Raises:
+        CommandError: the socket cannot be reached (``cannot connect to X: <strerror>``),
+            the server refused the handshake (``handshake refused: <reason>``), or the
+            handshake failed otherwise (timeout, protocol error, connection lost).
+    """
+    try:
+        return await connect(args.socket, cfg)
+    except HandshakeRefusedError as exc:
+        raise CommandError(f"handshake refused: {exc.reason}") from None
+    except MemifOSError as exc:
+        raise CommandError(f"cannot connect to {args.socket}: {os_text(exc)}") from None
+    except HandshakeTimeoutError as exc:
+        raise CommandError(f"handshake timed out: {exc}") from None
+    except RemoteProtocolError as exc:
+        raise CommandError(f"handshake failed: protocol error: {exc.reason}") from None
+    except DisconnectedError as exc:
+        raise CommandError(f"handshake failed: {exc.reason}") from None
+
+
+async def start_server(args: argparse.Namespace, cfg: InterfaceConfig) -> Server:
+    """A started server for ``cfg`` whose refused handshakes are printed on stderr (even
+    without ``-v``); the caller closes it.
+
+    Raises:
+        CommandError: the socket cannot be bound (``cannot listen on X: ...``).
+    """
+    srv = serve(args.socket, [cfg], app_name=args.name)
+    try:
+        await srv.start()
+    except MemifOSError as exc:
+        raise CommandError(f"cannot listen on {args.socket}: {os_text(exc)}") from None
+    if hasattr(srv, "events"):  # XXX until the library's server events land
+        watch_refusals(args, srv)
+    return srv
+
+
+def watch_refusals(args: argparse.Namespace, srv: Server) -> None:
+    """Print every handshake ``srv`` refuses on stderr, as it happens (until it closes)."""
+    command = getattr(args, "command", None) or "aiomemif"
+    srv_task = asyncio.get_running_loop().create_task(_refusals(command, srv))
+    _watchers.add(srv_task)
+    srv_task.add_done_callback(_watchers.discard)
+
+
+_watchers: set[asyncio.Task[None]] = set()
+
+
+async def _refusals(command: str, srv: Server) -> None:
+    async for event in srv.events():
+        if event.kind == "refused":
+            who = f"interface {event.interface_id}"
+            if event.interface_id is None:
+                who = "a client"
+            print(f"aiomemif {command}: refused {who}: {event.reason}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def open_link(args: argparse.Namespace) -> AsyncIterator[Connection]:
     """One established connection in the role the options ask for.
 
-    A server waits for one client; a client connects once. Leaving the block (also on
-    Ctrl-C) sends DISCONNECT.
+    A server waits for one client (printing refused handshakes); a client connects once.
+    Leaving the block (also on Ctrl-C or SIGTERM) sends DISCONNECT.
+
+    Raises (on entering):
+        CommandError: the link could not be set up (see :func:`connect_link` and
+            :func:`start_server`).
+        UsageError: an option value the library refuses.
     """
     cfg = interface_config(args)
     if args.role == "server":
-        async with serve(args.socket, [cfg], app_name=args.name) as srv:
+        srv = await start_server(args, cfg)
+        try:
             if not args.quiet:
                 emit(args, f"listening on {srv.address} (id {cfg.interface_id})")
             conn = await srv.accept()
             async with conn:
                 yield conn
+        finally:
+            await srv.aclose()
     else:
-        async with connect(args.socket, cfg) as conn:
+        async with await connect_link(args, cfg) as conn:
             yield conn
+
+
+def link_up_text(label: str, args: argparse.Namespace, conn: Connection) -> str:
+    """``gen: link up with 'vpp' (1 queue(s))``; says so when the peer granted fewer
+    queues than ``--queues`` asked for."""
+    got = min(len(conn.rx_queues), len(conn.tx_queues))
+    asked = getattr(args, "queues", got)
+    queues = f"{got} queue(s)" if got >= asked else f"{got} queue(s) of the {asked} asked for"
+    return f"{label}: link up with {conn.peer_app_name!r} ({queues})"
+
+
+def closed_text(conn: Connection) -> str | None:
+    """How ``conn`` ended, in the words of :func:`ending_text`; None while it is up or
+    when this side closed it."""
+    error = conn.close_reason
+    return ending_text(error) if isinstance(error, DisconnectedError) else None
+
+
+def ending_text(exc: DisconnectedError) -> str:
+    """How a link that was up ended: ``peer disconnected: <reason>`` when the peer sent
+    DISCONNECT, ``link down: <reason>`` otherwise."""
+    if isinstance(exc, PeerDisconnectedError):
+        return f"peer disconnected: {exc.reason}"
+    return f"link down: {exc.reason}"
 
 
 def emit(args: argparse.Namespace, text: str) -> None:
