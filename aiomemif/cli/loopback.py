@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import struct
 import tempfile
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import Connection, InterfaceConfig, RxQueue, TxQueue, __version__, connect, serve
-from .common import packet_size, positive
+from ..errors import ConfigurationError
+from .common import UsageError, packet_size, positive, print_json
 
 __all__ = ["register", "run"]
 
@@ -23,6 +23,10 @@ examples:
   aiomemif loopback                       1000 packets of 64 bytes each way
   aiomemif loopback --count 100000 --size 1500 --queues 2
   aiomemif loopback --json                machine-readable summary
+
+Exit status 0 when every packet arrived intact, 1 when one did not or a send failed (for
+example a packet that needs more buffers than the ring has), 2 for bad options, 130 on
+Ctrl-C, 143 on SIGTERM.
 """
 
 
@@ -36,7 +40,11 @@ def _payload(seq: int, size: int) -> bytes:
 
 
 async def _pump(tx: TxQueue, rx: RxQueue, seqs: range, size: int) -> tuple[int, int]:
-    """Send ``seqs`` on ``tx`` while receiving them on ``rx``; return (received, bad)."""
+    """Send ``seqs`` on ``tx`` while receiving them on ``rx``; return (received, bad).
+
+    Raises:
+        MemifError: what sending or receiving raised (the other side is then stopped).
+    """
     expected = {s: _payload(s, size) for s in seqs}
 
     async def sender() -> None:
@@ -49,23 +57,32 @@ async def _pump(tx: TxQueue, rx: RxQueue, seqs: range, size: int) -> tuple[int, 
         if batch:
             await tx.send_batch(batch)
 
-    received = bad = 0
-    task = asyncio.get_running_loop().create_task(sender())
-    try:
-        while received < len(seqs):
+    counts = [0, 0]  # received, bad
+
+    async def receiver() -> None:
+        while counts[0] < len(seqs):
             batch = await rx.receive()
             for pkt in batch:
                 data = bytes(pkt)
                 seq = _SEQ.unpack_from(data)[0] if len(data) >= 4 else -1
                 if expected.get(seq) != data:
-                    bad += 1
-                received += 1
+                    counts[1] += 1
+                counts[0] += 1
             batch.release()
-        await task
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(sender()), loop.create_task(receiver())]
+    try:
+        # Either failing ends both: a sender that cannot send leaves nothing to receive.
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done():
+                task.result()
     finally:
-        if not task.done():
+        for task in tasks:
             task.cancel()
-    return received, bad
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return counts[0], counts[1]
 
 
 async def _both_ways(
@@ -96,13 +113,16 @@ async def _both_ways(
 
 
 async def _loopback(args: argparse.Namespace) -> int:
-    cfg = InterfaceConfig(
-        interface_id=args.id,
-        rx_queue_count=args.queues,
-        tx_queue_count=args.queues,
-        ring_size=args.ring_size,
-        buffer_size=args.buffer_size,
-    )
+    try:
+        cfg = InterfaceConfig(
+            interface_id=args.id,
+            rx_queue_count=args.queues,
+            tx_queue_count=args.queues,
+            ring_size=args.ring_size,
+            buffer_size=args.buffer_size,
+        )
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="aiomemif-") as tmp:
         path = str(Path(tmp) / "loopback.sock")
         async with serve(path, [cfg], app_name="aiomemif-loopback") as srv:
@@ -118,7 +138,7 @@ async def _loopback(args: argparse.Namespace) -> int:
     )
     result["ok"] = ok
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(args, result)
     else:
         _print_loopback(result, args)
     return 0 if ok else 1
@@ -173,5 +193,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Run the loopback check; 0 if every packet arrived intact."""
+    """Run the loopback check; 0 if every packet arrived intact.
+
+    Raises:
+        UsageError: a bad option value (e.g. a ring size that is not a power of two).
+        MemifError: sending or receiving failed (e.g. PacketTooLargeError: a packet needs
+            more buffers than the ring has).
+    """
     return await _loopback(args)
