@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import os
+import stat
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 from .. import Connection, RxQueue
 from ..errors import DisconnectedError
 from ..tools.pcapng import DEFAULT_SNAPLEN, DIRECTION_INBOUND, PcapngWriter
-from .common import add_link_options, open_link, positive
-from .pcap_recorder import interface_description, interface_name, linktype_of, open_pcap_stream
+from .common import add_link_options, link_up_text, open_link, positive, print_json
+from .pcap_recorder import (
+    OutputError,
+    PcapStream,
+    interface_description,
+    interface_name,
+    linktype_of,
+    open_pcap_stream,
+)
 from .traffic import Progress, link_ending, seconds
 
 __all__ = ["register", "run"]
@@ -32,8 +40,10 @@ examples:
 The file is pcapng with one interface: link type ETHERNET (1), or RAW (101) in ip mode;
 timestamps in microseconds (--time-precision nano: nanoseconds), taken when a batch is
 received; each packet carries its receive queue (epb_queue) and direction inbound.
+A capture that got no packet leaves no file behind (--keep-empty keeps it).
 Exit status 0 when the capture ended normally (with -c: that many packets arrived), 1 when
-the link went down early, 2 for bad options, 130 on Ctrl-C.
+the link could not be set up or went down early or the file could not be written, 2 for
+bad options, 130 on Ctrl-C, 143 on SIGTERM.
 """
 
 _PRECISIONS = {"micro": 6, "nano": 9}
@@ -47,8 +57,9 @@ def _snaplen(text: str) -> int:
 
 
 class _Capture:
-    def __init__(self, args: argparse.Namespace, writer: PcapngWriter) -> None:
+    def __init__(self, args: argparse.Namespace, out: PcapStream, writer: PcapngWriter) -> None:
         self.args = args
+        self.out = out
         self.writer = writer
         self.limit: int | None = args.count
         self.packets = 0
@@ -71,14 +82,18 @@ class _Capture:
                     return
             batch = await rx.receive(want)
             ts = time.time_ns()
-            for pkt in batch:
-                write(pkt, timestamp_ns=ts, direction=DIRECTION_INBOUND, queue=q)
-            n = len(batch)
-            self.packets += n
-            self.nbytes += batch.nbytes
-            self.per_queue[q] += n
-            batch.release()
-            flush()
+            try:
+                for pkt in batch:
+                    write(pkt, timestamp_ns=ts, direction=DIRECTION_INBOUND, queue=q)
+                n = len(batch)
+                self.packets += n
+                self.nbytes += batch.nbytes
+                self.per_queue[q] += n
+                flush()
+            except OSError as exc:
+                raise self.out.failed(exc) from None
+            finally:
+                batch.release()
             if self.limit is not None and self.packets >= self.limit:
                 self.done.set()
                 return
@@ -106,7 +121,7 @@ class _Capture:
 
 def _print_summary(args: argparse.Namespace, s: dict[str, Any]) -> None:
     if args.json:
-        print(json.dumps(s, indent=2), flush=True)
+        print_json(args, s)
     elif not args.quiet or not s["ok"]:
         of = f" of {s['expected']}" if s["expected"] is not None else ""
         where = "standard output" if s["file"] == "-" else s["file"]
@@ -152,46 +167,67 @@ def _stdout_gone() -> None:
     os.close(devnull)
 
 
+def _remove_if_empty(path: str) -> None:
+    """Remove a capture file that got no packet (only a regular file we wrote)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
 async def run(args: argparse.Namespace) -> int:
-    """Capture packets to a pcapng file; 0 when the capture ended normally."""
-    stream: IO[bytes]
-    with open_pcap_stream(args.write, "-w", args) as stream:
-        writer = PcapngWriter(stream)
-        writer.add_interface(
-            linktype_of(args.mode),
-            snaplen=args.snaplen,
-            name=interface_name(args),
-            description=interface_description(args),
-            tsresol=_PRECISIONS[args.time_precision],
-        )
-        writer.flush()
-        cap = _Capture(args, writer)
-        try:
-            async with open_link(args) as conn:
-                if not args.quiet:
-                    print(
-                        f"capture: link up with {conn.peer_app_name!r} "
-                        f"({len(conn.rx_queues)} queue(s))",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                cap.t_start = time.monotonic()
-                await _capture(args, cap, conn)
-        except asyncio.CancelledError:
-            cap.interrupted = True
-            cap.ended = "interrupt"
-            _print_summary(args, cap.summary())
-            raise
-        except BrokenPipeError:
-            _stdout_gone()
-            cap.ended = "reader gone"
-            _print_summary(args, cap.summary())
-            return 0
-        except DisconnectedError as exc:
-            short = cap.limit is not None and cap.packets < cap.limit
-            cap.ended, error = link_ending(exc, short)
-            if error is not None:
-                cap.error = error
+    """Capture packets to a pcapng file; 0 when the capture ended normally.
+
+    Raises:
+        OutputError: the file header could not be written.
+        CommandError: the link could not be set up.
+    """
+    cap: _Capture | None = None
+    try:
+        with open_pcap_stream(args.write, "-w", args) as out:
+            try:
+                writer = PcapngWriter(out.stream)
+                writer.add_interface(
+                    linktype_of(args.mode),
+                    snaplen=args.snaplen,
+                    name=interface_name(args),
+                    description=interface_description(args),
+                    tsresol=_PRECISIONS[args.time_precision],
+                )
+            except OSError as exc:
+                raise out.failed(exc) from None
+            out.flush()
+            cap = _Capture(args, out, writer)
+            return await _run_capture(args, cap)
+    finally:
+        if (cap is None or cap.packets == 0) and args.write != "-" and not args.keep_empty:
+            _remove_if_empty(args.write)
+
+
+async def _run_capture(args: argparse.Namespace, cap: _Capture) -> int:
+    try:
+        async with open_link(args) as conn:
+            if not args.quiet:
+                print(link_up_text("capture", args, conn), file=sys.stderr, flush=True)
+            cap.t_start = time.monotonic()
+            await _capture(args, cap, conn)
+        cap.out.flush()
+    except asyncio.CancelledError:
+        cap.interrupted = True
+        cap.ended = "interrupt"
+        _print_summary(args, cap.summary())
+        raise
+    except BrokenPipeError:
+        _stdout_gone()
+        cap.ended = "reader gone"
+        _print_summary(args, cap.summary())
+        return 0
+    except OutputError as exc:
+        cap.ended, cap.error = "write error", str(exc)
+    except DisconnectedError as exc:
+        short = cap.limit is not None and cap.packets < cap.limit
+        cap.ended, error = link_ending(exc, short)
+        if error is not None:
+            cap.error = error
     summary = cap.summary()
     _print_summary(args, summary)
     return 0 if summary["ok"] else 1
@@ -224,6 +260,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=sorted(_PRECISIONS),
         default="micro",
         help="timestamp resolution: micro (if_tsresol 6, default) or nano (9)",
+    )
+    g.add_argument(
+        "--keep-empty",
+        action="store_true",
+        help="keep the file even when no packet arrived (default: remove it)",
     )
     add_link_options(p, default_role="client")
     p.set_defaults(run=run)

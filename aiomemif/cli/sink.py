@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from typing import Any
 
 from .. import Connection, RxQueue
 from ..errors import DisconnectedError
-from .common import add_link_options, open_link, positive
-from .pcap_recorder import Tap, add_pcap_option, open_tap
+from .common import add_link_options, link_up_text, open_link, positive, print_json
+from .pcap_recorder import OutputError, Tap, add_pcap_option, open_tap
 from .traffic import Checker, Progress, TestPacket, human_rate, link_ending, seconds
 
 __all__ = ["register", "run"]
@@ -30,8 +29,9 @@ examples:
 --verify checks the test packets "aiomemif gen" sends (sequence number and payload) and
 reports drops (missing sequence numbers), out-of-order (per queue), duplicate and corrupt
 packets. Exit status 0 when the run ended cleanly (with --count: every packet arrived; with
---verify: no drops, reordering, duplicates or corruption), 1 otherwise or when the link went
-down, 2 for bad options, 130 on Ctrl-C (the summary is printed in every case).
+--verify: no drops, reordering, duplicates or corruption), 1 otherwise or when the link
+could not be set up or went down or --pcap could not be written, 2 for bad options, 130 on
+Ctrl-C, 143 on SIGTERM (the summary is printed whenever the link came up).
 """
 
 
@@ -131,8 +131,10 @@ class _Sink:
 
 
 def _print_summary(args: argparse.Namespace, s: dict[str, Any]) -> None:
+    if s["ended"] == "write error":
+        print(f"aiomemif sink: {s['error']}", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps(s, indent=2), flush=True)
+        print_json(args, s)
         return
     rate = human_rate(s["packets_per_second"], s["bits_per_second"] / 8)
     of = f" of {s['expected']}" if s["expected"] is not None else ""
@@ -186,19 +188,22 @@ async def _receive(args: argparse.Namespace, sink: _Sink, conn: Connection) -> N
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Receive (and check) packets; 0 when everything expected arrived intact."""
+    """Receive (and check) packets; 0 when everything expected arrived intact.
+
+    Raises:
+        CommandError: the link could not be set up.
+    """
     with open_tap(args, args.mode) as tap:
         sink = _Sink(args, tap)
         try:
             async with open_link(args) as conn:
                 if not args.quiet:
-                    print(
-                        f"sink: link up with {conn.peer_app_name!r} "
-                        f"({len(conn.rx_queues)} queue(s))",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print(link_up_text("sink", args, conn), file=sys.stderr, flush=True)
                 await _receive(args, sink, conn)
+            if tap is not None:
+                tap.flush()
+        except OutputError as exc:
+            sink.ended, sink.error = "write error", str(exc)
         except asyncio.CancelledError:
             sink.interrupted = True
             sink.ended = "interrupt"
