@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
-from .. import Connection, TxQueue
-from ..errors import DisconnectedError
-from .common import UsageError, add_link_options, open_link, packet_size, positive
-from .pcap_recorder import Tap, add_pcap_option, open_tap
+from .. import Connection, RxQueue, TxQueue
+from ..errors import ClosedResourceError, DisconnectedError, MemifError
+from .common import (
+    UsageError,
+    add_link_options,
+    ending_text,
+    link_up_text,
+    open_link,
+    packet_size,
+    positive,
+    print_json,
+)
+from .pcap_recorder import OutputError, Tap, add_pcap_option, open_tap
 from .traffic import Progress, TestPacket, human_rate, number, seconds
 
 __all__ = ["register", "run"]
@@ -30,12 +38,18 @@ examples:
 The peer can be "aiomemif sink" (add --verify there to check every packet), VPP or DPDK.
 Test packets: ethernet mode 02:00:00:00:00:01 -> 02:00:00:00:00:02, EtherType 0x88B5;
 ip mode IPv4 198.18.0.1 -> 198.18.0.2, protocol 253; then a u64 sequence number and payload
-bytes (sequence + i) mod 256. Exit status 0 when every packet was sent, 1 when the link went
-down, 2 for bad options, 130 on Ctrl-C (the summary is printed in every case).
+bytes (sequence + i) mod 256. What the peer sends back (a reflector, say) is received and
+counted. A warning goes to stderr when nothing moved for a second while a send waits for
+ring space. Exit status 0 when every packet was sent, 1 when the link could not be set up
+or went down or a file could not be written, 2 for bad options, 130 on Ctrl-C, 143 on
+SIGTERM (the summary is printed whenever the link came up).
 """
 
 #: Longest time to wait for the peer to take what was sent before disconnecting.
 DEFAULT_LINGER = 5.0
+#: Warn when no packet was sent or received for this long while a send waits.
+STALL_WARNING: Final = 1.0
+_STALL_CHECK: Final = 0.25
 
 
 def _rate(text: str) -> float:
@@ -47,7 +61,7 @@ def _linger(text: str) -> float:
 
 
 class _Gen:
-    """Shared state of the per-queue senders."""
+    """Shared state of the per-queue senders and receivers."""
 
     def __init__(self, args: argparse.Namespace, packet: TestPacket, tap: Tap | None) -> None:
         self.args = args
@@ -58,11 +72,17 @@ class _Gen:
         self.next_seq = 0
         self.sent = 0
         self.nbytes = 0
+        self.received = 0
+        self.received_bytes = 0
         self.per_queue: list[int] = []
         self.ring_full = 0
         self.t_start: float | None = None
         self.t_end: float | None = None
+        #: When sending stops (--duration), on the event loop's clock.
         self.deadline: float | None = None
+        #: Sends waiting for ring space right now.
+        self.waiting = 0
+        self.stalls = 0
         self.drained: bool | None = None
         self.error: str | None = None
         self.interrupted = False
@@ -74,68 +94,140 @@ class _Gen:
             batch = min(batch, max(1, int(self.rate / 100)))
         self.batch = batch
 
+    def _past_deadline(self, when: float | None = None) -> bool:
+        if self.deadline is None:
+            return False
+        return (asyncio.get_running_loop().time() if when is None else when) >= self.deadline
+
     def _take(self) -> tuple[int, int]:
         """The next block of sequence numbers to send: (start, count); count 0 when done."""
         n = self.batch
         if self.limit is not None:
             n = min(n, self.limit - self.next_seq)
-        if n <= 0 or (self.deadline is not None and time.monotonic() >= self.deadline):
+        if n <= 0 or self._past_deadline():
             return self.next_seq, 0
         start = self.next_seq
         self.next_seq += n
         return start, n
 
+    def _sent(self, q: int, n: int) -> None:
+        self.sent += n
+        self.nbytes += n * self.packet.size
+        self.per_queue[q] += n
+        self.t_end = time.monotonic()
+
+    async def _pace(self, start: int) -> bool:
+        """Sleep until packet ``start`` is due under --rate; False if that is past the end."""
+        if self.rate is None:
+            return True
+        assert self.t_start is not None
+        due = self.t_start + start / self.rate
+        loop = asyncio.get_running_loop()
+        if self._past_deadline(loop.time() + (due - time.monotonic())):
+            return False
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
     async def pump(self, q: int, tx: TxQueue, ring_size: int) -> None:
+        """Send on one queue until --count or --duration is reached (a wait for ring space
+        ends at --duration too)."""
         zero_copy = self.args.zero_copy
         size = self.packet.size
         nseg = -(-size // self.args.buffer_size)
         most = max(1, ring_size // nseg)
-        build, fill, tap = self.packet.build, self.packet.fill, self.tap
-        assert self.t_start is not None
+        build, tap = self.packet.build, self.tap
         while True:
             start, n = self._take()
-            if not n:
+            if not n or not await self._pace(start):
                 return
-            if self.rate is not None:
-                delay = self.t_start + start / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if zero_copy:
-                done = 0
-                while done < n:
-                    k = min(n - done, most)
-                    bufs = await tx.alloc(k, size)
-                    try:
-                        for i, buf in enumerate(bufs):
-                            seq = start + done + i
-                            if len(buf.segments) == 1:
-                                fill(buf.view, seq)
-                                if tap is not None:
-                                    tap.write(buf.view, "out", queue=q)
-                            else:
-                                data = build(seq)
-                                buf.write(data)
-                                if tap is not None:
-                                    tap.write(data, "out", queue=q)
-                    except BaseException:
-                        tx.cancel(bufs)
-                        raise
-                    tx.commit(bufs)
-                    done += k
-            else:
-                pkts = [build(s) for s in range(start, start + n)]
-                await tx.send_batch(pkts)
-                if tap is not None:
-                    for p in pkts:
-                        tap.write(p, "out", queue=q)
-            self.sent += n
-            self.nbytes += n * size
-            self.per_queue[q] += n
-            self.t_end = time.monotonic()
+            self.waiting += 1
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    if zero_copy:
+                        await self._zero_copy(q, tx, start, n, most)
+                    else:
+                        pkts = [build(s) for s in range(start, start + n)]
+                        before = tx.counters.packets
+                        try:
+                            await tx.send_batch(pkts)
+                        finally:
+                            done = tx.counters.packets - before
+                            self._sent(q, done)
+                            if tap is not None:
+                                for p in pkts[:done]:
+                                    tap.write(p, "out", queue=q)
+            except TimeoutError:
+                return  # --duration is over while the ring was full
+            finally:
+                self.waiting -= 1
             await asyncio.sleep(0)  # let the other queues, the display and Ctrl-C in
 
+    async def _zero_copy(self, q: int, tx: TxQueue, start: int, n: int, most: int) -> None:
+        size, fill, build, tap = self.packet.size, self.packet.fill, self.packet.build, self.tap
+        done = 0
+        while done < n:
+            k = min(n - done, most)
+            bufs = await tx.alloc(k, size)
+            try:
+                for i, buf in enumerate(bufs):
+                    seq = start + done + i
+                    if len(buf.segments) == 1:
+                        fill(buf.view, seq)
+                        if tap is not None:
+                            tap.write(buf.view, "out", queue=q)
+                    else:
+                        data = build(seq)
+                        buf.write(data)
+                        if tap is not None:
+                            tap.write(data, "out", queue=q)
+            except BaseException:
+                tx.cancel(bufs)
+                raise
+            tx.commit(bufs)
+            self._sent(q, k)
+            done += k
+
+    async def take(self, q: int, rx: RxQueue) -> None:
+        """Receive and count what the peer sends back (so that a reflecting peer is never
+        stuck waiting for our receive ring), until the link goes down."""
+        tap = self.tap
+        try:
+            while True:
+                batch = await rx.receive(256)
+                try:
+                    if tap is not None:
+                        for pkt in batch:
+                            tap.write(pkt, "in", queue=q)
+                    self.received += len(batch)
+                    self.received_bytes += batch.nbytes
+                finally:
+                    batch.release()
+        except (DisconnectedError, ClosedResourceError):
+            return  # the senders see it too
+
+    async def watch(self, progress: Progress) -> None:
+        """Warn on stderr when nothing moved for STALL_WARNING s while a send waits."""
+        loop = asyncio.get_running_loop()
+        last, since, warned = (-1, -1), loop.time(), False
+        while True:
+            await asyncio.sleep(_STALL_CHECK)
+            now = (self.sent, self.received)
+            if now != last or not self.waiting:
+                last, since, warned = now, loop.time(), False
+            elif not warned and loop.time() - since >= STALL_WARNING:
+                warned = True
+                self.stalls += 1
+                progress.clear()
+                if not self.args.quiet:
+                    print(f"gen: warning: nothing sent or received for {STALL_WARNING:g} s: "
+                          "the peer takes no packets (transmit ring full)", file=sys.stderr,
+                          flush=True)  # fmt: skip
+
     def progress_sample(self) -> tuple[int, int, str]:
-        return self.sent, self.nbytes, ""
+        extra = f"received {self.received:,}" if self.received else ""
+        return self.sent, self.nbytes, extra
 
     def summary(self) -> dict[str, Any]:
         args = self.args
@@ -153,14 +245,18 @@ class _Gen:
             "transmit": "zero-copy" if args.zero_copy else "copy",
             "size": args.size,
             "queues": len(self.per_queue),
+            "queues_requested": args.queues,
             "requested": self.limit,
             "sent": self.sent,
             "bytes": self.nbytes,
+            "received": self.received,
+            "received_bytes": self.received_bytes,
             "seconds": round(elapsed, 6),
             "packets_per_second": round(self.sent / elapsed) if elapsed > 0 else 0,
             "bits_per_second": round(self.nbytes * 8 / elapsed) if elapsed > 0 else 0,
             "per_queue": list(self.per_queue),
             "ring_full_waits": ring_full,
+            "stalls": self.stalls,
             "drained": self.drained,
             "interrupted": self.interrupted,
             "error": self.error,
@@ -170,24 +266,25 @@ class _Gen:
 
 
 def _print_summary(args: argparse.Namespace, s: dict[str, Any]) -> None:
+    if s["error"] and not s["interrupted"]:
+        print(f"aiomemif gen: {s['error']}", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps(s, indent=2), flush=True)
+        print_json(args, s)
         return
     rate = human_rate(s["packets_per_second"], s["bits_per_second"] / 8)
     of = f" of {s['requested']}" if s["requested"] is not None else ""
     print(
         f"gen: sent {s['sent']}{of} packets of {s['size']} bytes ({s['bytes']} bytes) in "
         f"{s['seconds']:.3f} s, {rate}, {s['queues']} queue(s) {s['per_queue']}, "
-        f"{s['transmit']}, ring full {s['ring_full_waits']} times",
+        f"{s['transmit']}, ring full {s['ring_full_waits']} times; "
+        f"received {s['received']} packets",
         flush=True,
     )
     if s["drained"] is False:
         print("gen: warning: the peer had not taken every packet when we disconnected", flush=True)
     if s["interrupted"]:
         print("gen: interrupted", flush=True)
-    elif s["error"]:
-        print(f"gen: link down: {s['error']}", flush=True)
-    elif s["peer_left"]:
+    elif s["peer_left"] and not s["error"]:
         print(f"gen: the peer left after the last packet: {s['peer_left']}", flush=True)
 
 
@@ -203,34 +300,55 @@ async def _drain(conn: Connection, linger: float) -> bool:
         await asyncio.sleep(0.001)
 
 
+async def _send_all(args: argparse.Namespace, gen: _Gen, pumps: list[asyncio.Task[None]]) -> None:
+    assert gen.conn is not None
+    await asyncio.gather(*pumps)
+    try:
+        gen.drained = await _drain(gen.conn, args.linger)
+    except DisconnectedError as exc:
+        # Everything was sent; the peer leaving now (e.g. a sink with --count that has
+        # had enough) is no failure of ours.
+        gen.peer_left = exc.reason
+
+
 async def _generate(args: argparse.Namespace, gen: _Gen, conn: Connection) -> None:
     gen.conn = conn
     gen.per_queue = [0] * len(conn.tx_queues)
     sizes = [q.ring_size for q in conn.details().tx_queues]
     progress = Progress(args, "gen", gen.progress_sample, limit=gen.limit)
+    loop = asyncio.get_running_loop()
     gen.t_start = gen.t_end = time.monotonic()
     if args.duration is not None:
-        gen.deadline = gen.t_start + args.duration
-    tasks = [asyncio.create_task(gen.pump(q, tx, sizes[q])) for q, tx in enumerate(conn.tx_queues)]
-    shower = asyncio.create_task(progress.run())
+        gen.deadline = loop.time() + args.duration
+    pumps = [loop.create_task(gen.pump(q, tx, sizes[q])) for q, tx in enumerate(conn.tx_queues)]
+    takers = [loop.create_task(gen.take(q, rx)) for q, rx in enumerate(conn.rx_queues)]
+    helpers = [loop.create_task(progress.run()), loop.create_task(gen.watch(progress))]
+    sending = loop.create_task(_send_all(args, gen, pumps))
+    everything = [sending, *pumps, *takers, *helpers]
     try:
-        await asyncio.gather(*tasks)
-        try:
-            gen.drained = await _drain(conn, args.linger)
-        except DisconnectedError as exc:
-            # Everything was sent; the peer leaving now (e.g. a sink with --count that has
-            # had enough) is no failure of ours.
-            gen.peer_left = exc.reason
+        waiting: set[asyncio.Task[None]] = {sending, *takers}
+        while not sending.done():
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not sending and task.exception() is not None:
+                    await task  # a receive failed: raise its exception
+        await sending
     finally:
-        for t in (*tasks, shower):
+        for t in everything:
             t.cancel()
-        await asyncio.gather(*tasks, shower, return_exceptions=True)
+        await asyncio.gather(*everything, return_exceptions=True)
         progress.update()
         progress.clear()
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Send test packets; 0 when every packet was sent."""
+    """Send test packets; 0 when every packet was sent.
+
+    Raises:
+        UsageError: a bad option value.
+        CommandError: the link could not be set up, or --pcap could not be written (the
+            last flush).
+    """
     try:
         packet = TestPacket(args.mode, args.size)
     except ValueError as exc:
@@ -240,19 +358,20 @@ async def run(args: argparse.Namespace) -> int:
         try:
             async with open_link(args) as conn:
                 if not args.quiet:
-                    print(
-                        f"gen: link up with {conn.peer_app_name!r} "
-                        f"({len(conn.tx_queues)} queue(s))",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print(link_up_text("gen", args, conn), file=sys.stderr, flush=True)
                 await _generate(args, gen, conn)
+            if tap is not None:
+                tap.flush()
         except asyncio.CancelledError:
             gen.interrupted = True
             _print_summary(args, gen.summary())
             raise
         except DisconnectedError as exc:
-            gen.error = exc.reason
+            gen.error = ending_text(exc)
+        except OutputError as exc:
+            gen.error = str(exc)
+        except MemifError as exc:  # e.g. a packet that cannot fit the ring
+            gen.error = str(exc)
     summary = gen.summary()
     _print_summary(args, summary)
     return 0 if summary["ok"] else 1
