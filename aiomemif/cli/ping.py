@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
@@ -12,9 +11,18 @@ import time
 from typing import Any
 
 from .. import Connection, RxQueue, TxQueue
-from ..errors import ClosedResourceError, DisconnectedError
+from ..errors import ClosedResourceError, DisconnectedError, WouldBlockError
 from ..tools import packets
-from .common import UsageError, add_link_options, emit, open_link, positive
+from .common import (
+    UsageError,
+    add_link_options,
+    closed_text,
+    emit,
+    ending_text,
+    open_link,
+    positive,
+    print_json,
+)
 from .responder import ipv4_arg, mac_arg
 
 __all__ = ["register", "run"]
@@ -29,8 +37,13 @@ examples:
   aiomemif ping --socket @memif --mode ip 192.168.1.1 --json
       bare IPv4 packets (no Ethernet, no ARP); JSON summary on stdout
 
-Exit status: 0 if any reply arrived, 1 if none did (or the link went down early),
-2 for bad options, 130 on Ctrl-C (after the summary).
+Every wait is bounded: a request that cannot be sent within -W seconds (the peer offers
+no buffers) is skipped and counted as not sent, so a run ends after about
+-c x -i + -W seconds whatever the peer does.
+
+Exit status: 0 if any reply arrived, 1 if none did (ARP failed, nothing could be sent, no
+reply) or the link could not be set up or went down early, 2 for bad options, 130 on
+Ctrl-C, 143 on SIGTERM (after the summary).
 """
 
 _ARP_ATTEMPTS = 3
@@ -87,6 +100,10 @@ class _Pinger:
         self.sent: dict[int, float] = {}  # seq -> send time
         self.answered: set[int] = set()
         self.transmitted = 0
+        self.unsent = 0
+        self.dropped_replies = 0
+        #: Why no echo request was sent (ARP failed), if so.
+        self.arp_error: str | None = None
         self.rtts: list[float] = []
         self.duplicates = self.late = self.corrupt = 0
         self.replies: list[dict[str, Any]] = []
@@ -106,8 +123,23 @@ class _Pinger:
                     self._packet(bytes(pkt), now, out)
             finally:
                 batch.release()
-            if out:
-                await self.tx.send_batch(out)
+            if out:  # ARP replies: never wait for ring space here, the receiver must go on
+                try:
+                    sent = self.tx.send_batch_nowait(out)
+                except WouldBlockError:
+                    sent = 0
+                self.dropped_replies += len(out) - sent
+
+    async def _send(self, frame: bytes) -> bool:
+        """Send ``frame``, waiting at most -W seconds for ring space; False if it was not
+        sent (the peer offers no buffers)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.tx.send(frame)
+        except TimeoutError:
+            self.unsent += 1
+            return False
+        return True
 
     def _packet(self, data: bytes, now: float, out: list[bytes]) -> None:
         if not self.ethernet:
@@ -184,8 +216,11 @@ class _Pinger:
         loop = asyncio.get_running_loop()
         self.arp_reply = loop.create_future()
         request = packets.arp_request(self.src_mac, self.src_ip, self.target)
+        sent = 0
         for _ in range(_ARP_ATTEMPTS):
-            await self.tx.send(request)
+            if not await self._send(request):
+                continue
+            sent += 1
             waiting: list[asyncio.Future[Any]] = [self.arp_reply, receiver]
             await asyncio.wait(waiting, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
             if self.arp_reply.done():
@@ -197,6 +232,14 @@ class _Pinger:
             if receiver.done():
                 break
         self.arp_reply.cancel()
+        who = packets.format_ip(self.target)
+        if sent:
+            self.arp_error = f"no ARP reply from {who} ({sent} tries)"
+        else:
+            self.arp_error = (
+                f"no ARP request could be sent to {who} in {_ARP_ATTEMPTS} tries of "
+                f"{self.timeout:g} s: the peer offers no buffers"
+            )
         return False
 
     async def ping(self, receiver: asyncio.Task[None]) -> None:
@@ -218,8 +261,15 @@ class _Pinger:
                               ident=self.ip_ident)  # fmt: skip
             frame = self._frame(ip)
             self.answered.discard(seq)  # seq wrapped around: a new request
-            last = self.sent[seq] = time.perf_counter()
-            await self.tx.send(frame)
+            self.sent.pop(seq, None)
+            stamp = time.perf_counter()
+            if not await self._send(frame):
+                if self.lines:
+                    print(f"icmp_seq={seq}: not sent: no room in the transmit ring for "
+                          f"{self.timeout:g} s (the peer offers no buffers)",
+                          flush=True)  # fmt: skip
+                continue
+            last = self.sent[seq] = stamp
             self.transmitted += 1
         deadline = last + self.timeout
         while len(self.answered) < min(self.transmitted, 0x10000) and not receiver.done():
@@ -235,9 +285,15 @@ class _Pinger:
                 waiter.cancel()
 
     # -- results -------------------------------------------------------------------------
+    def ok(self, link_down: str | None) -> bool:
+        """Any reply arrived (and the link did not go down before the last request)."""
+        return bool(self.rtts) and (link_down is None or self.transmitted == self.args.count)
+
     def summary(self, link_down: str | None, interrupted: bool) -> dict[str, Any]:
         received = len(self.rtts)
-        loss = 100.0 * (self.transmitted - received) / self.transmitted if self.transmitted else 0.0
+        loss: float | None = None
+        if self.transmitted:
+            loss = round(100.0 * (self.transmitted - received) / self.transmitted, 4)
         rtt: dict[str, float] | None = None
         if self.rtts:
             mean = sum(self.rtts) / received
@@ -245,17 +301,22 @@ class _Pinger:
             rtt = {"min": round(min(self.rtts), 3), "avg": round(mean, 3),
                    "max": round(max(self.rtts), 3), "mdev": round(math.sqrt(var), 3)}  # fmt: skip
         return {
+            "command": "ping",
+            "ok": self.ok(link_down) and not interrupted,
             "target": packets.format_ip(self.target),
             "source": packets.format_ip(self.src_ip),
             "mode": "ethernet" if self.ethernet else "ip",
             "target_mac": packets.format_mac(self.target_mac) if self.target_mac else None,
             "size": self.size,
             "transmitted": self.transmitted,
+            "not_sent": self.unsent,
             "received": received,
             "duplicates": self.duplicates,
             "late": self.late,
             "wrong_data": self.corrupt,
-            "loss_percent": round(loss, 4),
+            "loss_percent": loss,
+            "arp_error": self.arp_error,
+            "arp_replies_dropped": self.dropped_replies,
             "time_ms": round((time.monotonic() - self.started) * 1000.0),
             "rtt_ms": rtt,
             "replies": self.replies,
@@ -266,14 +327,22 @@ class _Pinger:
     def print_summary(self, link_down: str | None = None, interrupted: bool = False) -> None:
         s = self.summary(link_down, interrupted)
         if self.args.json:
-            print(json.dumps(s, indent=2), flush=True)
+            print_json(self.args, s)
+            return
+        print(f"\n--- {s['target']} ping statistics ---")
+        if s["arp_error"] is not None:
+            print(f"ARP failed ({s['arp_error']}): no echo request sent, "
+                  f"time {s['time_ms']}ms", flush=True)  # fmt: skip
             return
         extra = f", +{s['duplicates']} duplicates" if s["duplicates"] else ""
         if s["wrong_data"]:
             extra += f", {s['wrong_data']} with wrong data"
-        print(f"\n--- {s['target']} ping statistics ---")
+        if s["not_sent"]:
+            extra += f", {s['not_sent']} not sent (transmit ring full)"
+        if s["loss_percent"] is not None:
+            extra += f", {s['loss_percent']:g}% packet loss"
         print(f"{s['transmitted']} packets transmitted, {s['received']} received{extra}, "
-              f"{s['loss_percent']:g}% packet loss, time {s['time_ms']}ms")  # fmt: skip
+              f"time {s['time_ms']}ms")  # fmt: skip
         if s["rtt_ms"]:
             r = s["rtt_ms"]
             print(f"rtt min/avg/max/mdev = {r['min']:.3f}/{r['avg']:.3f}/{r['max']:.3f}/"
@@ -287,18 +356,26 @@ def _error(text: str) -> None:
 
 
 def _link_down_reason(conn: Connection, receiver: asyncio.Task[None]) -> str | None:
+    """How the link ended while we pinged (``peer disconnected: ...``), if it did."""
     if not receiver.done() or receiver.cancelled():
         return None
     exc = receiver.exception()
-    if exc is None or isinstance(exc, ClosedResourceError):
+    if exc is None:  # the iteration ended: the link is down
+        return closed_text(conn)
+    if isinstance(exc, ClosedResourceError):
         return None
     if isinstance(exc, DisconnectedError):
-        return exc.reason
+        return ending_text(exc)
     raise exc
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Ping; 0 if any reply arrived."""
+    """Ping; 0 if any reply arrived.
+
+    Raises:
+        UsageError: -s too large for an Ethernet frame (or another bad option value).
+        CommandError: the link could not be set up.
+    """
     if args.mode == 0 and args.size > 65535 - 14 - packets.IPV4_HEADER_LEN - 8:
         raise UsageError(f"-s {args.size} does not fit an Ethernet frame of at most 65535 bytes")
     async with open_link(args) as conn:
@@ -312,12 +389,13 @@ async def run(args: argparse.Namespace) -> int:
                       f"{args.size}({args.size + 28}) bytes of data.", flush=True)  # fmt: skip
             if not await pinger.resolve(receiver):
                 reason = _link_down_reason(conn, receiver)
-                if reason is None:
-                    who = packets.format_ip(pinger.target)
-                    _error(f"no ARP reply from {who} ({_ARP_ATTEMPTS} tries)")
+                if reason is None and pinger.arp_error is not None:
+                    _error(f"ARP failed: {pinger.arp_error}; no echo request sent")
             else:
                 await pinger.ping(receiver)
                 reason = _link_down_reason(conn, receiver)
+        except DisconnectedError as exc:  # a send found the link down
+            reason = ending_text(exc)
         except asyncio.CancelledError:  # Ctrl-C: summary first, then 130
             pinger.print_summary(interrupted=True)
             raise
@@ -325,10 +403,12 @@ async def run(args: argparse.Namespace) -> int:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
     if reason is not None:
-        _error(f"link down: {reason}")
+        _error(reason)
+    elif pinger.unsent and not pinger.rtts and pinger.arp_error is None:
+        _error(f"{pinger.unsent} of {args.count} echo requests not sent: the peer offers "
+               "no buffers")  # fmt: skip
     pinger.print_summary(link_down=reason)
-    ok = bool(pinger.rtts) and (reason is None or pinger.transmitted == args.count)
-    return 0 if ok else 1
+    return 0 if pinger.ok(reason) else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,15 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from typing import IO, Any
 
-from .. import Connection, InterfaceConfig, Packet, Role, serve
+from .. import Connection, InterfaceConfig, Packet, Role
 from ..errors import ClosedResourceError, DisconnectedError, MemifError, PeerDisconnectedError
 from ..tools import packets
-from .common import add_link_options, emit, interface_config, open_link, positive
+from .common import (
+    add_link_options,
+    closed_text,
+    emit,
+    interface_config,
+    open_link,
+    positive,
+    print_json,
+    start_server,
+)
 from .pcap_recorder import Tap, add_pcap_option, open_tap
 
 __all__ = ["ipv4_arg", "mac_arg", "register", "run"]
@@ -28,8 +36,10 @@ examples:
       bare IPv4 (no Ethernet), stop after five echo replies
   aiomemif responder --role server --socket /tmp/x.sock --pcap replies.pcapng
 
-The server role keeps listening: when a client goes, the next one is served. The client
-role ends when the link goes down (exit 0 if the server sent DISCONNECT).
+The server role keeps listening: when a client goes, the next one is served; refused
+handshakes are printed on stderr. The client role ends when the link goes down (exit 0 if
+the server sent DISCONNECT). Exit status 1 when the link could not be set up or --pcap
+could not be written, 2 for bad options, 130 on Ctrl-C, 143 on SIGTERM.
 """
 
 #: After --count replies: how long to let the peer read the last reply before DISCONNECT.
@@ -119,7 +129,7 @@ class _Responder:
         s["interrupted"] = interrupted
         s["link_down_reason"] = reason
         if self.args.json:
-            print(json.dumps(s, indent=2), flush=True)
+            print_json(self.args, s)
             return
         who = s["ip"] + (f" ({s['mac']})" if s["mac"] else "")
         print(f"--- responder {who} statistics ---", file=self.log)
@@ -130,7 +140,7 @@ class _Responder:
             file=self.log,
         )
         links = "link" if s["links"] == 1 else "links"
-        end = "interrupted" if interrupted else (f"link down: {reason}" if reason else "done")
+        end = "interrupted" if interrupted else (reason or "done")
         print(f"{s['links']} {links}, {s['seconds']:.3f} s, {end}", file=self.log, flush=True)
 
 
@@ -164,7 +174,8 @@ async def _linger(conn: Connection) -> None:
 
 
 async def _serve_link(conn: Connection, r: _Responder) -> str | None:
-    """Answer on every queue until --count is reached (None) or the link goes down (why)."""
+    """Answer on every queue until --count is reached (None) or the link goes down (how:
+    ``peer disconnected: <reason>`` or ``link down: <reason>``)."""
     r.links += 1
     emit(r.args, f"link up: peer {conn.peer_app_name!r} interface {conn.peer_interface_name!r}, "
          f"{len(conn.rx_queues)} rx / {len(conn.tx_queues)} tx queue(s)")  # fmt: skip
@@ -187,12 +198,12 @@ async def _serve_link(conn: Connection, r: _Responder) -> str | None:
     if r.done.is_set():
         await _linger(conn)
         return None
-    error = conn.close_reason
-    return error.reason if isinstance(error, DisconnectedError) else str(error)
+    return closed_text(conn) or f"link down: {conn.close_reason}"
 
 
 async def _as_server(args: argparse.Namespace, cfg: InterfaceConfig, r: _Responder) -> int:
-    async with serve(args.socket, [cfg], app_name=args.name) as srv:
+    srv = await start_server(args, cfg)
+    try:
         emit(args, f"listening on {srv.address} (id {cfg.interface_id}); Ctrl-C to stop")
         while True:
             conn = await srv.accept()
@@ -200,7 +211,9 @@ async def _as_server(args: argparse.Namespace, cfg: InterfaceConfig, r: _Respond
                 reason = await _serve_link(conn, r)
             if reason is None:
                 return 0
-            emit(args, f"link down: {reason}; waiting for the next client")
+            emit(args, f"{reason}; waiting for the next client")
+    finally:
+        await srv.aclose()
 
 
 async def _as_client(args: argparse.Namespace, r: _Responder) -> tuple[int, str | None]:
@@ -208,12 +221,17 @@ async def _as_client(args: argparse.Namespace, r: _Responder) -> tuple[int, str 
         reason = await _serve_link(conn, r)
     if reason is None:
         return 0, None
-    emit(args, f"link down: {reason}")
+    emit(args, reason)
     return (0 if isinstance(conn.close_reason, PeerDisconnectedError) else 1), reason
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Answer until interrupted, --count echo replies, or (as a client) the link goes down."""
+    """Answer until interrupted, --count echo replies, or (as a client) the link goes down.
+
+    Raises:
+        CommandError: the link could not be set up (or the server could not listen), or
+            --pcap could not be written.
+    """
     cfg = interface_config(args)
     log = sys.stderr if args.json or args.pcap == "-" else sys.stdout
     with open_tap(args, args.mode) as tap:

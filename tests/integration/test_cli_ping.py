@@ -106,7 +106,7 @@ def test_responder_client_ping_server(sock_path: str, mode: str) -> None:
             rcode, rout, rerr = finish(resp)
     assert rcode == 0, rerr
     assert responder_counts(rout) == (5, 1 if mode == "ethernet" else 0)
-    assert "link down: closed by peer application" in rout
+    assert "peer disconnected: closed by peer application" in rout
     assert (
         len(re.findall(r"ICMP echo request 192\.168\.1\.2 > 192\.168\.1\.1 .*replied", rout)) == 5
     )
@@ -174,8 +174,18 @@ def test_ping_without_answers_exits_1(sock_path: str) -> None:
         # Wrong target: no ARP reply.
         arp = run("ping", "--socket", sock_path, "192.168.1.99", "-c", "2", "-W", "0.2")
         assert arp.returncode == 1
-        assert "no ARP reply from 192.168.1.99" in arp.stderr
-        assert "0 packets transmitted, 0 received" in arp.stdout
+        assert "ARP failed: no ARP reply from 192.168.1.99 (3 tries)" in arp.stderr
+        # The summary says what happened, not "0 packets transmitted, 0% packet loss".
+        assert "ARP failed (no ARP reply from 192.168.1.99 (3 tries)): no echo request sent" in (
+            arp.stdout
+        )
+        assert "packet loss" not in arp.stdout and "transmitted" not in arp.stdout
+        arp_json = run("ping", "--socket", sock_path, "192.168.1.99", "-c", "2", "-W", "0.2",
+                       "--json")  # fmt: skip
+        assert arp_json.returncode == 1
+        doc = json.loads(arp_json.stdout)
+        assert doc["ok"] is False and doc["transmitted"] == 0 and doc["loss_percent"] is None
+        assert doc["arp_error"] == "no ARP reply from 192.168.1.99 (3 tries)"
         # Known MAC, wrong IP: echo requests go out, nothing comes back.
         lost = run("ping", "--socket", sock_path, "192.168.1.99", "--target-mac",
                    "02:fe:00:00:00:01", "-c", "2", "-i", "0.05", "-W", "0.2")  # fmt: skip
@@ -201,7 +211,7 @@ def test_ctrl_c_ends_responder_with_summary_and_disconnect(sock_path: str) -> No
     assert "interrupted" in out and responder_counts(out)[0] > 5
     assert "Traceback" not in err
     # The responder said goodbye with DISCONNECT (its reason reached the ping) ...
-    assert "link down: closed by peer application" in perr
+    assert "peer disconnected: closed by peer application" in perr
     # ... and the ping, cut short, still printed its summary and failed.
     assert pcode == 1
     assert "packets transmitted" in pout and "rtt min/avg/max/mdev" in pout
@@ -254,7 +264,7 @@ def test_probe_against_aiomemif_server(sock_path: str) -> None:
         resp.send_signal(signal.SIGINT)
         _, _, err = finish(resp)
     # One accepted probe connection, closed by the probe with DISCONNECT.
-    assert "link down: aiomemif probe done" in err
+    assert "peer disconnected: aiomemif probe done" in err
 
 
 def test_probe_unreachable(sock_dir: Path) -> None:
