@@ -44,6 +44,7 @@ from .errors import ClosedResourceError as ClosedResourceError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ConnectionLostError as ConnectionLostError
 from .errors import DisconnectedError as DisconnectedError
+from .errors import EmptyPacketError as EmptyPacketError
 from .errors import HandshakeRefusedError as HandshakeRefusedError
 from .errors import HandshakeTimeoutError as HandshakeTimeoutError
 from .errors import LocalProtocolError as LocalProtocolError
@@ -91,6 +92,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionLostError",
     "DisconnectedError",
+    "EmptyPacketError",
     "HandshakeRefusedError",
     "HandshakeTimeoutError",
     "LocalProtocolError",

@@ -49,9 +49,20 @@ class Connection:
 
     Use it as an async context manager: leaving the block closes it gracefully (a
     DISCONNECT with a reason goes to the peer). ``rx_queues``/``tx_queues`` are lists indexed
-    by queue id. When the link goes down, pending and later queue operations raise
-    :class:`~aiomemif.errors.DisconnectedError` (peer side) or
-    :class:`~aiomemif.errors.ClosedResourceError` (this side).
+    by queue id.
+
+    How a link ends, and what its queues do then:
+
+    - normally: the peer sent DISCONNECT (:class:`~aiomemif.errors.PeerDisconnectedError`)
+      or this side closed it (:class:`~aiomemif.errors.ClosedResourceError`). ``async for``
+      over a receive queue (and over :meth:`receive_all`) ends quietly;
+    - abnormally: the socket closed without DISCONNECT
+      (:class:`~aiomemif.errors.ConnectionLostError`) or the peer broke the protocol
+      (:class:`~aiomemif.errors.RemoteProtocolError`, after we sent DISCONNECT with the
+      reason). ``async for`` raises it.
+
+    Either way, waiting and later calls such as ``receive`` and ``send`` raise that
+    exception, and :attr:`close_reason` / :attr:`close_error` say why.
     """
 
     def __init__(
@@ -79,6 +90,7 @@ class Connection:
         self.rx_queues: list[RxQueue] = []
         self.tx_queues: list[TxQueue] = []
         self._error: MemifError | None = None
+        self._reason: str | None = None
         self._closed: asyncio.Future[MemifError] = loop.create_future()
         self._on_closed: list[Callable[[Connection], None]] = []
 
@@ -107,9 +119,35 @@ class Connection:
         return self._error is None
 
     @property
-    def close_reason(self) -> MemifError | None:
-        """Why the link went down (None while it is up)."""
+    def close_reason(self) -> str | None:
+        """Why the link went down, as text (None while it is up): the peer's DISCONNECT
+        reason, the reason given to :meth:`aclose`, ``"connection aborted"``,
+        ``"connection lost"`` or the protocol violation that ended it."""
+        return self._reason
+
+    @property
+    def close_error(self) -> MemifError | None:
+        """The exception that describes the end (None while the link is up).
+
+        :class:`~aiomemif.errors.PeerDisconnectedError` (the peer closed normally) and
+        :class:`~aiomemif.errors.ClosedResourceError` (this side closed) are normal ends;
+        :class:`~aiomemif.errors.ConnectionLostError` and
+        :class:`~aiomemif.errors.RemoteProtocolError` are not (see :attr:`closed_normally`).
+        """
         return self._error
+
+    @property
+    def closed_by_peer(self) -> bool:
+        """True once the peer ended the link (DISCONNECT, or the socket closed under us);
+        False while it is up or when this side closed it (``aclose``, ``abort``, or a
+        protocol violation detected here)."""
+        return isinstance(self._error, DisconnectedError)
+
+    @property
+    def closed_normally(self) -> bool:
+        """True once the link ended normally: the peer sent DISCONNECT or this side closed
+        it. ``async for`` over a queue ends quietly then, and raises otherwise."""
+        return _normal_end(self._error)
 
     async def wait_closed(self) -> MemifError:
         """Wait until the link is down; return the error describing why (never raises it)."""
@@ -143,26 +181,27 @@ class Connection:
             return
         log.warning("memif %s: protocol error: %s", self.config.if_name, exc.reason)
         self._channel.send_disconnect(exc.reason)
-        err = DisconnectedError(f"protocol error: {exc.reason}")
-        err.__cause__ = exc
-        self._teardown(err)
+        self._teardown(exc, exc.reason)
 
     # -- closing ---------------------------------------------------------------------------
     async def aclose(self, reason: str = "closed by peer application") -> None:
         """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises)."""
         if self._error is None:
             self._channel.send_disconnect(reason)
-            self._teardown(ClosedResourceError("connection closed"))
+            self._teardown(ClosedResourceError("connection closed"), reason)
         await asyncio.sleep(0)
 
     def abort(self) -> None:
         """Tear down at once, without telling the peer (idempotent)."""
-        self._teardown(ClosedResourceError("connection aborted"))
+        self._teardown(ClosedResourceError("connection aborted"), "connection aborted")
 
-    def _teardown(self, error: MemifError) -> None:
+    def _teardown(self, error: MemifError, reason: str | None = None) -> None:
         if self._error is not None:
             return
         self._error = error
+        if reason is None:
+            reason = error.reason if isinstance(error, DisconnectedError) else str(error)
+        self._reason = reason
         if isinstance(error, DisconnectedError):
             log.info("memif %s down: %s", self.config.if_name, error.reason)
         readers.remove_reader(self._loop, self._channel.fd)
@@ -250,6 +289,11 @@ class UntilClosed(Generic[T]):
             return await self._get()
         except ClosedResourceError:
             raise StopAsyncIteration from None
+
+
+def _normal_end(error: MemifError | None) -> bool:
+    """True for the errors that mean a normal end of a link (DISCONNECT or our close)."""
+    return isinstance(error, PeerDisconnectedError | ClosedResourceError)
 
 
 def discard_queued(queue: asyncio.Queue[T], item: T) -> None:

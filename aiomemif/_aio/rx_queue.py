@@ -25,6 +25,7 @@ from ..errors import (
     ClosedResourceError,
     ConfigurationError,
     MemifError,
+    PeerDisconnectedError,
     RemoteProtocolError,
     WouldBlockError,
 )
@@ -253,7 +254,8 @@ class RxQueue(QueueBase):
 
         Raises:
             ConfigurationError: a negative budget or interval.
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         if spin_budget < 0 or poll_interval < 0:
             raise ConfigurationError("spin_budget and poll_interval must not be negative")
@@ -316,8 +318,9 @@ class RxQueue(QueueBase):
 
         Raises:
             ClosedResourceError: the connection was closed by this side.
-            DisconnectedError: the link went down (``PeerDisconnectedError`` with the peer's
-                reason, ``ConnectionLostError``, or a protocol error's reason).
+            DisconnectedError: the link went down from the peer's side
+                (``PeerDisconnectedError`` with the peer's reason, ``ConnectionLostError``).
+            RemoteProtocolError: the peer broke the protocol (we sent DISCONNECT).
             BusyResourceError: another task is already receiving on this queue.
             ConfigurationError: ``max_packets`` is below 1.
         """
@@ -401,14 +404,17 @@ class RxQueue(QueueBase):
         return self
 
     async def __anext__(self) -> Batch:
-        """Next batch; iteration ends when this side closes the connection.
+        """Next batch; iteration ends quietly when the link ends normally (the peer sent
+        DISCONNECT, or this side closed the connection).
 
         Raises:
-            DisconnectedError: the link went down from the peer's side.
+            ConnectionLostError: the socket closed without DISCONNECT.
+            RemoteProtocolError: the peer broke the protocol (we sent DISCONNECT).
+            BusyResourceError: another task is receiving on this queue.
         """
         try:
             return await self.receive()
-        except ClosedResourceError:
+        except (ClosedResourceError, PeerDisconnectedError):
             raise StopAsyncIteration from None
 
     def _batch_released(self, batch: Batch) -> None:

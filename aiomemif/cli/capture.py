@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .. import Connection, RxQueue
-from ..errors import DisconnectedError
+from ..errors import DisconnectedError, RemoteProtocolError
 from ..tools.pcapng import DEFAULT_SNAPLEN, DIRECTION_INBOUND, PcapngWriter
 from .common import add_link_options, link_up_text, open_link, positive, print_json
 from .pcap_recorder import (
@@ -223,7 +223,7 @@ async def _run_capture(args: argparse.Namespace, cap: _Capture) -> int:
         return 0
     except OutputError as exc:
         cap.ended, cap.error = "write error", str(exc)
-    except DisconnectedError as exc:
+    except (DisconnectedError, RemoteProtocolError) as exc:
         short = cap.limit is not None and cap.packets < cap.limit
         cap.ended, error = link_ending(exc, short)
         if error is not None:

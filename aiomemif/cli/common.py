@@ -278,15 +278,20 @@ def link_up_text(label: str, args: argparse.Namespace, conn: Connection) -> str:
 def closed_text(conn: Connection) -> str | None:
     """How ``conn`` ended, in the words of :func:`ending_text`; None while it is up or
     when this side closed it."""
-    error = conn.close_reason
-    return ending_text(error) if isinstance(error, DisconnectedError) else None
+    error = conn.close_error
+    if isinstance(error, DisconnectedError | RemoteProtocolError):
+        return ending_text(error)
+    return None
 
 
-def ending_text(exc: DisconnectedError) -> str:
+def ending_text(exc: DisconnectedError | RemoteProtocolError) -> str:
     """How a link that was up ended: ``peer disconnected: <reason>`` when the peer sent
-    DISCONNECT, ``link down: <reason>`` otherwise."""
+    DISCONNECT, ``link down: <reason>`` (``link down: protocol error: <reason>``)
+    otherwise."""
     if isinstance(exc, PeerDisconnectedError):
         return f"peer disconnected: {exc.reason}"
+    if isinstance(exc, RemoteProtocolError):
+        return f"link down: protocol error: {exc.reason}"
     return f"link down: {exc.reason}"
 
 

@@ -9,7 +9,7 @@ import time
 from typing import Any, Final
 
 from .. import Connection, RxQueue, TxQueue
-from ..errors import ClosedResourceError, DisconnectedError, MemifError
+from ..errors import ClosedResourceError, DisconnectedError, MemifError, RemoteProtocolError
 from .common import (
     UsageError,
     add_link_options,
@@ -366,7 +366,7 @@ async def run(args: argparse.Namespace) -> int:
             gen.interrupted = True
             _print_summary(args, gen.summary())
             raise
-        except DisconnectedError as exc:
+        except (DisconnectedError, RemoteProtocolError) as exc:
             gen.error = ending_text(exc)
         except OutputError as exc:
             gen.error = str(exc)

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .. import Connection, RxQueue, TxQueue
-from ..errors import ClosedResourceError, DisconnectedError, WouldBlockError
+from ..errors import ClosedResourceError, DisconnectedError, RemoteProtocolError, WouldBlockError
 from ..tools import packets
 from .common import (
     UsageError,
@@ -114,7 +114,7 @@ class _Pinger:
 
     # -- receiving ---------------------------------------------------------------------
     async def receive(self) -> None:
-        """Handle every packet until the link goes down (raises DisconnectedError)."""
+        """Handle every packet until the link goes down (quietly on DISCONNECT)."""
         async for batch in self.rx:
             now = time.perf_counter()
             out: list[bytes] = []
@@ -360,11 +360,11 @@ def _link_down_reason(conn: Connection, receiver: asyncio.Task[None]) -> str | N
     if not receiver.done() or receiver.cancelled():
         return None
     exc = receiver.exception()
-    if exc is None:  # the iteration ended: the link is down
+    if exc is None:  # the iteration ended: the peer sent DISCONNECT (or we closed)
         return closed_text(conn)
     if isinstance(exc, ClosedResourceError):
         return None
-    if isinstance(exc, DisconnectedError):
+    if isinstance(exc, DisconnectedError | RemoteProtocolError):
         return ending_text(exc)
     raise exc
 
@@ -394,7 +394,7 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 await pinger.ping(receiver)
                 reason = _link_down_reason(conn, receiver)
-        except DisconnectedError as exc:  # a send found the link down
+        except (DisconnectedError, RemoteProtocolError) as exc:  # a send found the link down
             reason = ending_text(exc)
         except asyncio.CancelledError:  # Ctrl-C: summary first, then 130
             pinger.print_summary(interrupted=True)

@@ -10,7 +10,13 @@ import time
 from typing import IO, Any
 
 from .. import Connection, InterfaceConfig, Packet, Role
-from ..errors import ClosedResourceError, DisconnectedError, MemifError, PeerDisconnectedError
+from ..errors import (
+    ClosedResourceError,
+    DisconnectedError,
+    MemifError,
+    PeerDisconnectedError,
+    RemoteProtocolError,
+)
 from ..tools import packets
 from .common import (
     add_link_options,
@@ -193,12 +199,14 @@ async def _serve_link(conn: Connection, r: _Responder) -> str | None:
         if task.cancelled():
             continue
         exc = task.exception()
-        if exc is not None and not isinstance(exc, DisconnectedError | ClosedResourceError):
+        if exc is not None and not isinstance(
+            exc, DisconnectedError | ClosedResourceError | RemoteProtocolError
+        ):
             raise exc
     if r.done.is_set():
         await _linger(conn)
         return None
-    return closed_text(conn) or f"link down: {conn.close_reason}"
+    return closed_text(conn) or f"link down: {conn.close_reason or 'connection closed'}"
 
 
 async def _as_server(args: argparse.Namespace, cfg: InterfaceConfig, r: _Responder) -> int:
@@ -222,7 +230,7 @@ async def _as_client(args: argparse.Namespace, r: _Responder) -> tuple[int, str 
     if reason is None:
         return 0, None
     emit(args, reason)
-    return (0 if isinstance(conn.close_reason, PeerDisconnectedError) else 1), reason
+    return (0 if isinstance(conn.close_error, PeerDisconnectedError) else 1), reason
 
 
 async def run(args: argparse.Namespace) -> int:

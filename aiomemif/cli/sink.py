@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .. import Connection, RxQueue
-from ..errors import DisconnectedError
+from ..errors import DisconnectedError, RemoteProtocolError
 from .common import add_link_options, link_up_text, open_link, positive, print_json
 from .pcap_recorder import OutputError, Tap, add_pcap_option, open_tap
 from .traffic import Checker, Progress, TestPacket, human_rate, link_ending, seconds
@@ -209,7 +209,7 @@ async def run(args: argparse.Namespace) -> int:
             sink.ended = "interrupt"
             _print_summary(args, sink.summary())
             raise
-        except DisconnectedError as exc:
+        except (DisconnectedError, RemoteProtocolError) as exc:
             short = sink.limit is not None and sink.received < sink.limit
             sink.ended, error = link_ending(exc, short)
             if error is not None:

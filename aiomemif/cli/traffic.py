@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Final, TextIO
 
 from .. import ChainedPacket
-from ..errors import DisconnectedError, PeerDisconnectedError
+from ..errors import DisconnectedError, PeerDisconnectedError, RemoteProtocolError
 
 __all__ = [
     "DST_MAC",
@@ -284,7 +284,9 @@ class Progress:
             self.update()
 
 
-def link_ending(exc: DisconnectedError, short: bool) -> tuple[str, str | None]:
+def link_ending(
+    exc: DisconnectedError | RemoteProtocolError, short: bool
+) -> tuple[str, str | None]:
     """How a receiving tool's link ended: ``(ended, error)``.
 
     The peer leaving with DISCONNECT is the normal end, and a failure only while ``short``
@@ -292,4 +294,6 @@ def link_ending(exc: DisconnectedError, short: bool) -> tuple[str, str | None]:
     """
     if isinstance(exc, PeerDisconnectedError):
         return "peer disconnect", exc.reason if short else None
+    if isinstance(exc, RemoteProtocolError):
+        return "link down", f"protocol error: {exc.reason}"
     return "link down", exc.reason

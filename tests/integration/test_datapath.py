@@ -394,7 +394,7 @@ async def test_alloc_more_packets_than_the_ring_is_refused(sock_path: str, sende
         for count in (0, -1):
             with pytest.raises(aiomemif.ConfigurationError):
                 tx.alloc_nowait(count, 64)
-        with pytest.raises(aiomemif.PacketTooLargeError):
+        with pytest.raises(aiomemif.EmptyPacketError):
             tx.alloc_nowait(1, 0)
         with pytest.raises(aiomemif.PacketTooLargeError):
             tx.alloc_nowait(1, 65536)
