@@ -17,10 +17,11 @@ from __future__ import annotations
 from ._aio.batch import Batch as Batch
 from ._aio.client import Client as Client
 from ._aio.client import ConnectContext as ConnectContext
-from ._aio.client import LinkEvent as LinkEvent
 from ._aio.client import ReconnectPolicy as ReconnectPolicy
 from ._aio.client import connect as connect
 from ._aio.connection import Connection as Connection
+from ._aio.events import LinkEvent as LinkEvent
+from ._aio.events import ServerEvent as ServerEvent
 from ._aio.rx_queue import RxMode as RxMode
 from ._aio.rx_queue import RxQueue as RxQueue
 from ._aio.server import HandshakeFailure as HandshakeFailure
@@ -80,6 +81,7 @@ __all__ = [
     "RxMode",
     "RxQueue",
     "Server",
+    "ServerEvent",
     "TxBuffer",
     "TxBuffers",
     "TxQueue",
