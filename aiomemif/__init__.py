@@ -17,10 +17,12 @@ from __future__ import annotations
 from ._aio.batch import Batch as Batch
 from ._aio.client import Client as Client
 from ._aio.client import ConnectContext as ConnectContext
-from ._aio.client import LinkEvent as LinkEvent
 from ._aio.client import ReconnectPolicy as ReconnectPolicy
 from ._aio.client import connect as connect
 from ._aio.connection import Connection as Connection
+from ._aio.events import LinkEvent as LinkEvent
+from ._aio.events import ServerEvent as ServerEvent
+from ._aio.receive_all import ReceiveAll as ReceiveAll
 from ._aio.rx_queue import RxMode as RxMode
 from ._aio.rx_queue import RxQueue as RxQueue
 from ._aio.server import HandshakeFailure as HandshakeFailure
@@ -73,6 +75,7 @@ __all__ = [
     "Mode",
     "Packet",
     "QueueDetails",
+    "ReceiveAll",
     "ReconnectPolicy",
     "RegionDetails",
     "RegionLayout",
@@ -80,6 +83,7 @@ __all__ = [
     "RxMode",
     "RxQueue",
     "Server",
+    "ServerEvent",
     "TxBuffer",
     "TxBuffers",
     "TxQueue",

@@ -25,7 +25,8 @@ from ..errors import (
     PeerDisconnectedError,
     RemoteProtocolError,
 )
-from .rx_queue import ProtocolErrorHandler, RxQueue
+from .receive_all import ReceiveAll
+from .rx_queue import DEFAULT_BATCH, ProtocolErrorHandler, RxQueue
 from .tx_queue import TxQueue
 
 __all__ = ["Connection", "UntilClosed", "discard_queued"]
@@ -91,6 +92,8 @@ class Connection:
         self.tx_queues: list[TxQueue] = []
         self._error: MemifError | None = None
         self._reason: str | None = None
+        #: Receive queues still handing out what the peer published before it left.
+        self._draining: set[RxQueue] = set()
         self._closed: asyncio.Future[MemifError] = loop.create_future()
         self._on_closed: list[Callable[[Connection], None]] = []
 
@@ -185,15 +188,23 @@ class Connection:
 
     # -- closing ---------------------------------------------------------------------------
     async def aclose(self, reason: str = "closed by peer application") -> None:
-        """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises)."""
+        """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises).
+
+        On a link the peer already ended, this drops what its receive queues had not
+        handed out yet and frees the shared memory.
+        """
         if self._error is None:
             self._channel.send_disconnect(reason)
             self._teardown(ClosedResourceError("connection closed"), reason)
+        else:
+            self._stop_draining()
         await asyncio.sleep(0)
 
     def abort(self) -> None:
-        """Tear down at once, without telling the peer (idempotent)."""
+        """Tear down at once, without telling the peer (idempotent); as :meth:`aclose`,
+        it ends the draining of a link the peer ended."""
         self._teardown(ClosedResourceError("connection aborted"), "connection aborted")
+        self._stop_draining()
 
     def _teardown(self, error: MemifError, reason: str | None = None) -> None:
         if self._error is not None:
@@ -206,21 +217,40 @@ class Connection:
             log.info("memif %s down: %s", self.config.if_name, error.reason)
         readers.remove_reader(self._loop, self._channel.fd)
         self._channel.close()
+        # The peer ended the link: packets it published before stay readable (the memory
+        # stays mapped) until each queue has handed them out or the link is closed here.
+        drain = isinstance(error, DisconnectedError)
         for q in self.rx_queues:
-            q._shutdown(error)
+            if q._shutdown(error, drain):
+                self._draining.add(q)
+                q._on_drained = self._queue_drained
         for tq in self.tx_queues:
             tq._shutdown(error)
-        for ring in self._rings:
-            ring.release()
         for efd in self._efds:
             efd.close()
-        for region in self._regions:
-            region.close()
+        if not self._draining:
+            self._free_memory()
         if not self._closed.done():
             self._closed.set_result(error)
         callbacks, self._on_closed = self._on_closed, []
         for cb in callbacks:
             cb(self)
+
+    def _queue_drained(self, queue: RxQueue) -> None:
+        self._draining.discard(queue)
+        if not self._draining:
+            self._free_memory()
+
+    def _stop_draining(self) -> None:
+        for q in list(self._draining):
+            q._shutdown(self._error or ClosedResourceError("connection closed"))
+
+    def _free_memory(self) -> None:
+        for ring in self._rings:
+            ring.release()
+        self._rings = []
+        for region in self._regions:
+            region.close()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -229,6 +259,23 @@ class Connection:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    # -- several queues ------------------------------------------------------------------
+    def receive_all(self, max_packets: int = DEFAULT_BATCH) -> ReceiveAll:
+        """Receive from every receive queue at once: ``async for qid, batch in
+        conn.receive_all():``. Ends (or raises) like ``async for`` over one queue; see
+        :class:`~aiomemif._aio.receive_all.ReceiveAll` for leaving early.
+
+        Raises:
+            ConfigurationError: ``max_packets`` is below 1.
+        """
+        return ReceiveAll(self.rx_queues, max_packets)
+
+    def tx_queue_for(self, key: int) -> TxQueue:
+        """The transmit queue for ``key`` (``tx_queues[key % len(tx_queues)]``): pass a
+        flow hash to spread flows over the queues with each flow's packets in order, or
+        a receive queue's ``qid`` to answer on the matching queue."""
+        return self.tx_queues[key % len(self.tx_queues)]
 
     # -- details -------------------------------------------------------------------------
     def details(self) -> ConnectionDetails:
@@ -296,13 +343,18 @@ def _normal_end(error: MemifError | None) -> bool:
     return isinstance(error, PeerDisconnectedError | ClosedResourceError)
 
 
-def discard_queued(queue: asyncio.Queue[T], item: T) -> None:
-    """Remove ``item`` from ``queue`` if it is still waiting there; the rest keep their
-    order. (A connection that went down before anyone took it is not kept alive.)"""
+def discard_queued(queue: asyncio.Queue[T], item: T) -> bool:
+    """Remove ``item`` from ``queue`` if it is still waiting there (True if it was); the
+    rest keep their order. (A connection that went down before anyone took it is not
+    kept alive.)"""
     kept: list[T] = []
+    found = False
     while not queue.empty():
         other = queue.get_nowait()
-        if other is not item:
+        if other is item:
+            found = True
+        else:
             kept.append(other)
     for other in kept:
         queue.put_nowait(other)
+    return found

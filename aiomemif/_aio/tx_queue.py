@@ -399,6 +399,9 @@ class TxQueue(QueueBase):
             self._signal()
         return len(moved)
 
+    def _end(self, error: MemifError) -> None:
+        self._shutdown(error)
+
     def _shutdown(self, error: MemifError) -> None:
         self._error = error
         res = self._endpoint.reservation

@@ -104,3 +104,51 @@ async def test_empty_packet_has_its_own_error() -> None:
             with pytest.raises(aiomemif.EmptyPacketError):
                 tx.alloc_nowait(1, 0)
         assert not issubclass(aiomemif.EmptyPacketError, aiomemif.PacketTooLargeError)
+
+
+@pytest.mark.parametrize("sender", ["client", "server"])
+async def test_packets_sent_before_disconnect_are_still_received(sender: str) -> None:
+    """The peer publishes and closes at once: what it published is handed out before
+    ``async for`` ends (the memory stays mapped until then)."""
+    async with memif_pair(ring_size=64) as pair:
+        src, dst = (pair.client, pair.server) if sender == "client" else (pair.server, pair.client)
+        frames = [b"frame %d" % i for i in range(40)]
+        await src.tx_queues[0].send_batch(frames)
+        await src.aclose("sent everything")
+        async with asyncio.timeout(5):
+            await dst.wait_closed()
+        assert not dst.is_up
+        assert await drain(dst.rx_queues[0]) == frames
+        assert dst.close_reason == "sent everything"
+        with pytest.raises(aiomemif.PeerDisconnectedError):
+            dst.rx_queues[0].receive_nowait()
+
+
+async def test_closing_a_draining_link_drops_the_rest_and_frees_memory() -> None:
+    async with memif_pair(ring_size=16) as pair:
+        await pair.client.tx_queues[0].send_batch([b"a", b"b", b"c"])
+        await pair.client.aclose()
+        async with asyncio.timeout(5):
+            await pair.server.wait_closed()
+        batch = await pair.server.rx_queues[0].receive(max_packets=1)
+        assert [bytes(p) for p in batch] == [b"a"]
+        await pair.server.aclose()  # the rest is dropped; the test's leak check sees no map
+        with pytest.raises(aiomemif.PeerDisconnectedError):
+            await pair.server.rx_queues[0].receive()
+
+
+async def test_a_lost_connection_drains_then_raises() -> None:
+    async with memif_pair() as pair:
+        await pair.client.tx_queues[0].send(b"last words")
+        pair.client.abort()  # no DISCONNECT
+        async with asyncio.timeout(5):
+            await pair.server.wait_closed()
+        got: list[bytes] = []
+
+        async def collect() -> None:
+            async for batch in pair.server.rx_queues[0]:
+                got.extend(bytes(p) for p in batch)
+
+        with pytest.raises(aiomemif.ConnectionLostError):
+            await collect()
+        assert got == [b"last words"]
