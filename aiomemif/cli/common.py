@@ -200,42 +200,39 @@ async def connect_link(args: argparse.Namespace, cfg: InterfaceConfig) -> Connec
         raise CommandError(f"handshake failed: {exc.reason}") from None
 
 
-async def start_server(args: argparse.Namespace, cfg: InterfaceConfig) -> Server:
-    """A started server for ``cfg`` whose refused handshakes are printed on stderr (even
-    without ``-v``); the caller closes it.
+@contextlib.asynccontextmanager
+async def serving(args: argparse.Namespace, cfg: InterfaceConfig) -> AsyncIterator[Server]:
+    """A started server for ``cfg``, closed when the block ends. Every handshake it refuses
+    is printed on stderr as it happens (``aiomemif CMD: refused interface N: <reason>``),
+    even without ``-v``.
 
-    Raises:
+    Raises (on entering):
         CommandError: the socket cannot be bound (``cannot listen on X: ...``).
     """
-    srv = serve(args.socket, [cfg], app_name=args.name)
-    try:
-        await srv.start()
-    except MemifOSError as exc:
-        raise CommandError(f"cannot listen on {args.socket}: {os_text(exc)}") from None
-    if hasattr(srv, "events"):  # XXX until the library's server events land
-        watch_refusals(args, srv)
-    return srv
-
-
-def watch_refusals(args: argparse.Namespace, srv: Server) -> None:
-    """Print every handshake ``srv`` refuses on stderr, as it happens (until it closes)."""
     command = getattr(args, "command", None) or "aiomemif"
-    srv_task = asyncio.get_running_loop().create_task(_refusals(command, srv))
-    _watchers.add(srv_task)
-    srv_task.add_done_callback(_watchers.discard)
+    srv = serve(args.socket, [cfg], app_name=args.name)
+    watcher = asyncio.get_running_loop().create_task(_print_refusals(command, srv))
+    await asyncio.sleep(0)  # subscribed before the first client can be refused
+    try:
+        try:
+            await srv.start()
+        except MemifOSError as exc:
+            raise CommandError(f"cannot listen on {args.socket}: {os_text(exc)}") from None
+        yield srv
+    finally:
+        await srv.aclose()  # which ends the events, after those still queued
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
-_watchers: set[asyncio.Task[None]] = set()
-
-
-async def _refusals(command: str, srv: Server) -> None:
+async def _print_refusals(command: str, srv: Server) -> None:
     async for event in srv.events():
-        if event.kind == "refused":
-            who = f"interface {event.interface_id}"
-            if event.interface_id is None:
-                who = "a client"
-            print(f"aiomemif {command}: refused {who}: {event.reason}", file=sys.stderr,
-                  flush=True)  # fmt: skip
+        if event.kind != "refused":
+            continue
+        if event.interface_id is None:  # before INIT: also a client that just hung up
+            text = f"handshake with a client failed: {event.reason}"
+        else:
+            text = f"refused interface {event.interface_id}: {event.reason}"
+        print(f"aiomemif {command}: {text}", file=sys.stderr, flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -247,20 +244,17 @@ async def open_link(args: argparse.Namespace) -> AsyncIterator[Connection]:
 
     Raises (on entering):
         CommandError: the link could not be set up (see :func:`connect_link` and
-            :func:`start_server`).
+            :func:`serving`).
         UsageError: an option value the library refuses.
     """
     cfg = interface_config(args)
     if args.role == "server":
-        srv = await start_server(args, cfg)
-        try:
+        async with serving(args, cfg) as srv:
             if not args.quiet:
                 emit(args, f"listening on {srv.address} (id {cfg.interface_id})")
             conn = await srv.accept()
             async with conn:
                 yield conn
-        finally:
-            await srv.aclose()
     else:
         async with await connect_link(args, cfg) as conn:
             yield conn

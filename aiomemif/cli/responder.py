@@ -26,7 +26,7 @@ from .common import (
     open_link,
     positive,
     print_json,
-    start_server,
+    serving,
 )
 from .pcap_recorder import Tap, add_pcap_option, open_tap
 
@@ -210,8 +210,7 @@ async def _serve_link(conn: Connection, r: _Responder) -> str | None:
 
 
 async def _as_server(args: argparse.Namespace, cfg: InterfaceConfig, r: _Responder) -> int:
-    srv = await start_server(args, cfg)
-    try:
+    async with serving(args, cfg) as srv:
         emit(args, f"listening on {srv.address} (id {cfg.interface_id}); Ctrl-C to stop")
         while True:
             conn = await srv.accept()
@@ -220,8 +219,6 @@ async def _as_server(args: argparse.Namespace, cfg: InterfaceConfig, r: _Respond
             if reason is None:
                 return 0
             emit(args, f"{reason}; waiting for the next client")
-    finally:
-        await srv.aclose()
 
 
 async def _as_client(args: argparse.Namespace, r: _Responder) -> tuple[int, str | None]:
