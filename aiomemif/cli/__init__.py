@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import logging
 import signal
 import sys
 import traceback
@@ -100,6 +101,21 @@ async def _run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signum)
 
 
+def _not_a_refusal(record: logging.LogRecord) -> bool:
+    """Server refusals are printed by the commands themselves (from the server's events)."""
+    return not str(record.msg).startswith("memif server %s: refused")
+
+
+def _library_log(args: argparse.Namespace) -> logging.Handler:
+    """Show the library's own log records on stderr as ``aiomemif CMD: ...``: warnings,
+    and with ``-vv`` information too."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"aiomemif {args.command}: %(message)s"))
+    handler.addFilter(_not_a_refusal)
+    handler.setLevel(logging.INFO if getattr(args, "verbose", 0) >= 2 else logging.WARNING)
+    return handler
+
+
 def _report(args: argparse.Namespace, status: int, message: str) -> int:
     """Print a failure: one line on stderr; with --json also the JSON document (unless the
     command printed its own)."""
@@ -146,6 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_json(argparse.Namespace(), {"command": command, "ok": False,
                                               "error": exc.message, "exit_status": 2})  # fmt: skip
         return 2
+    log = logging.getLogger("aiomemif")
+    handler = _library_log(args)
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(handler.level)
+    log.propagate = False
+    try:
+        return _main(args)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         status = asyncio.run(_run(args))
         if status in (130, 143):
