@@ -362,3 +362,28 @@ def test_fewer_queues_than_asked_are_reported(sock_path: str, sock_dir: Path) ->
         code, _ = finish(sink)
     assert gen.returncode == 0 and code == 0, gen.stderr
     assert "gen: link up with 'aiomemif' (1 queue(s) of the 4 asked for)" in gen.stderr
+
+
+@pytest.mark.parametrize("command", ["responder", "sink", "capture", "ping", "gen"])
+def test_servers_print_refused_handshakes(command: str, sock_path: str, sock_dir: Path) -> None:
+    err = sock_dir / "server.err"
+    args = [command, "--role", "server", "--socket", sock_path, "--secret", "right"]
+    if command == "capture":
+        args += ["-w", str(sock_dir / "x.pcapng")]
+    if command == "ping":
+        args.append("192.168.1.1")
+    with started(*args, err=err) as server:
+        wait_for(err, server, b"listening on")
+        wrong = run("probe", "--socket", sock_path, "--id", "0", "--secret", "wrong")
+        unknown = run("probe", "--socket", sock_path, "--id", "7")
+        wait_for(err, server, b"ID not found")
+        server.send_signal(signal.SIGTERM)
+        code, _ = finish(server)
+    assert wrong.returncode == unknown.returncode == 1
+    text = err.read_text()
+    assert code == 143, text
+    assert f"aiomemif {command}: refused interface 0: Incorrect secret\n" in text
+    assert f"aiomemif {command}: refused interface 7: ID not found\n" in text
+    assert text.count("refused interface") == 2 and "link down" not in text
+    # The HELLO-only half of each probe: the client hung up before INIT.
+    assert text.count("handshake with a client failed: aiomemif probe done") == 2
