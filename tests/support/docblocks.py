@@ -97,7 +97,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        name = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
+        return f"{name}:{self.line}"
 
 
 def parse_directive(body: str) -> Directive:

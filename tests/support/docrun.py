@@ -116,6 +116,7 @@ class Peer:
         self.sent = frames(d.send, d.size)
         self.stage = "starting"
         self.received: list[bytes] = []
+        self.block: asyncio.Task[None] | None = None  # set once the block runs
 
     async def send(self, conn: aiomemif.Connection) -> None:
         if self.sent:
@@ -137,9 +138,10 @@ class Peer:
         while tx.free_slots() < ring_size:
             self.stage = "waiting for the block to consume our frames"
             await asyncio.sleep(0.001)
-        while d.wait is not None and d.wait not in self.out.getvalue():
+        if d.wait is not None:
             self.stage = f"waiting for the block to print {d.wait!r}"
-            await asyncio.sleep(0.001)
+            await wait_output(self.out, d.wait, self.block)
+            assert d.wait in self.out.getvalue(), f"the block ended without printing {d.wait!r}"
         self.stage = "closing"
         await conn.aclose(CLOSE_REASON)
         self.stage = "closed"
@@ -179,8 +181,9 @@ def pair_names(pair: MemifPair) -> dict[str, Any]:
     }
 
 
-async def _wait_output(out: io.StringIO, text: str | None) -> None:
-    while text is not None and text not in out.getvalue():
+async def wait_output(out: io.StringIO, text: str, block: asyncio.Task[None] | None) -> None:
+    """Until the block printed ``text`` (or ended: then it never will)."""
+    while text not in out.getvalue() and not (block is not None and block.done()):
         await asyncio.sleep(0.001)
 
 
@@ -231,7 +234,7 @@ async def _supervise(
     namespace: dict[str, Any],
     out: io.StringIO,
 ) -> None:
-    block = asyncio.create_task(program(), name="doc block")
+    block = peer.block = asyncio.create_task(program(), name="doc block")
     tasks = [block]
     stage = "running the block"
     try:
@@ -242,12 +245,12 @@ async def _supervise(
                 stage = "the peer"
                 # Until the peer is done; a block that fails meanwhile fails the test now.
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                if block.done() and block.exception() is not None:
+                if block.done() and not peer_task.done() and block.exception() is not None:
                     await block
                 await peer_task
             if d.output is not None:
                 stage = f"waiting for the block to print {d.output!r}"
-                await _wait_output(out, d.output)
+                await wait_output(out, d.output, block)
             if d.stop is not None:
                 stage = f"closing {d.stop!r}"
                 await namespace[d.stop].aclose()
