@@ -17,10 +17,11 @@ from __future__ import annotations
 from ._aio.batch import Batch as Batch
 from ._aio.client import Client as Client
 from ._aio.client import ConnectContext as ConnectContext
-from ._aio.client import LinkEvent as LinkEvent
 from ._aio.client import ReconnectPolicy as ReconnectPolicy
 from ._aio.client import connect as connect
 from ._aio.connection import Connection as Connection
+from ._aio.events import LinkEvent as LinkEvent
+from ._aio.events import ServerEvent as ServerEvent
 from ._aio.rx_queue import RxMode as RxMode
 from ._aio.rx_queue import RxQueue as RxQueue
 from ._aio.server import HandshakeFailure as HandshakeFailure
@@ -44,6 +45,7 @@ from .errors import ClosedResourceError as ClosedResourceError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ConnectionLostError as ConnectionLostError
 from .errors import DisconnectedError as DisconnectedError
+from .errors import EmptyPacketError as EmptyPacketError
 from .errors import HandshakeRefusedError as HandshakeRefusedError
 from .errors import HandshakeTimeoutError as HandshakeTimeoutError
 from .errors import LocalProtocolError as LocalProtocolError
@@ -79,6 +81,7 @@ __all__ = [
     "RxMode",
     "RxQueue",
     "Server",
+    "ServerEvent",
     "TxBuffer",
     "TxBuffers",
     "TxQueue",
@@ -91,6 +94,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionLostError",
     "DisconnectedError",
+    "EmptyPacketError",
     "HandshakeRefusedError",
     "HandshakeTimeoutError",
     "LocalProtocolError",

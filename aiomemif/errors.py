@@ -5,8 +5,10 @@
     MemifError
     ├── ConfigurationError (also ValueError)      a bad argument or configuration
     ├── PacketTooLargeError (also ValueError)     a packet that no buffer chain can carry
+    ├── EmptyPacketError (also ValueError)        a packet of 0 bytes (memif has none)
     ├── ProtocolError
-    │   ├── RemoteProtocolError                   the peer broke the protocol (has .reason)
+    │   ├── RemoteProtocolError                   the peer broke the protocol (has .reason),
+    │   │                                         during the handshake or after link-up
     │   │   └── ResourceError                     a region or eventfd from the peer is unusable
     │   └── LocalProtocolError                    we were asked to break the protocol
     ├── DisconnectedError                         the link is down (has .reason)
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionLostError",
     "DisconnectedError",
+    "EmptyPacketError",
     "HandshakeRefusedError",
     "HandshakeTimeoutError",
     "LocalProtocolError",
@@ -56,6 +59,10 @@ class ConfigurationError(MemifError, ValueError):
 
 class PacketTooLargeError(MemifError, ValueError):
     """A packet is larger than what the transmit ring can carry."""
+
+
+class EmptyPacketError(MemifError, ValueError):
+    """A packet of 0 bytes was given to send (a memif descriptor carries 1..65535)."""
 
 
 class ProtocolError(MemifError):

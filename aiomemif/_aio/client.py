@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 from array import array
@@ -34,10 +35,13 @@ from ..errors import (
     RemoteProtocolError,
 )
 from .connection import Connection, UntilClosed, discard_queued
+from .events import EventStreams, LinkEvent
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
-__all__ = ["Client", "ConnectContext", "LinkEvent", "ReconnectPolicy", "connect"]
+__all__ = ["Client", "ConnectContext", "ReconnectPolicy", "connect"]
+
+log = logging.getLogger("aiomemif")
 
 
 def _config(config: InterfaceConfig | None, kwargs: dict[str, Any]) -> InterfaceConfig:
@@ -272,18 +276,6 @@ class ReconnectPolicy:
 
 
 @final
-@attrs.frozen
-class LinkEvent:
-    """A change of a client's link: up (with the new connection) or down (with why)."""
-
-    up: bool
-    connection: Connection | None = None
-    #: Why the link went down (the peer's DISCONNECT reason, or what was lost).
-    reason: str | None = None
-    error: MemifError | None = None
-
-
-@final
 class Client:
     """A client interface that keeps (re)connecting until closed.
 
@@ -295,7 +287,9 @@ class Client:
                     ...   # runs until the link goes down; then the next connection comes
 
     ``connections()`` ends when the client is closed; if ``reconnect.attempts`` runs out it
-    raises the last connection error.
+    raises the last connection error. Every failed attempt is logged at WARNING on the
+    ``aiomemif`` logger (with its reason and the delay before the next attempt) and is a
+    ``"failed"`` :class:`LinkEvent` on :meth:`link_events`.
     """
 
     def __init__(
@@ -317,7 +311,7 @@ class Client:
         self._queue: asyncio.Queue[Connection | MemifError | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._subscribers: list[asyncio.Queue[LinkEvent | None]] = []
+        self._events: EventStreams[LinkEvent] = EventStreams()
         #: The error that ended the reconnect loop (attempts ran out), if any.
         self._gave_up: MemifError | None = None
         #: Pulsed when a link comes up, the loop gives up, or the client closes.
@@ -342,63 +336,93 @@ class Client:
                     if isinstance(exc, ConfigurationError):
                         raise
                     failures += 1
-                    self.last_error = exc if isinstance(exc, MemifError) else None
-                    if self.policy.attempts is not None and failures >= self.policy.attempts:
-                        self._give_up(
-                            exc if isinstance(exc, MemifError) else ClosedResourceError(str(exc))
-                        )
+                    err = exc if isinstance(exc, MemifError) else MemifError(str(exc))
+                    self.last_error = err
+                    if await self._failed(err, failures):
                         return
-                    await asyncio.sleep(self.policy.delay(failures))
                     continue
                 failures = 0
                 self.connection = conn
                 self._queue.put_nowait(conn)
                 self._notify()
-                self._publish(LinkEvent(True, conn))
+                self._events.publish(LinkEvent(kind="up", connection=conn))
                 err = await conn.wait_closed()
                 self.connection = None
-                discard_queued(self._queue, conn)  # never taken by connections(): drop it
-                reason = err.reason if isinstance(err, DisconnectedError) else str(err)
-                self._publish(LinkEvent(False, conn, reason, err))
+                if discard_queued(self._queue, conn):  # never taken by connections()
+                    conn.abort()  # drop it, and the memory kept for a receiver
+                delay = self.policy.delay(1)
+                reason = conn.close_reason
+                log.info("%s: link down: %s; reconnecting in %.2f s", self._name, reason, delay)
+                self._events.publish(
+                    LinkEvent(
+                        kind="down", connection=conn, reason=reason, error=err, retry_in=delay
+                    )
+                )
                 del conn  # nothing here should keep a dead link alive while reconnecting
-                if isinstance(err, DisconnectedError):
+                if isinstance(err, DisconnectedError | RemoteProtocolError):
                     self.last_error = err
-                await asyncio.sleep(self.policy.delay(1))
+                await asyncio.sleep(delay)
         except MemifError as exc:
             self._give_up(exc)
+
+    @property
+    def _name(self) -> str:
+        where = format_address(parse_address(self.address))
+        return f"memif client {where} id {self.config.interface_id}"
+
+    async def _failed(self, error: MemifError, failures: int) -> bool:
+        """Report failed attempt number ``failures``; wait before the next one, or give up
+        (True) when the policy's attempts ran out."""
+        reason = (
+            error.reason
+            if isinstance(error, DisconnectedError | RemoteProtocolError)
+            else str(error)
+        )
+        attempts = self.policy.attempts
+        if attempts is not None and failures >= attempts:
+            log.warning(
+                "%s: connection attempt %d failed: %s; giving up after %d attempts",
+                self._name, failures, reason, failures,
+            )  # fmt: skip
+            self._events.publish(
+                LinkEvent(kind="failed", reason=reason, error=error, attempt=failures)
+            )
+            self._give_up(error)
+            return True
+        delay = self.policy.delay(failures)
+        log.warning(
+            "%s: connection attempt %d failed: %s; retrying in %.2f s",
+            self._name, failures, reason, delay,
+        )  # fmt: skip
+        self._events.publish(
+            LinkEvent(kind="failed", reason=reason, error=error, attempt=failures, retry_in=delay)
+        )
+        await asyncio.sleep(delay)
+        return False
 
     def _give_up(self, error: MemifError) -> None:
         self._gave_up = error
         self._queue.put_nowait(error)
         self._notify()
+        self._events.end(error)
 
     def _notify(self) -> None:
         self._changed.set()  # wakes every current waiter
         self._changed.clear()
 
-    def _publish(self, event: LinkEvent | None) -> None:
-        for q in self._subscribers:
-            q.put_nowait(event)
-
-    async def link_events(self) -> AsyncGenerator[LinkEvent, None]:
+    def link_events(self) -> AsyncGenerator[LinkEvent, None]:
         """Link changes from now on: ``async for ev in client.link_events()``.
 
-        Each ``LinkEvent`` is up (``.connection`` is the new link) or down (``.reason``
-        says why). Iteration ends when the client is closed.
-        """
-        q: asyncio.Queue[LinkEvent | None] = asyncio.Queue()
-        self._subscribers.append(q)
-        try:
-            if self._closed:
-                return
-            while (event := await q.get()) is not None:
-                yield event
-        finally:
-            self._subscribers.remove(q)
+        Each :class:`LinkEvent` is ``"up"`` (``.connection`` is the new link), ``"down"``
+        (``.reason`` says why, ``.retry_in`` when the next attempt starts) or ``"failed"``
+        (an attempt to connect failed: ``.reason``, ``.attempt``, ``.retry_in``). Iteration
+        ends when the client is closed.
 
-    async def wait_link_up(self) -> Connection:
-        """Alias of :meth:`wait_connected`: the live connection, once the link is up."""
-        return await self.wait_connected()
+        Raises:
+            MemifError: the last connection error, once ``reconnect.attempts`` ran out
+                (after the last ``"failed"`` event).
+        """
+        return self._events.subscribe()
 
     def connections(self) -> AsyncIterator[Connection]:
         """Each new connection as it comes up (see the class docstring). A link that went
@@ -457,4 +481,4 @@ class Client:
             self.connection = None
         self._queue.put_nowait(None)
         self._notify()
-        self._publish(None)
+        self._events.end()

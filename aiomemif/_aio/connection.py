@@ -49,9 +49,20 @@ class Connection:
 
     Use it as an async context manager: leaving the block closes it gracefully (a
     DISCONNECT with a reason goes to the peer). ``rx_queues``/``tx_queues`` are lists indexed
-    by queue id. When the link goes down, pending and later queue operations raise
-    :class:`~aiomemif.errors.DisconnectedError` (peer side) or
-    :class:`~aiomemif.errors.ClosedResourceError` (this side).
+    by queue id.
+
+    How a link ends, and what its queues do then:
+
+    - normally: the peer sent DISCONNECT (:class:`~aiomemif.errors.PeerDisconnectedError`)
+      or this side closed it (:class:`~aiomemif.errors.ClosedResourceError`). ``async for``
+      over a receive queue (and over :meth:`receive_all`) ends quietly;
+    - abnormally: the socket closed without DISCONNECT
+      (:class:`~aiomemif.errors.ConnectionLostError`) or the peer broke the protocol
+      (:class:`~aiomemif.errors.RemoteProtocolError`, after we sent DISCONNECT with the
+      reason). ``async for`` raises it.
+
+    Either way, waiting and later calls such as ``receive`` and ``send`` raise that
+    exception, and :attr:`close_reason` / :attr:`close_error` say why.
     """
 
     def __init__(
@@ -79,6 +90,9 @@ class Connection:
         self.rx_queues: list[RxQueue] = []
         self.tx_queues: list[TxQueue] = []
         self._error: MemifError | None = None
+        self._reason: str | None = None
+        #: Receive queues still handing out what the peer published before it left.
+        self._draining: set[RxQueue] = set()
         self._closed: asyncio.Future[MemifError] = loop.create_future()
         self._on_closed: list[Callable[[Connection], None]] = []
 
@@ -107,9 +121,35 @@ class Connection:
         return self._error is None
 
     @property
-    def close_reason(self) -> MemifError | None:
-        """Why the link went down (None while it is up)."""
+    def close_reason(self) -> str | None:
+        """Why the link went down, as text (None while it is up): the peer's DISCONNECT
+        reason, the reason given to :meth:`aclose`, ``"connection aborted"``,
+        ``"connection lost"`` or the protocol violation that ended it."""
+        return self._reason
+
+    @property
+    def close_error(self) -> MemifError | None:
+        """The exception that describes the end (None while the link is up).
+
+        :class:`~aiomemif.errors.PeerDisconnectedError` (the peer closed normally) and
+        :class:`~aiomemif.errors.ClosedResourceError` (this side closed) are normal ends;
+        :class:`~aiomemif.errors.ConnectionLostError` and
+        :class:`~aiomemif.errors.RemoteProtocolError` are not (see :attr:`closed_normally`).
+        """
         return self._error
+
+    @property
+    def closed_by_peer(self) -> bool:
+        """True once the peer ended the link (DISCONNECT, or the socket closed under us);
+        False while it is up or when this side closed it (``aclose``, ``abort``, or a
+        protocol violation detected here)."""
+        return isinstance(self._error, DisconnectedError)
+
+    @property
+    def closed_normally(self) -> bool:
+        """True once the link ended normally: the peer sent DISCONNECT or this side closed
+        it. ``async for`` over a queue ends quietly then, and raises otherwise."""
+        return _normal_end(self._error)
 
     async def wait_closed(self) -> MemifError:
         """Wait until the link is down; return the error describing why (never raises it)."""
@@ -143,45 +183,73 @@ class Connection:
             return
         log.warning("memif %s: protocol error: %s", self.config.if_name, exc.reason)
         self._channel.send_disconnect(exc.reason)
-        err = DisconnectedError(f"protocol error: {exc.reason}")
-        err.__cause__ = exc
-        self._teardown(err)
+        self._teardown(exc, exc.reason)
 
     # -- closing ---------------------------------------------------------------------------
     async def aclose(self, reason: str = "closed by peer application") -> None:
-        """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises)."""
+        """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises).
+
+        On a link the peer already ended, this drops what its receive queues had not
+        handed out yet and frees the shared memory.
+        """
         if self._error is None:
             self._channel.send_disconnect(reason)
-            self._teardown(ClosedResourceError("connection closed"))
+            self._teardown(ClosedResourceError("connection closed"), reason)
+        else:
+            self._stop_draining()
         await asyncio.sleep(0)
 
     def abort(self) -> None:
-        """Tear down at once, without telling the peer (idempotent)."""
-        self._teardown(ClosedResourceError("connection aborted"))
+        """Tear down at once, without telling the peer (idempotent); as :meth:`aclose`,
+        it ends the draining of a link the peer ended."""
+        self._teardown(ClosedResourceError("connection aborted"), "connection aborted")
+        self._stop_draining()
 
-    def _teardown(self, error: MemifError) -> None:
+    def _teardown(self, error: MemifError, reason: str | None = None) -> None:
         if self._error is not None:
             return
         self._error = error
+        if reason is None:
+            reason = error.reason if isinstance(error, DisconnectedError) else str(error)
+        self._reason = reason
         if isinstance(error, DisconnectedError):
             log.info("memif %s down: %s", self.config.if_name, error.reason)
         readers.remove_reader(self._loop, self._channel.fd)
         self._channel.close()
+        # The peer ended the link: packets it published before stay readable (the memory
+        # stays mapped) until each queue has handed them out or the link is closed here.
+        drain = isinstance(error, DisconnectedError)
         for q in self.rx_queues:
-            q._shutdown(error)
+            if q._shutdown(error, drain):
+                self._draining.add(q)
+                q._on_drained = self._queue_drained
         for tq in self.tx_queues:
             tq._shutdown(error)
-        for ring in self._rings:
-            ring.release()
         for efd in self._efds:
             efd.close()
-        for region in self._regions:
-            region.close()
+        if not self._draining:
+            self._free_memory()
         if not self._closed.done():
             self._closed.set_result(error)
         callbacks, self._on_closed = self._on_closed, []
         for cb in callbacks:
             cb(self)
+
+    def _queue_drained(self, queue: RxQueue) -> None:
+        self._draining.discard(queue)
+        if not self._draining:
+            self._free_memory()
+
+    def _stop_draining(self) -> None:
+        for q in list(self._draining):
+            q._shutdown(self._error or ClosedResourceError("connection closed"))
+
+    def _free_memory(self) -> None:
+        for ring in self._rings:
+            ring.release()
+        self._rings = []
+        for region in self._regions:
+            region.close()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -252,13 +320,23 @@ class UntilClosed(Generic[T]):
             raise StopAsyncIteration from None
 
 
-def discard_queued(queue: asyncio.Queue[T], item: T) -> None:
-    """Remove ``item`` from ``queue`` if it is still waiting there; the rest keep their
-    order. (A connection that went down before anyone took it is not kept alive.)"""
+def _normal_end(error: MemifError | None) -> bool:
+    """True for the errors that mean a normal end of a link (DISCONNECT or our close)."""
+    return isinstance(error, PeerDisconnectedError | ClosedResourceError)
+
+
+def discard_queued(queue: asyncio.Queue[T], item: T) -> bool:
+    """Remove ``item`` from ``queue`` if it is still waiting there (True if it was); the
+    rest keep their order. (A connection that went down before anyone took it is not
+    kept alive.)"""
     kept: list[T] = []
+    found = False
     while not queue.empty():
         other = queue.get_nowait()
-        if other is not item:
+        if other is item:
+            found = True
+        else:
             kept.append(other)
     for other in kept:
         queue.put_nowait(other)
+    return found

@@ -25,6 +25,7 @@ from ..errors import (
     ClosedResourceError,
     ConfigurationError,
     MemifError,
+    PeerDisconnectedError,
     RemoteProtocolError,
     WouldBlockError,
 )
@@ -197,8 +198,14 @@ class QueueBase:
 
     def _protocol_failure(self, exc: RemoteProtocolError) -> MemifError:
         self._on_protocol_error(exc)
+        if self._error is None:  # the link was already down (a queue still draining)
+            self._end(exc)
         assert self._error is not None
         return fresh(self._error)
+
+    def _end(self, error: MemifError) -> None:
+        """Shut this queue down for good (each kind of queue says how)."""
+        raise NotImplementedError
 
 
 @final
@@ -223,6 +230,12 @@ class RxQueue(QueueBase):
         self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error)
         self._batch: Batch | None = None
         self._busy = False
+        #: After the peer ended the link: its error, while packets it published before
+        #: are still handed out (at most ``_drain_left`` more), then the queue shuts down.
+        self._ending: MemifError | None = None
+        self._drain_left = 0
+        #: Called once a draining queue has shut down (the connection frees the memory).
+        self._on_drained: Callable[[RxQueue], None] | None = None
         self._mode = mode
         self.spin_budget = DEFAULT_SPIN_BUDGET
         self.poll_interval = DEFAULT_POLL_INTERVAL
@@ -253,7 +266,8 @@ class RxQueue(QueueBase):
 
         Raises:
             ConfigurationError: a negative budget or interval.
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         if spin_budget < 0 or poll_interval < 0:
             raise ConfigurationError("spin_budget and poll_interval must not be negative")
@@ -299,13 +313,31 @@ class RxQueue(QueueBase):
         if self._batch is not None:
             self._batch.release()
         ep = self._endpoint
+        if self._ending is not None:
+            limit = min(limit, self._drain_left)
+            if limit == 0:
+                return self._drained()
         try:
             run = ep.poll(limit)
         except RemoteProtocolError as exc:
             raise self._protocol_failure(exc) from exc
         if not run.packets and ep.held:
             ep.release()  # only bad descriptors: give their slots back now
+        if self._ending is not None:
+            if not run.packets:
+                return self._drained()
+            self._drain_left -= len(run.packets)
         return run
+
+    def _end(self, error: MemifError) -> None:
+        self._shutdown(error)
+
+    def _drained(self) -> RxRun:
+        """A draining queue found nothing more: shut down now; raises the link's error."""
+        error = self._ending
+        assert error is not None
+        self._shutdown(error)
+        raise fresh(error)
 
     def _batch_of(self, run: RxRun) -> Batch:
         batch = self._batch = Batch(run, self)
@@ -316,8 +348,9 @@ class RxQueue(QueueBase):
 
         Raises:
             ClosedResourceError: the connection was closed by this side.
-            DisconnectedError: the link went down (``PeerDisconnectedError`` with the peer's
-                reason, ``ConnectionLostError``, or a protocol error's reason).
+            DisconnectedError: the link went down from the peer's side
+                (``PeerDisconnectedError`` with the peer's reason, ``ConnectionLostError``).
+            RemoteProtocolError: the peer broke the protocol (we sent DISCONNECT).
             BusyResourceError: another task is already receiving on this queue.
             ConfigurationError: ``max_packets`` is below 1.
         """
@@ -401,14 +434,17 @@ class RxQueue(QueueBase):
         return self
 
     async def __anext__(self) -> Batch:
-        """Next batch; iteration ends when this side closes the connection.
+        """Next batch; iteration ends quietly when the link ends normally (the peer sent
+        DISCONNECT, or this side closed the connection).
 
         Raises:
-            DisconnectedError: the link went down from the peer's side.
+            ConnectionLostError: the socket closed without DISCONNECT.
+            RemoteProtocolError: the peer broke the protocol (we sent DISCONNECT).
+            BusyResourceError: another task is receiving on this queue.
         """
         try:
             return await self.receive()
-        except ClosedResourceError:
+        except (ClosedResourceError, PeerDisconnectedError):
             raise StopAsyncIteration from None
 
     def _batch_released(self, batch: Batch) -> None:
@@ -417,10 +453,26 @@ class RxQueue(QueueBase):
         if self._error is None:
             self._endpoint.release()
 
-    def _shutdown(self, error: MemifError) -> None:
-        self._error = error
-        if self._batch is not None:
-            self._batch.release()
+    def _shutdown(self, error: MemifError, drain: bool = False) -> bool:
+        """The link is down. With ``drain`` (the peer ended it) and packets waiting in the
+        ring, keep handing them out (one ring's worth at most: a peer cannot keep the
+        queue alive by publishing more) and return True; :meth:`_drained` ends it later.
+        Otherwise shut down now and return False."""
         self._interrupt.disarm()
         self._interrupt.stop()
+        if drain and self._error is None and self._ending is None and self._pending():
+            self._ending = error
+            self._drain_left = self._endpoint.ring.size
+            self._interrupt.wake()  # a sleeping receive re-scans and finds them
+            return True
+        if self._error is not None:
+            return False
+        self._error = error
+        self._ending = None
+        if self._batch is not None:
+            self._batch.release()
         self._interrupt.fail(fresh(error))
+        if self._on_drained is not None:
+            on_drained, self._on_drained = self._on_drained, None
+            on_drained(self)
+        return False

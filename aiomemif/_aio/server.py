@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Final, Literal, final
 
@@ -33,16 +33,21 @@ from .._os.eventfd import EventFd
 from .._os.fds import close_fd, describe_fd
 from .._os.regions import Region, map_region
 from ..errors import (
+    BusyResourceError,
     ClosedResourceError,
     ConfigurationError,
     DisconnectedError,
     RemoteProtocolError,
 )
 from .connection import Connection, UntilClosed, discard_queued
+from .events import EventStreams, ServerEvent
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
-__all__ = ["HandshakeFailure", "Server", "serve"]
+__all__ = ["Handler", "HandshakeFailure", "Server", "serve"]
+
+#: A coroutine function that serves one connection (see :class:`Server`'s ``handler``).
+Handler = Callable[[Connection], Awaitable[None]]
 
 log = logging.getLogger("aiomemif")
 
@@ -71,7 +76,24 @@ class Server:
 
     Each id has its own configuration (secret, mode, queue counts). A client naming an id
     that is already connected or handshaking is refused with "Already connected"; the live
-    connection is not disturbed. Refusals are recorded in ``failures``.
+    connection is not disturbed. Every refusal is logged at WARNING on the ``aiomemif``
+    logger, recorded in ``failures`` and is a ``"refused"`` :class:`ServerEvent` on
+    :meth:`events`.
+
+    Connections are taken either with :meth:`accept` / :meth:`connections`, or by a
+    ``handler``: a coroutine function called with each new connection in a task of its
+    own (like :func:`asyncio.start_server`'s callback). The connection is closed when the
+    handler returns; an exception from it is logged (with the interface id and peer
+    names) and closes that connection only. :meth:`serve_forever` runs such a server
+    until it is cancelled or closed; closing the server closes every connection and then
+    cancels the handlers still running::
+
+        async def reflect(conn: aiomemif.Connection) -> None:
+            async for batch in conn.rx_queues[0]:
+                await conn.tx_queues[0].send_batch(batch)
+
+        async with aiomemif.serve("/tmp/app.sock", handler=reflect) as srv:
+            await srv.serve_forever()
 
     Who may connect, and how many at once:
 
@@ -105,7 +127,11 @@ class Server:
         max_pending: int = 16,
         allowed_uids: Iterable[int] | Literal["any"] | None = None,
         socket_mode: int | None = 0o600,
+        handler: Handler | None = None,
     ) -> None:
+        self._handler = handler
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._events: EventStreams[ServerEvent] = EventStreams()
         self._address = parse_address(
             os.fspath(address) if isinstance(address, os.PathLike) else address
         )
@@ -150,6 +176,8 @@ class Server:
         self._sessions: set[asyncio.Task[None]] = set()
         self._ready: asyncio.Queue[Connection | None] = asyncio.Queue()
         self._closed = False
+        #: Set once :meth:`aclose` has finished (what :meth:`serve_forever` waits for).
+        self._shut = asyncio.Event()
         #: The most recent refused or failed handshakes (newest last).
         self.failures: collections.deque[HandshakeFailure] = collections.deque(maxlen=64)
 
@@ -228,6 +256,7 @@ class Server:
         reason = f"Permission denied (uid {uid})"
         log.warning("memif server %s: refused pid %d: %s", self.address, pid, reason)
         self.failures.append(HandshakeFailure(None, reason))
+        self._events.publish(ServerEvent(kind="refused", reason=reason))
         channel = ControlChannel(sock)
         channel.send_disconnect("Permission denied")
         channel.close()
@@ -329,14 +358,41 @@ class Server:
         if conn is not None:
             if self._closed:
                 await conn.aclose("server closed")
-            else:
+                return
+            self._events.publish(
+                ServerEvent(kind="connected", interface_id=conn.interface_id, connection=conn)
+            )
+            if self._handler is None:
                 self._ready.put_nowait(conn)
+            else:
+                assert self._loop is not None
+                task = self._loop.create_task(self._run_handler(self._handler, conn))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+
+    async def _run_handler(self, handler: Handler, conn: Connection) -> None:
+        """Serve one connection with the handler; close it when the handler returns or
+        fails (failures are logged here, not raised: other connections go on)."""
+        try:
+            await handler(conn)
+        except Exception as exc:
+            who = (
+                f"memif server {self.address}: handler of interface {conn.interface_id}"
+                f" (peer {conn.peer_app_name!r} {conn.peer_interface_name!r})"
+            )
+            if isinstance(exc, DisconnectedError | RemoteProtocolError):
+                log.warning("%s ended: %s: %s", who, type(exc).__name__, exc)
+            else:
+                log.exception("%s failed", who)
+            await conn.aclose("handler failed")
+        else:
+            await conn.aclose()
 
     def _record(self, interface_id: int | None, reason: str) -> None:
-        log.info(
-            "memif server %s: handshake failed (id %s): %s", self.address, interface_id, reason
-        )
+        who = "a client" if interface_id is None else f"interface {interface_id}"
+        log.warning("memif server %s: refused %s: %s", self.address, who, reason)
         self.failures.append(HandshakeFailure(interface_id, reason))
+        self._events.publish(ServerEvent(kind="refused", interface_id=interface_id, reason=reason))
 
     def _map(self, machine: ServerHandshake) -> list[Region]:
         regions: list[Region] = []
@@ -398,7 +454,16 @@ class Server:
     def _on_conn_closed(self, conn: Connection) -> None:
         if self._bound.get(conn.interface_id) is conn:
             del self._bound[conn.interface_id]
-        discard_queued(self._ready, conn)  # never accepted: nothing should keep it
+        self._events.publish(
+            ServerEvent(
+                kind="closed",
+                interface_id=conn.interface_id,
+                reason=conn.close_reason,
+                connection=conn,
+            )
+        )
+        if discard_queued(self._ready, conn):  # never accepted: nothing should keep it
+            conn.abort()  # (nor its memory, kept for a receiver that will never come)
         self._resume()  # its fds are free again
 
     async def accept(self) -> Connection:
@@ -406,7 +471,10 @@ class Server:
 
         Raises:
             ClosedResourceError: the server is (or gets) closed.
+            BusyResourceError: the server has a ``handler``, which takes every connection.
         """
+        if self._handler is not None:
+            raise BusyResourceError("this server hands its connections to its handler")
         while True:
             if self._closed:
                 raise ClosedResourceError("server closed")
@@ -418,8 +486,33 @@ class Server:
                 return conn
 
     def connections(self) -> UntilClosed[Connection]:
-        """Async iterator over new connections; ends when the server closes."""
+        """Async iterator over new connections; ends when the server closes.
+
+        Raises:
+            BusyResourceError: (when iterated) the server has a ``handler``.
+        """
         return UntilClosed(self.accept)
+
+    def events(self) -> AsyncGenerator[ServerEvent, None]:
+        """What happens from now on: ``async for ev in server.events()`` yields a
+        :class:`ServerEvent` per connection made (``"connected"``), handshake refused
+        (``"refused"``, with the interface id and reason) and connection ended
+        (``"closed"``). Iteration ends when the server closes."""
+        return self._events.subscribe()
+
+    async def serve_forever(self) -> None:
+        """Serve until this task is cancelled or the server is closed; the server is
+        closed on the way out (starting it first if needed).
+
+        Raises:
+            AddressInUseError, MemifOSError: starting failed (see :meth:`start`).
+        """
+        if self._listener is None and not self._closed:
+            await self.start()
+        try:
+            await self._shut.wait()
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Stop listening, abandon handshakes, close every connection (DISCONNECT sent)."""
@@ -445,6 +538,14 @@ class Server:
             if pending is not None:
                 await pending.aclose("server closed")
         self._ready.put_nowait(None)
+        await asyncio.sleep(0)  # handlers see their links end and may return by themselves
+        for handler in list(self._handlers):
+            handler.cancel()
+        for handler in list(self._handlers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+        self._events.end()
+        self._shut.set()
 
 
 def serve(
@@ -457,11 +558,16 @@ def serve(
     max_pending: int = 16,
     allowed_uids: Iterable[int] | Literal["any"] | None = None,
     socket_mode: int | None = 0o600,
+    handler: Handler | None = None,
 ) -> Server:
     """Create a server; use it with ``async with`` (or call ``await server.start()``).
 
     With no ``interfaces``, one default interface (id 0, no secret, ethernet) is served.
-    The other arguments are :class:`Server`'s.
+    The other arguments are :class:`Server`'s; with a ``handler``, ``await
+    server.serve_forever()`` serves every client with it::
+
+        async with aiomemif.serve("/tmp/app.sock", handler=my_handler) as server:
+            await server.serve_forever()
 
     Raises:
         ConfigurationError: duplicate interface ids or a bad address.
@@ -476,4 +582,5 @@ def serve(
         max_pending=max_pending,
         allowed_uids=allowed_uids,
         socket_mode=socket_mode,
+        handler=handler,
     )

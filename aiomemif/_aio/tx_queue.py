@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final, final, overload
+from typing import TYPE_CHECKING, Final, final, overload
 
 from .._core.client_tx import ClientTx
 from .._core.rx import ClientRx
@@ -34,6 +34,15 @@ from ..errors import (
 )
 from .batch import Batch
 from .rx_queue import ProtocolErrorHandler, QueueBase, RxQueue
+
+if TYPE_CHECKING:
+    from typing import SupportsBytes, TypeAlias
+
+    from typing_extensions import Buffer
+
+    #: What ``send`` takes: any buffer (bytes, bytearray, memoryview, array, mmap, ...) or
+    #: an object with ``__bytes__`` (a received ``ChainedPacket``, scapy or dpkt packets).
+    Sendable: TypeAlias = Buffer | SupportsBytes
 
 __all__ = ["TxBuffer", "TxBuffers", "TxQueue"]
 
@@ -177,7 +186,8 @@ class TxQueue(QueueBase):
         """Slots available for packets right now.
 
         Raises:
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         self._check()
         try:
@@ -213,16 +223,18 @@ class TxQueue(QueueBase):
         return n
 
     # -- copying ---------------------------------------------------------------------
-    def send_batch_nowait(self, packets: Iterable[object]) -> int:
+    def send_batch_nowait(self, packets: Iterable[Sendable]) -> int:
         """Send as many whole packets as fit now, in order; return how many were sent.
 
         Raises:
             WouldBlockError: the ring had room for none of them.
-            PacketTooLargeError: a packet is empty, over 65535 bytes or needs more buffers
-                than the ring has.
-            TypeError: a packet is not bytes-like.
+            EmptyPacketError: a packet has no bytes.
+            PacketTooLargeError: a packet is over 65535 bytes or needs more buffers than
+                the ring has.
+            TypeError: a packet is neither a buffer nor has ``__bytes__``.
             BusyResourceError: ``alloc()`` buffers are waiting for ``commit()``.
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         seq = packets if isinstance(packets, list | tuple) else list(packets)
         n = self._write(seq, 0)
@@ -234,7 +246,7 @@ class TxQueue(QueueBase):
         self.counters.ring_full += 1
         return WouldBlockError(f"tx queue {self.qid} is full")
 
-    def send_nowait(self, packet: object) -> None:
+    def send_nowait(self, packet: Sendable) -> None:
         """Send one packet now. Raises as :meth:`send_batch_nowait`."""
         if not self._write((packet,), 0):  # (send_batch_nowait without its conversions)
             raise self._full()
@@ -246,7 +258,7 @@ class TxQueue(QueueBase):
         else:
             await asyncio.sleep(_RETRY_DELAY)
 
-    async def send_batch(self, packets: Iterable[object]) -> int:
+    async def send_batch(self, packets: Iterable[Sendable]) -> int:
         """Send every packet, in order, waiting for ring space when the ring is full.
 
         Returns the number of packets sent (all of them). If cancelled while waiting, the
@@ -268,7 +280,7 @@ class TxQueue(QueueBase):
             retries = 0 if n else retries + 1
         return total
 
-    async def send(self, packet: object) -> None:
+    async def send(self, packet: Sendable) -> None:
         """Send one packet, waiting for ring space. Raises as :meth:`send_batch`."""
         if not self._write((packet,), 0):
             await self.send_batch((packet,))
@@ -286,7 +298,8 @@ class TxQueue(QueueBase):
             ConfigurationError: ``count`` is below 1, or the packets together need more
                 buffers than the ring has (they could never fit).
             BusyResourceError: an earlier allocation is not committed or cancelled.
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         if count < 1:
             raise ConfigurationError(f"count must be at least 1, got {count}")
@@ -320,7 +333,8 @@ class TxQueue(QueueBase):
             LocalProtocolError: the buffers were already committed or cancelled, ``lengths``
                 does not have one entry per packet, or a length is 0, above the reserved
                 size, or leaves a reserved buffer of a chain empty.
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         self._check()
         res = buffers._reservation
@@ -358,7 +372,8 @@ class TxQueue(QueueBase):
                 batch comes from another connection.
             StaleBatchError: the batch was released.
             BusyResourceError: ``alloc()`` buffers are waiting for ``commit()``.
-            ClosedResourceError / DisconnectedError: the connection is down.
+            ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
+                down (closed here, by the peer, or over a protocol violation).
         """
         self._check()
         if not isinstance(self._endpoint, ClientTx):
@@ -383,6 +398,9 @@ class TxQueue(QueueBase):
             batch._give_up(moved)
             self._signal()
         return len(moved)
+
+    def _end(self, error: MemifError) -> None:
+        self._shutdown(error)
 
     def _shutdown(self, error: MemifError) -> None:
         self._error = error

@@ -21,6 +21,7 @@ from .tx import (
     ByteSink,
     TxEndpoint,
     TxReservation,
+    _bad_size,
     _chain_columns,
     _copy_chains,
     _count_sent,
@@ -187,7 +188,7 @@ class ClientTx(TxEndpoint):
                 nbytes += n
                 continue
             if n == 0 or n > MAX_PACKET:
-                raise _too_large(n, "cannot be sent (1..65535 bytes)")
+                raise _bad_size(n)
             nseg = -(-n // cap)
             if nseg > self.ring.size:
                 raise _too_large(n, f"needs {nseg} buffers; the ring has {self.ring.size}")
@@ -232,7 +233,7 @@ class ClientTx(TxEndpoint):
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")
         if not 0 < size <= MAX_PACKET:
-            raise _too_large(size, "cannot be sent (1..65535 bytes)")
+            raise _bad_size(size)
         cap = self.capacity
         nseg = -(-size // cap)
         if nseg > self.ring.size:

@@ -21,6 +21,7 @@ from .tx import (
     ByteSink,
     TxEndpoint,
     TxReservation,
+    _bad_size,
     _chain_columns,
     _copy_chains,
     _count_sent,
@@ -224,7 +225,7 @@ class ServerTx(TxEndpoint):
                 p = as_wire_buffer(p)
             n = len(p)
             if not 0 < n <= MAX_PACKET:
-                raise _too_large(n, "cannot be sent (1..65535 bytes)")
+                raise _bad_size(n)
             o = offers[pos] if pos < len(offers) else None
             if o is not None and n <= o[2]:  # the common case: it fits the next buffer
                 reg, off, _cap = o
@@ -290,7 +291,7 @@ class ServerTx(TxEndpoint):
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")
         if not 0 < size <= MAX_PACKET:
-            raise _too_large(size, "cannot be sent (1..65535 bytes)")
+            raise _bad_size(size)
         avail = self.free()
         res = TxReservation(self.tail)
         run = self._offered_run(count) if count <= avail else None

@@ -11,7 +11,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ConfigurationError, LocalProtocolError, PacketTooLargeError
+from ..errors import ConfigurationError, EmptyPacketError, LocalProtocolError, PacketTooLargeError
 from . import wire as w
 from .ring import QueueCounters, Ring
 
@@ -197,6 +197,13 @@ def _chain_columns(size: int, seg: int, count: int) -> tuple[array[int], array[i
 
 def _too_large(n: int, what: str) -> PacketTooLargeError:
     return PacketTooLargeError(f"packet of {n} bytes {what}")
+
+
+def _bad_size(n: int) -> EmptyPacketError | PacketTooLargeError:
+    """The error for a packet size outside 1..65535: empty, or too large for memif."""
+    if n == 0:
+        return EmptyPacketError("empty packet: memif carries 1..65535 bytes")
+    return _too_large(n, "cannot be sent (1..65535 bytes)")
 
 
 def _never_fits(count: int, size: int, slots: int, ring_size: int) -> ConfigurationError:

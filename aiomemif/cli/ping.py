@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .. import Connection, RxQueue, TxQueue
-from ..errors import ClosedResourceError, DisconnectedError
+from ..errors import ClosedResourceError, DisconnectedError, RemoteProtocolError
 from ..tools import packets
 from .common import UsageError, add_link_options, emit, open_link, positive
 from .responder import ipv4_arg, mac_arg
@@ -97,7 +97,7 @@ class _Pinger:
 
     # -- receiving ---------------------------------------------------------------------
     async def receive(self) -> None:
-        """Handle every packet until the link goes down (raises DisconnectedError)."""
+        """Handle every packet until the link goes down (quietly on DISCONNECT)."""
         async for batch in self.rx:
             now = time.perf_counter()
             out: list[bytes] = []
@@ -290,9 +290,11 @@ def _link_down_reason(conn: Connection, receiver: asyncio.Task[None]) -> str | N
     if not receiver.done() or receiver.cancelled():
         return None
     exc = receiver.exception()
-    if exc is None or isinstance(exc, ClosedResourceError):
+    if exc is None:  # the receive loop ended: the peer sent DISCONNECT (or we closed)
+        return conn.close_reason if conn.closed_by_peer else None
+    if isinstance(exc, ClosedResourceError):
         return None
-    if isinstance(exc, DisconnectedError):
+    if isinstance(exc, DisconnectedError | RemoteProtocolError):
         return exc.reason
     raise exc
 

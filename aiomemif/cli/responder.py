@@ -11,7 +11,13 @@ import time
 from typing import IO, Any
 
 from .. import Connection, InterfaceConfig, Packet, Role, serve
-from ..errors import ClosedResourceError, DisconnectedError, MemifError, PeerDisconnectedError
+from ..errors import (
+    ClosedResourceError,
+    DisconnectedError,
+    MemifError,
+    PeerDisconnectedError,
+    RemoteProtocolError,
+)
 from ..tools import packets
 from .common import add_link_options, emit, interface_config, open_link, positive
 from .pcap_recorder import Tap, add_pcap_option, open_tap
@@ -182,13 +188,14 @@ async def _serve_link(conn: Connection, r: _Responder) -> str | None:
         if task.cancelled():
             continue
         exc = task.exception()
-        if exc is not None and not isinstance(exc, DisconnectedError | ClosedResourceError):
+        if exc is not None and not isinstance(
+            exc, DisconnectedError | ClosedResourceError | RemoteProtocolError
+        ):
             raise exc
     if r.done.is_set():
         await _linger(conn)
         return None
-    error = conn.close_reason
-    return error.reason if isinstance(error, DisconnectedError) else str(error)
+    return conn.close_reason or "connection closed"
 
 
 async def _as_server(args: argparse.Namespace, cfg: InterfaceConfig, r: _Responder) -> int:
@@ -209,7 +216,7 @@ async def _as_client(args: argparse.Namespace, r: _Responder) -> tuple[int, str 
     if reason is None:
         return 0, None
     emit(args, f"link down: {reason}")
-    return (0 if isinstance(conn.close_reason, PeerDisconnectedError) else 1), reason
+    return (0 if isinstance(conn.close_error, PeerDisconnectedError) else 1), reason
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -394,7 +394,7 @@ async def test_alloc_more_packets_than_the_ring_is_refused(sock_path: str, sende
         for count in (0, -1):
             with pytest.raises(aiomemif.ConfigurationError):
                 tx.alloc_nowait(count, 64)
-        with pytest.raises(aiomemif.PacketTooLargeError):
+        with pytest.raises(aiomemif.EmptyPacketError):
             tx.alloc_nowait(1, 0)
         with pytest.raises(aiomemif.PacketTooLargeError):
             tx.alloc_nowait(1, 65536)
@@ -1077,17 +1077,18 @@ async def test_link_events_up_down_up(sock_path: str) -> None:
             ev = await anext(events)
             assert ev.up and ev.connection is not None and ev.reason is None
             first = ev.connection
-            assert await client.wait_link_up() is first
+            assert await client.wait_connected() is first
             server = await srv.accept()
             await transfer(first.tx_queues[0], server.rx_queues[0], server, [b"one" * 20])
             await server.aclose("maintenance")
             ev = await anext(events)
-            assert not ev.up and ev.connection is first
+            assert not ev.up and ev.kind == "down" and ev.connection is first
             assert ev.reason == "maintenance"
+            assert ev.retry_in is not None and 0 <= ev.retry_in <= policy.maximum
             assert isinstance(ev.error, aiomemif.PeerDisconnectedError)
             ev = await anext(events)
             assert ev.up and ev.connection is not None and ev.connection is not first
-            second = await client.wait_link_up()
+            second = await client.wait_connected()
             assert second is ev.connection and second.is_up
             server = await srv.accept()
             await transfer(second.tx_queues[0], server.rx_queues[0], server, [b"two" * 20])
@@ -1109,7 +1110,7 @@ async def test_link_events_end_when_client_closes(sock_path: str) -> None:
             rest = [e async for e in events]
         assert rest == []
         with pytest.raises(aiomemif.ClosedResourceError):
-            await client.wait_link_up()
+            await client.wait_connected()
 
 
 async def test_attempts_exhausted_raise_the_last_error(sock_path: str) -> None:
@@ -1128,35 +1129,35 @@ async def test_attempts_exhausted_raise_the_last_error(sock_path: str) -> None:
             assert info.value.reason == "Secret required"
             assert client.last_error is not None
             with pytest.raises(aiomemif.HandshakeRefusedError):
-                await client.wait_link_up()
+                await client.wait_connected()
         assert [f.reason for f in srv.failures] == ["Secret required"] * 3
 
 
-async def test_wait_link_up_does_not_consume_connections(sock_path: str) -> None:
+async def test_wait_connected_does_not_consume_connections(sock_path: str) -> None:
     policy = aiomemif.ReconnectPolicy(initial=0.01, maximum=0.05)
     async with (
         aiomemif.serve(sock_path) as srv,
         aiomemif.Client(sock_path, reconnect=policy) as client,
     ):
         async with asyncio.timeout(TIMEOUT):
-            conn = await client.wait_link_up()  # waits: the link is not up yet
+            conn = await client.wait_connected()  # waits: the link is not up yet
             assert await client.wait_connected() is conn
             await srv.accept()
             async for yielded in client.connections():
                 assert yielded is conn
                 break
-        waiter = asyncio.create_task(client.wait_link_up())
+        waiter = asyncio.create_task(client.wait_connected())
         await asyncio.sleep(0)
         assert waiter.done() and waiter.result() is conn
     with pytest.raises(aiomemif.ClosedResourceError):
-        await client.wait_link_up()
+        await client.wait_connected()
 
 
-async def test_wait_link_up_wakes_on_close(sock_path: str) -> None:
+async def test_wait_connected_wakes_on_close(sock_path: str) -> None:
     policy = aiomemif.ReconnectPolicy(initial=0.01, maximum=0.02)
     client = aiomemif.Client(sock_path, reconnect=policy)  # nobody listens
     await client.__aenter__()
-    waiter = asyncio.create_task(client.wait_link_up())
+    waiter = asyncio.create_task(client.wait_connected())
     await asyncio.sleep(0.03)
     assert not waiter.done()
     await client.aclose()
@@ -1174,7 +1175,7 @@ async def test_client_drops_a_connection_that_went_down_untaken(sock_path: str) 
         aiomemif.Client(sock_path, reconnect=policy) as client,
     ):
         async with asyncio.timeout(TIMEOUT):
-            first = await client.wait_link_up()
+            first = await client.wait_connected()
             await (await srv.accept()).aclose("go away")
             await first.wait_closed()
             while client.connection is first:

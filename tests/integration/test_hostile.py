@@ -686,14 +686,14 @@ async def test_s2m_head_past_ring_size(sock_path: str, head: int, waiting: bool)
         await asyncio.sleep(0.01)
         mem.write_packet(0, b"p" * 60)
         mem.publish_s2m(head)
-        with pytest.raises(aiomemif.DisconnectedError) as info:
+        with pytest.raises(aiomemif.RemoteProtocolError) as info:
             async with asyncio.timeout(1):
                 await (task if task is not None else rxq.receive())
         assert "ring" in info.value.reason.lower()
         assert not conn.is_up
         reason = await peer.expect_disconnect()
         assert "ring" in reason.lower()
-        with pytest.raises(aiomemif.DisconnectedError):
+        with pytest.raises(aiomemif.RemoteProtocolError):
             rxq.receive_nowait()
         await healthy(srv, sock_path)
 
@@ -797,7 +797,7 @@ async def test_m2s_head_past_ring_size(sock_path: str, head: int) -> None:
     async with fake_client_link(sock_path) as link:
         srv, conn, peer, mem = link.srv, link.conn, link.peer, link.mem
         mem.ring(M2S).head = head
-        with pytest.raises(aiomemif.DisconnectedError) as info:
+        with pytest.raises(aiomemif.RemoteProtocolError) as info:
             await conn.tx_queues[0].send(b"x" * 60)
         assert "ring" in info.value.reason.lower()
         assert "ring" in (await peer.expect_disconnect()).lower()
@@ -847,7 +847,7 @@ async def test_server_link_garbage_on_control_socket(
         assert matches(expected, await peer.expect_disconnect())
         async with asyncio.timeout(1):
             err = await conn.wait_closed()
-        assert isinstance(err, aiomemif.DisconnectedError)
+        assert isinstance(err, aiomemif.RemoteProtocolError)
         await healthy(srv, sock_path)
 
 
@@ -1151,7 +1151,7 @@ async def test_m2s_tail_beyond_offered_head(sock_path: str, tail: int, waiting: 
         await asyncio.sleep(0.01)
         server_send(side, 0, b"x" * 60)
         server_publish(side, tail)
-        with pytest.raises(aiomemif.DisconnectedError) as info:
+        with pytest.raises(aiomemif.RemoteProtocolError) as info:
             async with asyncio.timeout(1):
                 await (task if task is not None else rxq.receive())
         assert "ring" in info.value.reason.lower()
@@ -1168,7 +1168,7 @@ async def test_s2m_tail_beyond_head(sock_path: str, ahead: int) -> None:
         ring = side.ring(S2M)
         assert ring.head == 2
         ring.tail = 2 + ahead
-        with pytest.raises(aiomemif.DisconnectedError) as info:
+        with pytest.raises(aiomemif.RemoteProtocolError) as info:
             await conn.tx_queues[0].send(b"x" * 60)
         assert "ring" in info.value.reason.lower()
         assert "ring" in (await peer.expect_disconnect()).lower()
@@ -1252,8 +1252,8 @@ async def test_client_link_garbage_on_control_socket(
         assert matches(expected, await peer.expect_disconnect())
         async with asyncio.timeout(1):
             err = await conn.wait_closed()
-        assert isinstance(err, aiomemif.DisconnectedError)
-        with pytest.raises(aiomemif.DisconnectedError):
+        assert isinstance(err, aiomemif.RemoteProtocolError)
+        with pytest.raises(aiomemif.RemoteProtocolError):
             await conn.tx_queues[0].send(b"x")
 
 

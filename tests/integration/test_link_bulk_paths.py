@@ -13,6 +13,7 @@ import asyncio
 import time
 from array import array
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import pytest
@@ -272,7 +273,7 @@ async def test_link_sends_non_contiguous_memoryviews(
     async with linked(sock_path, SMALL) as (server, client):
         tx, rx = queues(server, client, "server" if sender == "client" else "client")
         view = memoryview(bytearray(range(40)) if kind == "B" else array("I", range(10)))[::2]
-        items: list[object] = [view, b"next"]
+        items: list[Any] = [view, b"next"]
         batch = items[:count]
         assert tx.send_batch_nowait(batch) == count
         expected = [(view.tobytes(), False), (b"next", False)][:count]

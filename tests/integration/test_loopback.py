@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,10 +279,14 @@ async def test_packet_size_and_type_errors(sock_path: str) -> None:
         server = await srv.accept()
         with pytest.raises(aiomemif.PacketTooLargeError):
             await client.tx_queues[0].send(b"x" * 65536)
-        with pytest.raises(aiomemif.PacketTooLargeError):
+        with pytest.raises(aiomemif.EmptyPacketError, match="empty packet"):
             await client.tx_queues[0].send(b"")
+        with pytest.raises(aiomemif.EmptyPacketError):
+            await server.tx_queues[0].send_batch([b"ok", b""])
+        with pytest.raises(ValueError, match="empty packet"):  # still a ValueError
+            client.tx_queues[0].send_nowait(bytearray())
         with pytest.raises(TypeError):
-            await client.tx_queues[0].send(12345)
+            await client.tx_queues[0].send(12345)  # type: ignore[arg-type]
         with pytest.raises(aiomemif.PacketTooLargeError):
             await server.tx_queues[0].send(b"y" * 65536)
         assert client.tx_queues[0].counters.packets == 0
@@ -296,7 +301,7 @@ async def test_send_accepts_buffers_and_dunder_bytes(sock_path: str) -> None:
 
     async with aiomemif.serve(sock_path) as srv, aiomemif.connect(sock_path) as client:
         server = await srv.accept()
-        items: list[object] = [
+        items: list[Any] = [
             packet(1),
             bytearray(packet(2)),
             memoryview(packet(3)),

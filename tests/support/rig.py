@@ -348,7 +348,7 @@ class LenAndBytes:
         return self.data
 
 
-def typed_packets() -> list[tuple[str, object, bytes]]:
+def typed_packets() -> list[tuple[str, Any, bytes]]:
     """(name, packet object, the bytes that must go on the wire)."""
     u32 = array("I", [1, 0xDEADBEEF, 7])
     u16 = array("H", [1, 2, 0xFFFF, 0x1234])
@@ -367,4 +367,4 @@ def typed_packets() -> list[tuple[str, object, bytes]]:
     ]
 
 
-NOT_BYTES_LIKE: list[object] = ["a str", 12345, None, [1, 2, 3], object()]
+NOT_BYTES_LIKE: list[Any] = ["a str", 12345, None, [1, 2, 3], object()]

@@ -31,7 +31,7 @@ from support.rig import CL, MASK, NEXT, MmapRig
 
 from aiomemif._core.buffers import Packet
 from aiomemif._core.ring import QueueCounters, ring_cookie_ok
-from aiomemif.errors import PacketTooLargeError, RemoteProtocolError
+from aiomemif.errors import EmptyPacketError, PacketTooLargeError, RemoteProtocolError
 
 
 def ring_rig(log2: int, bsize: int, s2m_start: int = 0, m2s_start: int = 0) -> MmapRig:
@@ -739,22 +739,33 @@ def test_m2s_chain_running_past_published_slots_is_bad(rig: MmapRig) -> None:
 # --------------------------------------------------------------------------- transmit errors
 
 
-@pytest.mark.parametrize("bad", [b"", b"x" * 65536], ids=["empty", "over 65535"])
-def test_client_tx_refuses_unfit_packets_and_publishes_nothing(rig: MmapRig, bad: bytes) -> None:
+UNFIT = pytest.mark.parametrize(
+    ("bad", "error"),
+    [(b"", EmptyPacketError), (b"x" * 65536, PacketTooLargeError)],
+    ids=["empty", "over 65535"],
+)
+
+
+@UNFIT
+def test_client_tx_refuses_unfit_packets_and_publishes_nothing(
+    rig: MmapRig, bad: bytes, error: type[Exception]
+) -> None:
     r = rig
     head = r.s2m_client.head
-    with pytest.raises(PacketTooLargeError):
+    with pytest.raises(error):
         r.client_tx.write([b"fine", bad, b"fine"])
     assert r.s2m_client.head == head == r.client_tx.head
     assert r.client_tx.counters.packets == 0
     assert r.server_rx.poll(10).packets == []
 
 
-@pytest.mark.parametrize("bad", [b"", b"x" * 65536], ids=["empty", "over 65535"])
-def test_server_tx_refuses_unfit_packets_and_publishes_nothing(rig: MmapRig, bad: bytes) -> None:
+@UNFIT
+def test_server_tx_refuses_unfit_packets_and_publishes_nothing(
+    rig: MmapRig, bad: bytes, error: type[Exception]
+) -> None:
     r = rig
     tail = r.m2s_server.tail
-    with pytest.raises(PacketTooLargeError):
+    with pytest.raises(error):
         r.server_tx.write([b"fine", bad])
     assert r.m2s_server.tail == tail == r.server_tx.tail
     assert r.client_rx.poll(10).packets == []
@@ -885,7 +896,11 @@ def test_transmit_checks_the_first_packet_left_for_later(rig: MmapRig, bad: obje
     """A write that fills the ring still reports an unsendable packet right behind the
     ones that fit, before publishing anything (as the per-packet path always did)."""
     r = rig
-    error = TypeError if isinstance(bad, str) else PacketTooLargeError
+    error: type[Exception] = PacketTooLargeError
+    if isinstance(bad, str):
+        error = TypeError
+    elif bad == b"":
+        error = EmptyPacketError
     for tx, ring in ((r.client_tx, r.s2m_client), (r.server_tx, r.m2s_server)):
         room = tx.free()
         before = (ring.head, ring.tail)

@@ -1,0 +1,154 @@
+"""How links end, as users see it: ``async for`` ends quietly on a normal close (either
+side), raises on an abnormal one, and the connection says why."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import aiomemif
+from aiomemif.testing import memif_pair
+
+
+async def drain(rx: aiomemif.RxQueue) -> list[bytes]:
+    """Everything ``async for`` yields until it ends."""
+    got: list[bytes] = []
+    async with asyncio.timeout(5):
+        async for batch in rx:
+            got += [bytes(p) for p in batch]
+    return got
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+async def test_iteration_ends_quietly_when_the_peer_disconnects(closer: str) -> None:
+    async with memif_pair() as pair:
+        ends = {"client": pair.client, "server": pair.server}
+        leaving = ends[closer]
+        staying = ends["server" if closer == "client" else "client"]
+        reader = asyncio.create_task(drain(staying.rx_queues[0]))
+        await leaving.tx_queues[0].send_batch([b"one", b"two"])
+        await asyncio.sleep(0.05)  # the reader takes them before the link goes
+        await leaving.aclose("test done")
+        assert await reader == [b"one", b"two"]
+        assert staying.close_reason == "test done"
+        assert staying.closed_by_peer and staying.closed_normally
+        assert isinstance(staying.close_error, aiomemif.PeerDisconnectedError)
+        # Calls that are not iteration still raise, with the peer's reason.
+        with pytest.raises(aiomemif.PeerDisconnectedError, match="test done"):
+            await staying.tx_queues[0].send(b"late")
+        with pytest.raises(aiomemif.PeerDisconnectedError):
+            await staying.rx_queues[0].receive()
+        # The side that closed knows it did, and why.
+        assert leaving.close_reason == "test done"
+        assert not leaving.closed_by_peer and leaving.closed_normally
+        assert isinstance(leaving.close_error, aiomemif.ClosedResourceError)
+
+
+async def test_iteration_ends_quietly_when_this_side_closes() -> None:
+    async with memif_pair() as pair:
+        reader = asyncio.create_task(drain(pair.server.rx_queues[0]))
+        await asyncio.sleep(0.01)
+        await pair.server.aclose()
+        assert await reader == []
+        assert pair.server.close_reason == "closed by peer application"
+        assert not pair.server.closed_by_peer
+
+
+async def test_iteration_raises_when_the_connection_is_lost() -> None:
+    async with memif_pair() as pair:
+        reader = asyncio.create_task(drain(pair.server.rx_queues[0]))
+        await asyncio.sleep(0.01)
+        pair.client.abort()  # the socket closes without DISCONNECT
+        with pytest.raises(aiomemif.ConnectionLostError):
+            await reader
+        assert pair.server.closed_by_peer and not pair.server.closed_normally
+        assert isinstance(pair.server.close_error, aiomemif.ConnectionLostError)
+        assert pair.server.close_reason == pair.server.close_error.reason
+
+
+async def test_while_up_there_is_no_reason() -> None:
+    async with memif_pair() as pair:
+        for conn in (pair.client, pair.server):
+            assert conn.close_reason is None and conn.close_error is None
+            assert not conn.closed_by_peer and not conn.closed_normally
+
+
+async def test_protocol_violation_after_link_up_raises_remote_protocol_error() -> None:
+    """The same type as during the handshake, whatever call meets it."""
+    async with memif_pair(ring_size=16) as pair:
+        reader = asyncio.create_task(drain(pair.server.rx_queues[0]))
+        await asyncio.sleep(0.01)
+        ring = pair.client.tx_queues[0]._endpoint.ring
+        ring.set_head(ring.head + 17)  # more slots published than the ring has
+        pair.client.tx_queues[0]._efd.signal()  # wake the server's receive
+        with pytest.raises(aiomemif.RemoteProtocolError, match="Ring head out of range"):
+            await reader
+        err = pair.server.close_error
+        assert isinstance(err, aiomemif.RemoteProtocolError)
+        assert pair.server.close_reason == err.reason == "Ring head out of range"
+        assert not pair.server.closed_by_peer and not pair.server.closed_normally
+        with pytest.raises(aiomemif.RemoteProtocolError):
+            await pair.server.tx_queues[0].send(b"x")
+        # The client heard why (our DISCONNECT carries the reason).
+        async with asyncio.timeout(2):
+            await pair.client.wait_closed()
+        assert pair.client.close_reason == "Ring head out of range"
+
+
+async def test_empty_packet_has_its_own_error() -> None:
+    async with memif_pair() as pair:
+        for tx in (pair.client.tx_queues[0], pair.server.tx_queues[0]):
+            with pytest.raises(aiomemif.EmptyPacketError):
+                await tx.send(b"")
+            with pytest.raises(aiomemif.EmptyPacketError):
+                tx.alloc_nowait(1, 0)
+        assert not issubclass(aiomemif.EmptyPacketError, aiomemif.PacketTooLargeError)
+
+
+@pytest.mark.parametrize("sender", ["client", "server"])
+async def test_packets_sent_before_disconnect_are_still_received(sender: str) -> None:
+    """The peer publishes and closes at once: what it published is handed out before
+    ``async for`` ends (the memory stays mapped until then)."""
+    async with memif_pair(ring_size=64) as pair:
+        src, dst = (pair.client, pair.server) if sender == "client" else (pair.server, pair.client)
+        frames = [b"frame %d" % i for i in range(40)]
+        await src.tx_queues[0].send_batch(frames)
+        await src.aclose("sent everything")
+        async with asyncio.timeout(5):
+            await dst.wait_closed()
+        assert not dst.is_up
+        assert await drain(dst.rx_queues[0]) == frames
+        assert dst.close_reason == "sent everything"
+        with pytest.raises(aiomemif.PeerDisconnectedError):
+            dst.rx_queues[0].receive_nowait()
+
+
+async def test_closing_a_draining_link_drops_the_rest_and_frees_memory() -> None:
+    async with memif_pair(ring_size=16) as pair:
+        await pair.client.tx_queues[0].send_batch([b"a", b"b", b"c"])
+        await pair.client.aclose()
+        async with asyncio.timeout(5):
+            await pair.server.wait_closed()
+        batch = await pair.server.rx_queues[0].receive(max_packets=1)
+        assert [bytes(p) for p in batch] == [b"a"]
+        await pair.server.aclose()  # the rest is dropped; the test's leak check sees no map
+        with pytest.raises(aiomemif.PeerDisconnectedError):
+            await pair.server.rx_queues[0].receive()
+
+
+async def test_a_lost_connection_drains_then_raises() -> None:
+    async with memif_pair() as pair:
+        await pair.client.tx_queues[0].send(b"last words")
+        pair.client.abort()  # no DISCONNECT
+        async with asyncio.timeout(5):
+            await pair.server.wait_closed()
+        got: list[bytes] = []
+
+        async def collect() -> None:
+            async for batch in pair.server.rx_queues[0]:
+                got.extend(bytes(p) for p in batch)
+
+        with pytest.raises(aiomemif.ConnectionLostError):
+            await collect()
+        assert got == [b"last words"]
