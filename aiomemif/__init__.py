@@ -22,6 +22,7 @@ from ._aio.client import connect as connect
 from ._aio.connection import Connection as Connection
 from ._aio.events import LinkEvent as LinkEvent
 from ._aio.events import ServerEvent as ServerEvent
+from ._aio.receive_all import ReceiveAll as ReceiveAll
 from ._aio.rx_queue import RxMode as RxMode
 from ._aio.rx_queue import RxQueue as RxQueue
 from ._aio.server import HandshakeFailure as HandshakeFailure
@@ -74,6 +75,7 @@ __all__ = [
     "Mode",
     "Packet",
     "QueueDetails",
+    "ReceiveAll",
     "ReconnectPolicy",
     "RegionDetails",
     "RegionLayout",

@@ -1,6 +1,7 @@
 """The asyncio layer: what users hold. Connections (``connection``), receive queues and
-their batches (``rx_queue``, ``batch``), transmit queues (``tx_queue``), and the two roles
-(``client``, ``server``).
+their batches (``rx_queue``, ``batch``, and ``receive_all`` over several queues),
+transmit queues (``tx_queue``), the two roles (``client``, ``server``) and the events they
+stream (``events``).
 
 It pumps the core with what the OS layer reads: control messages into the handshake
 machines, eventfd wake-ups into the ring endpoints. It may import :mod:`aiomemif._core`,

@@ -103,6 +103,13 @@ async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxM
                 while outputs:
                     out = outputs.pop(0)
                     if isinstance(out, HelloReceived):
+                        tx_n, rx_n = config.tx_queue_count, config.rx_queue_count
+                        if out.n_s2m < tx_n or out.n_m2s < rx_n:
+                            log.info(
+                                "memif client %s: the server allows %d tx / %d rx queues"
+                                " (asked for %d / %d)",
+                                format_address(addr), out.n_s2m, out.n_m2s, tx_n, rx_n,
+                            )  # fmt: skip
                         layout = plan_client_layout(
                             out.n_s2m, out.n_m2s, out.log2_ring_size,
                             config.buffer_size, config.cacheline, config.layout,

@@ -25,7 +25,8 @@ from ..errors import (
     PeerDisconnectedError,
     RemoteProtocolError,
 )
-from .rx_queue import ProtocolErrorHandler, RxQueue
+from .receive_all import ReceiveAll
+from .rx_queue import DEFAULT_BATCH, ProtocolErrorHandler, RxQueue
 from .tx_queue import TxQueue
 
 __all__ = ["Connection", "UntilClosed", "discard_queued"]
@@ -258,6 +259,23 @@ class Connection:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    # -- several queues ------------------------------------------------------------------
+    def receive_all(self, max_packets: int = DEFAULT_BATCH) -> ReceiveAll:
+        """Receive from every receive queue at once: ``async for qid, batch in
+        conn.receive_all():``. Ends (or raises) like ``async for`` over one queue; see
+        :class:`~aiomemif._aio.receive_all.ReceiveAll` for leaving early.
+
+        Raises:
+            ConfigurationError: ``max_packets`` is below 1.
+        """
+        return ReceiveAll(self.rx_queues, max_packets)
+
+    def tx_queue_for(self, key: int) -> TxQueue:
+        """The transmit queue for ``key`` (``tx_queues[key % len(tx_queues)]``): pass a
+        flow hash to spread flows over the queues with each flow's packets in order, or
+        a receive queue's ``qid`` to answer on the matching queue."""
+        return self.tx_queues[key % len(self.tx_queues)]
 
     # -- details -------------------------------------------------------------------------
     def details(self) -> ConnectionDetails:

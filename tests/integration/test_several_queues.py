@@ -1,0 +1,110 @@
+"""Every queue of a connection at once: ``conn.receive_all()`` and ``conn.tx_queue_for``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import pytest
+
+import aiomemif
+from aiomemif.testing import memif_pair
+
+QUEUES = 3
+
+
+async def test_receive_all_takes_every_queue_and_ends_quietly() -> None:
+    async with memif_pair(rx_queue_count=QUEUES, tx_queue_count=QUEUES) as pair:
+        got: dict[int, list[bytes]] = defaultdict(list)
+
+        async def serve() -> None:
+            async for qid, batch in pair.server.receive_all():
+                got[qid] += [bytes(p) for p in batch]
+                await pair.server.tx_queue_for(qid).send_batch(batch)  # answer on qid
+
+        server = asyncio.create_task(serve())
+        for q in range(QUEUES):
+            await pair.client.tx_queues[q].send_batch([b"q%d-%d" % (q, i) for i in range(50)])
+        echoed: dict[int, int] = defaultdict(int)
+        async with asyncio.timeout(5):
+            async for qid, batch in pair.client.receive_all():
+                assert all(bytes(p).startswith(b"q%d-" % qid) for p in batch)
+                echoed[qid] += len(batch)
+                if sum(echoed.values()) == 50 * QUEUES:
+                    break
+        await pair.client.aclose()
+        async with asyncio.timeout(5):
+            await server  # the server's receive_all ended at the client's DISCONNECT
+        assert {q: got[q] for q in range(QUEUES)} == {
+            q: [b"q%d-%d" % (q, i) for i in range(50)] for q in range(QUEUES)
+        }
+        assert dict(echoed) == dict.fromkeys(range(QUEUES), 50)
+
+
+async def test_receive_all_raises_an_abnormal_end() -> None:
+    async with memif_pair(rx_queue_count=2, tx_queue_count=2) as pair:
+
+        async def serve() -> None:
+            async for _qid, _batch in pair.server.receive_all():
+                pass
+
+        server = asyncio.create_task(serve())
+        await asyncio.sleep(0.01)
+        pair.client.abort()
+        with pytest.raises(aiomemif.ConnectionLostError):
+            async with asyncio.timeout(5):
+                await server
+
+
+async def test_a_batch_stays_valid_until_its_own_queue_moves_on() -> None:
+    async with memif_pair(rx_queue_count=2, tx_queue_count=2) as pair:
+        await pair.client.tx_queues[0].send(b"zero")
+        await pair.client.tx_queues[1].send(b"one")
+        async with pair.server.receive_all() as batches:
+            async with asyncio.timeout(5):
+                first = await anext(batches)
+                second = await anext(batches)
+                assert {first[0], second[0]} == {0, 1}
+                # Both are still readable: neither queue was received from again.
+                assert sorted([bytes(first[1][0]), bytes(second[1][0])]) == [b"one", b"zero"]
+        # Leaving the block cancelled the receives in flight: the queues are free again.
+        await pair.client.tx_queues[1].send(b"after")
+        async with asyncio.timeout(5):
+            batch = await pair.server.rx_queues[1].receive()
+        assert [bytes(p) for p in batch] == [b"after"]
+
+
+async def test_dropping_the_iterator_frees_the_queues() -> None:
+    async with memif_pair() as pair:
+        batches = pair.server.receive_all()
+        await pair.client.tx_queues[0].send(b"x")
+        async with asyncio.timeout(5):
+            await anext(batches)
+        await anext_soon(batches)  # a receive is in flight now
+        del batches
+        await asyncio.sleep(0.01)
+        await pair.client.tx_queues[0].send(b"y")
+        async with asyncio.timeout(5):
+            batch = await pair.server.rx_queues[0].receive()
+        assert [bytes(p) for p in batch] == [b"y"]
+
+
+async def anext_soon(batches: aiomemif.ReceiveAll) -> None:
+    """Start the next receive and give up on it at once (it keeps running)."""
+    waiter = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def test_tx_queue_for_spreads_keys_over_the_queues() -> None:
+    async with memif_pair(rx_queue_count=QUEUES, tx_queue_count=QUEUES) as pair:
+        conn = pair.client
+        assert [conn.tx_queue_for(k).qid for k in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+        assert conn.tx_queue_for(2**40 + 1) is conn.tx_queues[(2**40 + 1) % QUEUES]
+
+
+async def test_receive_all_checks_its_argument() -> None:
+    async with memif_pair() as pair:
+        with pytest.raises(aiomemif.ConfigurationError):
+            pair.server.receive_all(0)
