@@ -5,7 +5,8 @@ are listed in ``support/docblocks.py``, the harness is ``support/docrun.py``). I
 directive runs the block as is in a fresh namespace (top-level ``await`` allowed,
 ``asyncio.run(main())`` awaited on the test's loop); ``peer=server|client address=...``
 starts an aiomemif peer on a private socket in place of that address; ``with=pair`` binds
-``conn``/``rx``/``tx``/``pair`` from a loopback pair; ``pytest`` runs a test file in an inner
+``conn``/``rx``/``tx``/``pair`` from a loopback pair, ``with=server`` a listening ``server``
+that the peer connects to; ``pytest`` runs a test file in an inner
 pytest (strict and auto mode, both loops); ``skip reason="..."`` is for blocks that truly
 cannot run. Test ids name the file and the block's first line.
 """

@@ -20,6 +20,9 @@ without a directive just runs as is, in a fresh namespace. The keys (see
 ``with=pair``
     bind ``aiomemif``, ``pair`` (a connected loopback ``MemifPair``), ``conn`` (its client
     end), ``rx``/``tx`` (``conn``'s queue 0); the peer is ``pair.server``.
+``with=server``
+    bind ``aiomemif`` and ``server`` (an aiomemif server on a private socket, interface 0);
+    the peer is a client that connects to it once the block runs.
 ``send=N`` ``size=BYTES`` ``echo`` ``receive=N`` ``wait=TEXT``
     the peer's script: send N test frames of BYTES bytes (in pair mode before the block
     starts), expect them back unchanged (``echo``) or expect N frames from the block
@@ -122,8 +125,8 @@ def parse_directive(body: str) -> Directive:
         raise DirectiveError("reason= only goes with skip")
     if values.get("peer") not in (None, "server", "client"):
         raise DirectiveError("peer= is server or client")
-    if values.get("with") not in (None, "pair"):
-        raise DirectiveError("with= knows only pair")
+    if values.get("with") not in (None, "pair", "server"):
+        raise DirectiveError("with= is pair or server")
     if "peer" in values and "with" in values:
         raise DirectiveError("peer= and with= exclude each other")
     if "peer" in values and "address" not in values:

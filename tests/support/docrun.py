@@ -210,6 +210,11 @@ async def run_case(case: Case, tmp: Path) -> str:
             await peer.send(pair.server)
             if d.has_script:
                 peer_job = lambda _block: peer.finish(pair.server)  # noqa: E731
+        elif d.setup == "server":
+            address = str(tmp / "docs.sock")
+            server = await stack.enter_async_context(aiomemif.serve(address))
+            namespace.update(aiomemif=aiomemif, server=server)
+            peer_job = lambda block: peer.as_client(address, block)  # noqa: E731
         elif d.peer == "server":
             assert address is not None
             config = aiomemif.InterfaceConfig(interface_id=d.interface_id, app_name=PEER_NAME)
