@@ -136,3 +136,20 @@ async def test_a_block_error_names_the_doc_line(tmp_path: Path) -> None:
     with pytest.raises(NameError) as info:
         await run_case(case, tmp_path)
     assert (info.traceback[-1].path, info.traceback[-1].lineno + 1) == (doc, 5)
+
+
+async def test_a_server_block_that_never_listens_fails(tmp_path: Path) -> None:
+    code = 'address = "/run/s.sock"'
+    [case] = cases([markdown(tmp_path, fence(code, "peer=client address=/run/s.sock"))])
+    with pytest.raises(AssertionError, match="before the peer could connect"):
+        await run_case(case, tmp_path)
+
+
+async def test_with_server_gives_the_block_a_server_the_peer_connects_to(tmp_path: Path) -> None:
+    code = """
+async for conn in server.connections():
+    print("peer:", conn.peer_app_name)
+"""
+    directive = 'with=server wait="peer: docs-peer" stop=server'
+    [case] = cases([markdown(tmp_path, fence(code, directive))])
+    assert await run_case(case, tmp_path) == "peer: docs-peer\n"

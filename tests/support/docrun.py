@@ -161,7 +161,9 @@ class Peer:
                 break
             except aiomemif.MemifOSError:  # not listening yet
                 if block.done():
-                    return  # the block failed: its error is the one to report
+                    if block.cancelled() or block.exception() is not None:
+                        return  # the block failed: its error is the one to report
+                    raise AssertionError("the block ended before the peer could connect") from None
                 await asyncio.sleep(0.005)
         async with conn:
             await self.send(conn)
@@ -207,7 +209,8 @@ async def run_case(case: Case, tmp: Path) -> str:
         if d.setup == "pair":
             pair = await stack.enter_async_context(memif_pair())
             namespace.update(pair_names(pair))
-            await peer.send(pair.server)
+            async with asyncio.timeout(HANG_GUARD):
+                await peer.send(pair.server)  # before the block starts: one batch
             if d.has_script:
                 peer_job = lambda _block: peer.finish(pair.server)  # noqa: E731
         elif d.setup == "server":
