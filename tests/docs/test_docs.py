@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from support.docblocks import ROOT, Case, cases
+from support.docblocks import ROOT, Case, cases, doc_files
 from support.docrun import run_case
 
 CASES = cases()
@@ -39,6 +39,8 @@ def params(*, pytest_files: bool) -> list[object]:
 
 
 def test_every_block_is_collected() -> None:
+    # Every Markdown file under docs/ is read, with or without Python blocks today.
+    assert {ROOT / "README.md", ROOT / "docs" / "protocol.md"} <= set(doc_files())
     # The README has Python blocks of both kinds: the collector must find them.
     assert [c for c in CASES if c.blocks[0].path.name == "README.md" and not c.directive.pytest]
     assert [c for c in CASES if c.directive.pytest]
