@@ -76,7 +76,8 @@ async def respond(args: argparse.Namespace) -> None:
                     answered += await tx.send_batch(replies)
                 if args.count and answered >= args.count:
                     break
-        except aiomemif.DisconnectedError as exc:  # lost without DISCONNECT
+        except (aiomemif.DisconnectedError, aiomemif.RemoteProtocolError) as exc:
+            # lost without DISCONNECT, or it broke the protocol
             print(f"link down: {exc.reason}")
         with contextlib.suppress(aiomemif.DisconnectedError):  # or until the peer hangs up
             for _ in range(1000):  # up to 1 s for the peer to read our last replies

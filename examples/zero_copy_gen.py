@@ -68,7 +68,8 @@ async def generate(args: argparse.Namespace) -> int:
                 sent += tx.commit(bufs)  # publish the whole batch, signal the peer once
         except aiomemif.PeerDisconnectedError as exc:  # the peer closed the link: stop here
             print(f"peer closed the link after {sent} packets: {exc.reason}", flush=True)
-        except aiomemif.DisconnectedError as exc:  # lost without DISCONNECT
+        except (aiomemif.DisconnectedError, aiomemif.RemoteProtocolError) as exc:
+            # lost without DISCONNECT, or it broke the protocol
             print(f"link down after {sent} packets: {exc.reason}", flush=True)
             return 1
         elapsed = time.perf_counter() - start
