@@ -70,18 +70,20 @@ async def respond(args: argparse.Namespace) -> None:
             conn = await stack.enter_async_context(await server.accept())
         rx, tx = conn.rx_queues[0], conn.tx_queues[0]
         try:
-            async for batch in rx:
+            async for batch in rx:  # ends quietly when the peer closes the link (DISCONNECT)
                 replies = [r for r in (answer(bytes(p), mac, ip) for p in batch) if r]
                 if replies:
                     answered += await tx.send_batch(replies)
                 if args.count and answered >= args.count:
                     break
+        except (aiomemif.DisconnectedError, aiomemif.RemoteProtocolError) as exc:
+            # lost without DISCONNECT, or it broke the protocol
+            print(f"link down: {exc.reason}")
+        with contextlib.suppress(aiomemif.DisconnectedError):  # or until the peer hangs up
             for _ in range(1000):  # up to 1 s for the peer to read our last replies
                 if tx.free_slots() == conn.details().tx_queues[0].ring_size:
                     break
                 await asyncio.sleep(0.001)
-        except aiomemif.DisconnectedError as exc:
-            print(f"link down: {exc.reason}")
     print(f"answered {answered} packets")
 
 

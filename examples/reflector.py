@@ -76,7 +76,8 @@ async def reflect(args: argparse.Namespace) -> int:
                 reflected += len(batch)
                 if args.count and reflected >= args.count:
                     break
-        except aiomemif.DisconnectedError as exc:  # the peer went away
+        except (aiomemif.DisconnectedError, aiomemif.RemoteProtocolError) as exc:
+            # the peer went away, or it broke the protocol
             print(f"link down: {exc.reason}", flush=True)
         else:
             await drain(tx, conn.details().tx_queues[0].ring_size)

@@ -66,7 +66,8 @@ async def xconnect(args: argparse.Namespace) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         errors = [exc for task in done if (exc := task.exception()) is not None]
-        if errors and not isinstance(errors[0], aiomemif.DisconnectedError):
+        link_errors = (aiomemif.DisconnectedError, aiomemif.RemoteProtocolError)
+        if errors and not isinstance(errors[0], link_errors):
             raise errors[0]  # a bug, not the network
         if errors:
             print(f"link down: {errors[0]}", flush=True)

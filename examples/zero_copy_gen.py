@@ -29,7 +29,7 @@ async def discard(rx: aiomemif.RxQueue, received: list[int]) -> None:
     """Receive and drop what the peer sends: a peer that answers (a reflector, say) would
     otherwise stall on our full receive ring, and stop reading what we send."""
     with contextlib.suppress(aiomemif.DisconnectedError):
-        async for batch in rx:  # ends when we close the connection
+        async for batch in rx:  # ends when either side closes the link normally
             received[0] += len(batch)
 
 
@@ -66,7 +66,10 @@ async def generate(args: argparse.Namespace) -> int:
                         HEADER.pack_into(buf.view, 0, b"\xff" * 6, src, ETHERTYPE, seq)
                         buf.write(padding, HEADER.size)
                 sent += tx.commit(bufs)  # publish the whole batch, signal the peer once
-        except aiomemif.DisconnectedError as exc:
+        except aiomemif.PeerDisconnectedError as exc:  # the peer closed the link: stop here
+            print(f"peer closed the link after {sent} packets: {exc.reason}", flush=True)
+        except (aiomemif.DisconnectedError, aiomemif.RemoteProtocolError) as exc:
+            # lost without DISCONNECT, or it broke the protocol
             print(f"link down after {sent} packets: {exc.reason}", flush=True)
             return 1
         elapsed = time.perf_counter() - start

@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import random
+import weakref
 from array import array
-from collections.abc import AsyncGenerator, AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator
 from types import TracebackType
 from typing import Any, final
 
@@ -35,7 +36,7 @@ from ..errors import (
     RemoteProtocolError,
 )
 from .connection import Connection, UntilClosed, discard_queued
-from .events import EventStreams, LinkEvent
+from .events import EventStream, EventStreams, LinkEvent
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
@@ -319,6 +320,9 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._events: EventStreams[LinkEvent] = EventStreams()
+        #: Every connection made, while anyone holds it (closed with the client, also
+        #: those whose peer left and that still hold memory for a receiver).
+        self._made: weakref.WeakSet[Connection] = weakref.WeakSet()
         #: The error that ended the reconnect loop (attempts ran out), if any.
         self._gave_up: MemifError | None = None
         #: Pulsed when a link comes up, the loop gives up, or the client closes.
@@ -349,14 +353,14 @@ class Client:
                         return
                     continue
                 failures = 0
+                self._made.add(conn)
                 self.connection = conn
                 self._queue.put_nowait(conn)
                 self._notify()
                 self._events.publish(LinkEvent(kind="up", connection=conn))
                 err = await conn.wait_closed()
                 self.connection = None
-                if discard_queued(self._queue, conn):  # never taken by connections()
-                    conn.abort()  # drop it, and the memory kept for a receiver
+                discard_queued(self._queue, conn)  # never taken by connections(): drop it
                 delay = self.policy.delay(1)
                 reason = conn.close_reason
                 log.info("%s: link down: %s; reconnecting in %.2f s", self._name, reason, delay)
@@ -417,7 +421,7 @@ class Client:
         self._changed.set()  # wakes every current waiter
         self._changed.clear()
 
-    def link_events(self) -> AsyncGenerator[LinkEvent, None]:
+    def link_events(self) -> EventStream[LinkEvent]:
         """Link changes from now on: ``async for ev in client.link_events()``.
 
         Each :class:`LinkEvent` is ``"up"`` (``.connection`` is the new link), ``"down"``
@@ -486,6 +490,8 @@ class Client:
         if self.connection is not None:
             await self.connection.aclose()
             self.connection = None
+        for made in list(self._made):
+            made.abort()
         self._queue.put_nowait(None)
         self._notify()
         self._events.end()

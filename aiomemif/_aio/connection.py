@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Generic, TypedDict, TypeVar, final
+from typing import Final, Generic, TypedDict, TypeVar, final
 
 from .._core import wire as w
 from .._core.config import InterfaceConfig
@@ -42,6 +42,10 @@ class QueueHooks(TypedDict):
 
 
 log = logging.getLogger("aiomemif")
+
+#: Seconds a link the peer ended keeps its shared memory for receive queues that still
+#: have packets to hand out; then the rest is dropped and the memory freed.
+DRAIN_LIMIT: Final = 2.0
 
 
 @final
@@ -94,6 +98,7 @@ class Connection:
         self._reason: str | None = None
         #: Receive queues still handing out what the peer published before it left.
         self._draining: set[RxQueue] = set()
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[MemifError] = loop.create_future()
         self._on_closed: list[Callable[[Connection], None]] = []
 
@@ -124,8 +129,9 @@ class Connection:
     @property
     def close_reason(self) -> str | None:
         """Why the link went down, as text (None while it is up): the peer's DISCONNECT
-        reason, the reason given to :meth:`aclose`, ``"connection aborted"``,
-        ``"connection lost"`` or the protocol violation that ended it."""
+        reason, the reason given to :meth:`aclose`, ``"connection aborted"``, what was
+        lost (``"peer closed the control socket"``, ``"control socket error: ..."``) or
+        the protocol violation that ended it."""
         return self._reason
 
     @property
@@ -180,9 +186,9 @@ class Connection:
 
     def _fail(self, exc: RemoteProtocolError) -> None:
         """The peer broke the protocol: tell it why, then tear down."""
-        if self._error is not None:
-            return
         log.warning("memif %s: protocol error: %s", self.config.if_name, exc.reason)
+        if self._error is not None:  # (down already: a queue was draining)
+            return
         self._channel.send_disconnect(exc.reason)
         self._teardown(exc, exc.reason)
 
@@ -193,12 +199,16 @@ class Connection:
         On a link the peer already ended, this drops what its receive queues had not
         handed out yet and frees the shared memory.
         """
+        self._close(reason)
+        await asyncio.sleep(0)
+
+    def _close(self, reason: str) -> None:
+        """What :meth:`aclose` does, without yielding (for ``finally`` blocks)."""
         if self._error is None:
             self._channel.send_disconnect(reason)
             self._teardown(ClosedResourceError("connection closed"), reason)
         else:
             self._stop_draining()
-        await asyncio.sleep(0)
 
     def abort(self) -> None:
         """Tear down at once, without telling the peer (idempotent); as :meth:`aclose`,
@@ -228,7 +238,9 @@ class Connection:
             tq._shutdown(error)
         for efd in self._efds:
             efd.close()
-        if not self._draining:
+        if self._draining:  # ... for a while: nobody may come to read them
+            self._drain_timer = self._loop.call_later(DRAIN_LIMIT, self._stop_draining)
+        else:
             self._free_memory()
         if not self._closed.done():
             self._closed.set_result(error)
@@ -246,6 +258,9 @@ class Connection:
             q._shutdown(self._error or ClosedResourceError("connection closed"))
 
     def _free_memory(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         for ring in self._rings:
             ring.release()
         self._rings = []

@@ -9,8 +9,9 @@ iterator, and ends them all (quietly, or raising an error) when its owner ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar, final
+import collections
+import weakref
+from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar, final
 
 import attrs
 
@@ -19,7 +20,7 @@ from ..errors import MemifError
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["EventStreams", "LinkEvent", "ServerEvent"]
+__all__ = ["EventStream", "EventStreams", "LinkEvent", "ServerEvent"]
 
 E = TypeVar("E")
 
@@ -67,6 +68,11 @@ class ServerEvent:
     connection: Connection | None = None
 
 
+#: Most events a subscriber that does not keep up holds; older ones are dropped (and
+#: counted in ``EventStream.dropped``).
+MAX_BACKLOG: Final = 1024
+
+
 @final
 class _End:
     """What ends a subscriber's stream (with the error to raise, if any)."""
@@ -75,18 +81,84 @@ class _End:
         self.error = error
 
 
+def _copy(error: MemifError) -> MemifError:
+    """A new exception like ``error`` (several subscribers must not share a traceback)."""
+    try:
+        new = type(error)(*error.args)
+    except TypeError:
+        return error
+    new.__cause__ = error.__cause__
+    return new
+
+
+@final
+class EventStream(Generic[E]):
+    """One subscriber's events: an async iterator, subscribed from the moment it was made
+    (what ``Client.link_events()`` and ``Server.events()`` return).
+
+    It holds at most ``MAX_BACKLOG`` events not yet taken (``dropped`` counts the older
+    ones it let go). :meth:`aclose` (or dropping it) unsubscribes.
+    """
+
+    def __init__(self, end: _End | None) -> None:
+        self._items: collections.deque[E] = collections.deque(maxlen=MAX_BACKLOG)
+        self._end = end
+        self._wake = asyncio.Event()
+        #: Events dropped because this subscriber did not keep up.
+        self.dropped = 0
+
+    def _put(self, event: E) -> None:
+        if len(self._items) == MAX_BACKLOG:
+            self.dropped += 1
+        self._items.append(event)
+        self._wake.set()
+
+    def _finish(self, end: _End) -> None:
+        if self._end is None:
+            self._end = end
+        self._wake.set()
+
+    def __aiter__(self) -> EventStream[E]:
+        return self
+
+    async def __anext__(self) -> E:
+        """The next event; ends when the owner ends (raising its error, if it has one).
+
+        Raises:
+            MemifError: the error the owner ended with (a client whose attempts ran out).
+        """
+        while True:
+            if self._items:
+                return self._items.popleft()
+            end = self._end
+            if end is not None:
+                self._end = _End(None)  # the error is raised once
+                if end.error is not None:
+                    raise _copy(end.error)
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def aclose(self) -> None:
+        """Unsubscribe: later calls end the iteration (idempotent)."""
+        self._items.clear()
+        self._end = _End(None)
+        self._wake.set()
+
+
 @final
 class EventStreams(Generic[E]):
-    """Fan-out of events to any number of async iterators (see :meth:`subscribe`)."""
+    """Fan-out of events to any number of subscribers (see :meth:`subscribe`)."""
 
     def __init__(self) -> None:
-        self._queues: list[asyncio.Queue[E | _End]] = []
+        self._streams: weakref.WeakSet[EventStream[E]] = weakref.WeakSet()
         self._end: _End | None = None
 
     def publish(self, event: E) -> None:
         """Give ``event`` to every current subscriber (never blocks)."""
-        for q in self._queues:
-            q.put_nowait(event)
+        for stream in list(self._streams):
+            if stream._end is None:
+                stream._put(event)
 
     def end(self, error: MemifError | None = None) -> None:
         """End every stream, now and for later subscribers: quietly, or raising ``error``
@@ -94,25 +166,11 @@ class EventStreams(Generic[E]):
         if self._end is not None:
             return
         self._end = _End(error)
-        for q in self._queues:
-            q.put_nowait(self._end)
+        for stream in list(self._streams):
+            stream._finish(self._end)
 
-    async def subscribe(self) -> AsyncGenerator[E, None]:
-        """Events from now on, until :meth:`end` (which raises its error here, if any).
-
-        Raises:
-            MemifError: the error given to :meth:`end`.
-        """
-        if self._end is not None:
-            if self._end.error is not None:
-                raise self._end.error
-            return
-        q: asyncio.Queue[E | _End] = asyncio.Queue()
-        self._queues.append(q)
-        try:
-            while not isinstance(item := await q.get(), _End):
-                yield item
-            if item.error is not None:
-                raise item.error
-        finally:
-            self._queues.remove(q)
+    def subscribe(self) -> EventStream[E]:
+        """A new subscriber, receiving every event published from now on."""
+        stream: EventStream[E] = EventStream(self._end)
+        self._streams.add(stream)
+        return stream

@@ -1,10 +1,10 @@
 """Receiving from every queue of a connection at once: ``async for qid, batch in
 conn.receive_all()``.
 
-Each receive queue has one receive in flight (a task); whichever finishes first is handed
-out, several at once in queue order. A batch stays valid until the next batch *of its
-queue* is asked for (the next ``__anext__`` after it was handed out restarts that queue's
-receive, which releases it), the same rule as for one queue.
+Each receive queue has one wait in flight (a task) that takes nothing from the ring; when
+queues become readable, batches are received from them one at a time, in queue order, as
+the consumer asks. So leaving early loses nothing, and a batch stays valid until the next
+batch *of its queue* is received (the same rule as for one queue).
 """
 
 from __future__ import annotations
@@ -15,19 +15,18 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import final
 
-from ..errors import ClosedResourceError, ConfigurationError, PeerDisconnectedError
+from ..errors import (
+    BusyResourceError,
+    ClosedResourceError,
+    ConfigurationError,
+    MemifError,
+    PeerDisconnectedError,
+    WouldBlockError,
+)
 from .batch import Batch
 from .rx_queue import RxQueue
 
 __all__ = ["ReceiveAll"]
-
-
-async def _next_batch(rx: RxQueue, max_packets: int) -> Batch | None:
-    """The queue's next batch, or None once its link ended normally."""
-    try:
-        return await rx.receive(max_packets)
-    except (ClosedResourceError, PeerDisconnectedError):
-        return None
 
 
 @final
@@ -35,22 +34,24 @@ class ReceiveAll:
     """Async iterator of ``(qid, batch)`` over several receive queues (see the module).
 
     It ends quietly when every queue's link ended normally, and raises the first abnormal
-    end (``ConnectionLostError``, ``RemoteProtocolError``), as ``async for`` over one queue
-    does. Leaving early: use it as ``async with conn.receive_all() as batches:`` or call
-    :meth:`aclose`, which cancels the receives in flight (dropping the iterator does too).
-    While it runs, its queues are busy for other receivers.
+    end (``ConnectionLostError``, ``RemoteProtocolError``) once every queue handed out
+    what it still had, as ``async for`` over one queue does. Leaving early: use it as
+    ``async with conn.receive_all() as batches:`` or call :meth:`aclose`, which cancels
+    the waits in flight (dropping the iterator does too); nothing is lost. While it runs,
+    its queues are busy for other receivers.
     """
 
     def __init__(self, queues: Sequence[RxQueue], max_packets: int) -> None:
-        self._tasks: dict[int, asyncio.Task[Batch | None]] = {}  # (first: __del__ reads it)
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # (first: __del__ reads it)
         if max_packets < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {max_packets}")
         self._queues = list(queues)
         self._max = max_packets
+        #: Queues found readable, in the order they will be received from.
+        self._readable: collections.deque[int] = collections.deque()
         self._ended: set[int] = set()
-        self._ready: collections.deque[tuple[int, Batch]] = collections.deque()
-        #: Index of the queue whose batch was handed out last (restarted on next call).
-        self._last: int | None = None
+        #: The first abnormal end, raised once every other queue has ended too.
+        self._error: BaseException | None = None
         self._closed = False
 
     def __aiter__(self) -> ReceiveAll:
@@ -60,46 +61,52 @@ class ReceiveAll:
         """The next ``(qid, batch)`` from whichever queue has packets.
 
         Raises:
-            ConnectionLostError, RemoteProtocolError: the link ended abnormally.
+            ConnectionLostError, RemoteProtocolError: the link ended abnormally (after
+                every queue handed out what it still had).
             BusyResourceError: another task receives on one of the queues.
         """
-        if self._closed:
-            raise StopAsyncIteration
-        self._last = None
-        self._start()
-        while not self._ready:
+        while not self._closed:
+            while self._readable:
+                i = self._readable.popleft()
+                try:
+                    batch = self._queues[i].receive_nowait(self._max)
+                except WouldBlockError:  # only bad descriptors were there
+                    continue
+                except (ClosedResourceError, PeerDisconnectedError):
+                    self._ended.add(i)
+                    continue
+                except MemifError as exc:
+                    self._ended.add(i)
+                    self._error = self._error or exc
+                    continue
+                return self._queues[i].qid, batch
+            self._start()
             if not self._tasks:
+                error, self._error = self._error, None
                 await self.aclose()
-                raise StopAsyncIteration
+                if error is not None:
+                    raise error
+                break
             await asyncio.wait(self._tasks.values(), return_when=asyncio.FIRST_COMPLETED)
             for i in sorted(i for i, t in self._tasks.items() if t.done()):
                 task = self._tasks.pop(i)
-                error = task.exception()
-                if error is not None:
+                if isinstance(task.exception(), BusyResourceError):
                     await self.aclose()
-                    raise error
-                batch = task.result()
-                if batch is None:
-                    self._ended.add(i)
-                else:
-                    self._ready.append((i, batch))
-        i, batch = self._ready.popleft()
-        self._last = i
-        return self._queues[i].qid, batch
+                    task.result()  # raises it: someone else receives on this queue
+                self._readable.append(i)  # readable, or ended: receive_nowait tells
+        raise StopAsyncIteration
 
     def _start(self) -> None:
-        """A receive in flight on every queue that has none, has not ended, and whose
-        batch is not waiting to be handed out."""
-        waiting = {i for i, _ in self._ready}
+        """A wait in flight on every queue that has none and has not ended."""
         loop = asyncio.get_running_loop()
         for i, rx in enumerate(self._queues):
-            if i in self._tasks or i in self._ended or i in waiting:
-                continue
-            self._tasks[i] = loop.create_task(_next_batch(rx, self._max))
+            if i not in self._tasks and i not in self._ended:
+                self._tasks[i] = loop.create_task(rx._readable())
 
     async def aclose(self) -> None:
-        """Stop: cancel the receives in flight (idempotent; batches handed out stay valid
-        until their queue is received from again)."""
+        """Stop: cancel the waits in flight (idempotent). Nothing is taken from a ring
+        that was not handed out; batches handed out stay valid until their queue is
+        received from again."""
         self._closed = True
         tasks = list(self._tasks.values())
         self._tasks.clear()
@@ -107,7 +114,6 @@ class ReceiveAll:
             task.cancel()
         # Their results or errors go unclaimed: nobody asked for them anymore.
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._ready.clear()
 
     def __del__(self) -> None:
         for task in self._tasks.values():

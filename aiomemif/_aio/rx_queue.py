@@ -417,6 +417,29 @@ class RxQueue(QueueBase):
         ep = self._endpoint
         return ep.ring.header[self._published] != ep.read
 
+    async def _readable(self) -> None:
+        """Wait until the ring has something to read, reading nothing (what
+        ``receive_all`` waits for on each queue, so that it takes only what it hands out).
+
+        Raises:
+            As :meth:`receive`, once the link is down and nothing is left to drain.
+        """
+        if self._busy:
+            raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
+        self._busy = True
+        try:
+            while True:
+                self._check()
+                if self._pending():
+                    return
+                if self._ending is not None:
+                    if self._batch is not None:
+                        return  # the next receive releases it and ends the queue
+                    self._drained()
+                await self._wait(DEFAULT_BATCH)
+        finally:
+            self._busy = False
+
     def receive_nowait(self, max_packets: int = DEFAULT_BATCH) -> Batch:
         """Return the packets waiting now.
 
@@ -455,12 +478,13 @@ class RxQueue(QueueBase):
 
     def _shutdown(self, error: MemifError, drain: bool = False) -> bool:
         """The link is down. With ``drain`` (the peer ended it) and packets waiting in the
-        ring, keep handing them out (one ring's worth at most: a peer cannot keep the
-        queue alive by publishing more) and return True; :meth:`_drained` ends it later.
-        Otherwise shut down now and return False."""
+        ring or a batch in hand, keep the batch valid and hand out the rest (one ring's
+        worth at most: a peer cannot keep the queue alive by publishing more), and return
+        True; :meth:`_drained` ends it later. Otherwise shut down now and return False."""
         self._interrupt.disarm()
         self._interrupt.stop()
-        if drain and self._error is None and self._ending is None and self._pending():
+        held = self._batch is not None  # (the batch in hand stays valid while draining)
+        if drain and self._error is None and self._ending is None and (held or self._pending()):
             self._ending = error
             self._drain_left = self._endpoint.ring.size
             self._interrupt.wake()  # a sleeping receive re-scans and finds them

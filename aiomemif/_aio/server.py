@@ -8,7 +8,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Final, Literal, final
 
@@ -40,7 +41,7 @@ from ..errors import (
     RemoteProtocolError,
 )
 from .connection import Connection, UntilClosed, discard_queued
-from .events import EventStreams, ServerEvent
+from .events import EventStream, EventStreams, ServerEvent
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
@@ -131,6 +132,9 @@ class Server:
     ) -> None:
         self._handler = handler
         self._handlers: set[asyncio.Task[None]] = set()
+        #: Every connection made, while anyone holds it (closing the server closes all,
+        #: also those whose peer left and that still hold memory for a receiver).
+        self._made: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._events: EventStreams[ServerEvent] = EventStreams()
         self._address = parse_address(
             os.fspath(address) if isinstance(address, os.PathLike) else address
@@ -387,6 +391,8 @@ class Server:
             await conn.aclose("handler failed")
         else:
             await conn.aclose()
+        finally:  # also when cancelled; frees what a link the peer ended still holds
+            conn._close("handler cancelled")
 
     def _record(self, interface_id: int | None, reason: str) -> None:
         who = "a client" if interface_id is None else f"interface {interface_id}"
@@ -449,6 +455,7 @@ class Server:
                 conn.tx_queues.append(TxQueue(rec.index, tx, efd, **hooks))
         conn._start(self._on_conn_closed)
         self._bound[cfg.interface_id] = conn
+        self._made.add(conn)
         return conn
 
     def _on_conn_closed(self, conn: Connection) -> None:
@@ -462,8 +469,7 @@ class Server:
                 connection=conn,
             )
         )
-        if discard_queued(self._ready, conn):  # never accepted: nothing should keep it
-            conn.abort()  # (nor its memory, kept for a receiver that will never come)
+        discard_queued(self._ready, conn)  # never accepted: nothing should keep it
         self._resume()  # its fds are free again
 
     async def accept(self) -> Connection:
@@ -493,7 +499,7 @@ class Server:
         """
         return UntilClosed(self.accept)
 
-    def events(self) -> AsyncGenerator[ServerEvent, None]:
+    def events(self) -> EventStream[ServerEvent]:
         """What happens from now on: ``async for ev in server.events()`` yields a
         :class:`ServerEvent` per connection made (``"connected"``), handshake refused
         (``"refused"``, with the interface id and reason) and connection ended
@@ -515,8 +521,11 @@ class Server:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop listening, abandon handshakes, close every connection (DISCONNECT sent)."""
+        """Stop listening, abandon handshakes, close every connection (DISCONNECT sent),
+        then cancel the handlers still running. A second call waits for the first."""
         if self._closed:
+            if asyncio.current_task() not in self._handlers:
+                await self._shut.wait()
             return
         self._closed = True
         if self._retry is not None:
@@ -539,11 +548,13 @@ class Server:
                 await pending.aclose("server closed")
         self._ready.put_nowait(None)
         await asyncio.sleep(0)  # handlers see their links end and may return by themselves
-        for handler in list(self._handlers):
+        me = asyncio.current_task()  # (a handler may close the server: it goes on)
+        handlers = [h for h in self._handlers if h is not me]
+        for handler in handlers:
             handler.cancel()
-        for handler in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await handler
+        await asyncio.gather(*handlers, return_exceptions=True)
+        for made in list(self._made):
+            made.abort()  # links the peer ended, whose memory waited for a receiver
         self._events.end()
         self._shut.set()
 

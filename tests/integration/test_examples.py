@@ -1,14 +1,19 @@
 """Every program in examples/ runs as a subprocess against an aiomemif peer in the test.
 
 Each example gets its socket path from argv and a bound (``--count``) so that it exits by
-itself; the test checks the traffic and the exit status. A subprocess that outlives its
-test is killed.
+itself; the test checks the traffic and the exit status. A second test of each example
+gives it no bound: the peer closes the link normally (DISCONNECT) instead, and the example
+must end cleanly (exit 0, nothing on stderr, the end not reported as a failure). The
+example runs on the same kind of loop as the test (asyncio, or uvloop through the event
+loop policy) and imports this checkout's aiomemif. A subprocess that outlives its test is
+killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 import subprocess
@@ -18,6 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import uvloop
 
 import aiomemif
 
@@ -56,14 +62,27 @@ class Example:
             await self.proc.communicate()
 
 
+#: Runs the script in argv[1] as __main__ with uvloop as asyncio's event loop.
+ON_UVLOOP = (
+    "import asyncio, runpy, sys, uvloop; "
+    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+    "sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 @contextlib.asynccontextmanager
 async def example(name: str, *args: str) -> AsyncIterator[Example]:
+    script = str(EXAMPLES / name)
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    cmd = [sys.executable, "-c", ON_UVLOOP, script] if on_uvloop else [sys.executable, script]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's aiomemif, not another
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLES / name),
+        *cmd,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     ex = Example(proc)
     try:
@@ -93,6 +112,14 @@ async def receive(rx: aiomemif.RxQueue, count: int) -> list[bytes]:
             with await rx.receive() as batch:
                 got.extend(bytes(p) for p in batch)
     return got
+
+
+async def finish_cleanly(ex: Example) -> None:
+    """The example ended by itself after its peer closed normally: exit status 0, nothing on
+    stderr (no traceback, no warning), and no "link down" report (that is for failures)."""
+    status = await ex.finish()
+    assert (status, ex.err) == (0, ""), f"exit {status}\n{ex.out}\n{ex.err}"
+    assert "link down" not in ex.out, ex.out
 
 
 def payloads(count: int, tag: int = 0) -> list[bytes]:
@@ -149,6 +176,27 @@ async def test_reflector_as_client_with_a_slow_reader(sock_path: str) -> None:
                 assert got == sent
                 assert await ex.finish() == 0, ex.err
     assert f"reflected {count} packets" in ex.out
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+async def test_reflector_ends_cleanly_when_the_peer_closes(sock_path: str, role: str) -> None:
+    sent = payloads(50, tag=2)
+    async with contextlib.AsyncExitStack() as stack:
+        if role == "client":  # the example connects to us: listen first
+            server = await stack.enter_async_context(aiomemif.serve(sock_path))
+        ex = await stack.enter_async_context(
+            example("reflector.py", "--socket", sock_path, "--role", role)
+        )
+        if role == "client":
+            conn = await asyncio.wait_for(server.accept(), DEADLINE)
+        else:
+            conn = await connect_when_listening(ex, sock_path)
+        async with conn:
+            await conn.tx_queues[0].send_batch(sent)
+            assert await receive(conn.rx_queues[0], len(sent)) == sent
+            await conn.aclose("test done")
+        await finish_cleanly(ex)
+    assert f"reflected {len(sent)} packets" in ex.out
 
 
 # -- icmp_responder ---------------------------------------------------------------------
@@ -223,6 +271,26 @@ async def test_icmp_responder_answers_arp_and_ping(sock_path: str) -> None:
     assert "answered 3 packets" in ex.out
 
 
+@pytest.mark.parametrize("role", ["server", "client"])
+async def test_icmp_responder_ends_cleanly_when_the_peer_closes(sock_path: str, role: str) -> None:
+    args = ("--socket", sock_path, "--role", role, "--ip", "10.9.0.2")
+    async with contextlib.AsyncExitStack() as stack:
+        if role == "client":
+            server = await stack.enter_async_context(aiomemif.serve(sock_path))
+        ex = await stack.enter_async_context(example("icmp_responder.py", *args))
+        if role == "client":
+            conn = await asyncio.wait_for(server.accept(), DEADLINE)
+        else:
+            conn = await connect_when_listening(ex, sock_path)
+        async with conn:
+            await conn.tx_queues[0].send_batch([arp_request(THEIR_IP), echo_request(7, 1, b"hi")])
+            _arp, ping = await receive(conn.rx_queues[0], 2)
+            check_echo_reply(ping, 7, 1, b"hi")
+            await conn.aclose("test done")
+        await finish_cleanly(ex)
+    assert "answered 2 packets" in ex.out
+
+
 # -- xconnect ---------------------------------------------------------------------------
 
 
@@ -252,6 +320,35 @@ async def test_xconnect_crosses_both_ways(sock_dir: Path, role_b: str) -> None:
     assert "a->b 200 packets, b->a 150 packets" in ex.out
 
 
+@pytest.mark.parametrize("role_b", ["client", "server"])
+async def test_xconnect_ends_cleanly_when_a_peer_closes(sock_dir: Path, role_b: str) -> None:
+    # A's peer closes normally: the example closes B as well (B's peer sees DISCONNECT).
+    path_a, path_b = str(sock_dir / "a.sock"), str(sock_dir / "b.sock")
+    a_to_b, b_to_a = payloads(20, tag=0xA), payloads(10, tag=0xB)
+    args = ["--socket-a", path_a, "--socket-b", path_b, "--role-b", role_b]
+    async with contextlib.AsyncExitStack() as stack:
+        server_a = await stack.enter_async_context(aiomemif.serve(path_a))
+        if role_b == "client":
+            server_b = await stack.enter_async_context(aiomemif.serve(path_b))
+        ex = await stack.enter_async_context(example("xconnect.py", *args))
+        a = await stack.enter_async_context(await asyncio.wait_for(server_a.accept(), DEADLINE))
+        if role_b == "client":
+            b = await asyncio.wait_for(server_b.accept(), DEADLINE)
+        else:
+            b = await connect_when_listening(ex, path_b)
+        await stack.enter_async_context(b)
+        await asyncio.gather(a.tx_queues[0].send_batch(a_to_b), b.tx_queues[0].send_batch(b_to_a))
+        got_b, got_a = await asyncio.gather(
+            receive(b.rx_queues[0], len(a_to_b)), receive(a.rx_queues[0], len(b_to_a))
+        )
+        assert (got_b, got_a) == (a_to_b, b_to_a)
+        await a.aclose("test done")
+        await asyncio.wait_for(b.wait_closed(), DEADLINE)
+        assert b.closed_by_peer and b.closed_normally
+        await finish_cleanly(ex)
+    assert "a->b 20 packets, b->a 10 packets" in ex.out
+
+
 # -- zero_copy_gen ----------------------------------------------------------------------
 
 
@@ -277,6 +374,27 @@ async def test_zero_copy_gen_frames_counted(sock_path: str, role: str, size: int
         assert frame[22:] == bytes(size - 22)
     assert f"sent {count} packets of {size} bytes" in ex.out
     assert "received 0 packets (dropped)" in ex.out
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+async def test_zero_copy_gen_ends_cleanly_when_the_peer_closes(sock_path: str, role: str) -> None:
+    # More frames than the peer takes: it closes the link in the middle of the stream.
+    args = ("--socket", sock_path, "--role", role, "--count", str(10**9))
+    async with contextlib.AsyncExitStack() as stack:
+        if role == "client":
+            server = await stack.enter_async_context(aiomemif.serve(sock_path))
+        ex = await stack.enter_async_context(example("zero_copy_gen.py", *args))
+        if role == "client":
+            conn = await asyncio.wait_for(server.accept(), DEADLINE)
+        else:
+            conn = await connect_when_listening(ex, sock_path)
+        async with conn:
+            frames = await receive(conn.rx_queues[0], 500)
+            await conn.aclose("test done")
+        await finish_cleanly(ex)
+    assert [struct.unpack_from("!Q", f, 14)[0] for f in frames[:500]] == list(range(500))
+    assert "peer closed the link after" in ex.out
+    assert "test done" in ex.out
 
 
 # -- test_my_handler --------------------------------------------------------------------

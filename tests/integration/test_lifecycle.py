@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support.leaks import memfd_mappings
 
 import aiomemif
+from aiomemif._aio import connection as connection_module
 from aiomemif.testing import memif_pair
 
 
@@ -152,3 +154,61 @@ async def test_a_lost_connection_drains_then_raises() -> None:
         with pytest.raises(aiomemif.ConnectionLostError):
             await collect()
         assert got == [b"last words"]
+
+
+async def test_the_batch_in_hand_stays_valid_when_the_peer_leaves() -> None:
+    async with memif_pair() as pair:
+        await pair.client.tx_queues[0].send_batch([b"last", b"burst"])
+        got: list[bytes] = []
+        async with asyncio.timeout(5):
+            async for batch in pair.server.rx_queues[0]:
+                if not got:
+                    await pair.client.aclose("bye")  # while the batch is in hand
+                    await pair.server.wait_closed()
+                got += [bytes(p) for p in batch]  # still valid: no StaleBatchError
+        assert got == [b"last", b"burst"]
+
+
+async def test_a_link_nobody_reads_frees_its_memory_after_the_drain_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connection_module, "DRAIN_LIMIT", 0.05)
+    async with memif_pair() as pair:
+        await pair.client.tx_queues[0].send(b"never read")
+        await pair.client.aclose()  # (frees the client's own mapping at once)
+        async with asyncio.timeout(5):
+            await pair.server.wait_closed()
+            assert memfd_mappings(), "the server keeps the memory for a receiver"
+            while memfd_mappings():  # ... until the drain limit passes
+                await asyncio.sleep(0.01)
+        with pytest.raises(aiomemif.PeerDisconnectedError):
+            pair.server.rx_queues[0].receive_nowait()
+
+
+async def test_wait_connected_users_get_the_drained_packets(sock_path: str) -> None:
+    policy = aiomemif.ReconnectPolicy(initial=0.5, maximum=0.5)
+    async with aiomemif.serve(sock_path) as srv:
+        async with aiomemif.Client(sock_path, reconnect=policy) as client:
+            async with asyncio.timeout(5):
+                conn = await client.wait_connected()  # not taken from connections()
+                server = await srv.accept()
+                await server.tx_queues[0].send_batch([b"p%d" % i for i in range(10)])
+                await server.aclose("done")
+                await conn.wait_closed()
+                await asyncio.sleep(0.01)  # the client's loop has seen the link go down
+                assert await drain(conn.rx_queues[0]) == [b"p%d" % i for i in range(10)]
+
+
+async def test_server_close_frees_a_draining_link_of_a_cancelled_handler(sock_path: str) -> None:
+    started = asyncio.Event()
+
+    async def slow(conn: aiomemif.Connection) -> None:
+        started.set()
+        await asyncio.sleep(3600)  # never reads
+
+    async with aiomemif.serve(sock_path, handler=slow) as srv:
+        async with aiomemif.connect(sock_path) as client:
+            await started.wait()
+            await client.tx_queues[0].send_batch([b"x"] * 4)
+        await asyncio.sleep(0.01)  # the server saw the DISCONNECT; its queue drains
+        await srv.aclose()  # cancels the handler: the leak check sees nothing left

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -104,3 +105,22 @@ async def test_the_readme_reconnect_loop_survives_normal_disconnects(sock_path: 
             await consumer  # ends quietly when the client closes
     assert got == [b"link 0", b"link 1", b"link 2"]
     assert links >= 3
+
+
+async def test_every_subscriber_gets_its_own_error(sock_path: str) -> None:
+    policy = aiomemif.ReconnectPolicy(initial=0.001, maximum=0.001, attempts=1)
+    async with aiomemif.Client(sock_path, reconnect=policy) as client:
+        first, second = client.link_events(), client.link_events()
+        errors = []
+
+        async def exhaust(stream: AsyncIterator[aiomemif.LinkEvent]) -> None:
+            async with asyncio.timeout(5):
+                async for _ in stream:
+                    pass
+
+        for stream in (first, second):
+            with pytest.raises(aiomemif.MemifOSError) as info:
+                await exhaust(stream)
+            errors.append(info.value)
+        assert errors[0] is not errors[1]
+        assert [e async for e in first] == []  # raised once, then ended

@@ -188,3 +188,25 @@ async def test_events_end_for_late_subscribers(sock_path: str) -> None:
     async with aiomemif.serve(sock_path) as srv:
         pass
     assert [e async for e in srv.events()] == []
+
+
+async def test_events_are_subscribed_when_asked_for(sock_path: str) -> None:
+    """``server.events()`` counts from the call, not from the first ``__anext__``."""
+    async with aiomemif.serve(sock_path) as srv:
+        events = srv.events()
+        async with aiomemif.connect(sock_path):
+            await srv.accept()
+    assert [e.kind async for e in events] == ["connected", "closed"]
+
+
+async def test_a_lagging_subscriber_keeps_a_bounded_backlog(sock_path: str) -> None:
+    from aiomemif._aio import events as events_module
+
+    async with aiomemif.serve(sock_path, [InterfaceConfig(secret="s")]) as srv:
+        lagging = srv.events()
+        for _ in range(5):
+            with pytest.raises(aiomemif.HandshakeRefusedError):
+                await aiomemif.connect(sock_path)
+        assert len(lagging._items) == 5 <= events_module.MAX_BACKLOG
+        await lagging.aclose()
+        assert [e async for e in lagging] == []

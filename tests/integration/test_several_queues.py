@@ -108,3 +108,34 @@ async def test_receive_all_checks_its_argument() -> None:
     async with memif_pair() as pair:
         with pytest.raises(aiomemif.ConfigurationError):
             pair.server.receive_all(0)
+
+
+async def test_receive_all_hands_out_what_is_left_before_an_abnormal_end() -> None:
+    async with memif_pair(rx_queue_count=2, tx_queue_count=2) as pair:
+        for q in range(2):
+            await pair.client.tx_queues[q].send_batch([b"q%d" % q] * 10)
+        pair.client.abort()  # lost without DISCONNECT
+        async with asyncio.timeout(5):
+            await pair.server.wait_closed()
+        got: list[bytes] = []
+
+        async def collect() -> None:
+            async for _qid, batch in pair.server.receive_all():
+                got.extend(bytes(p) for p in batch)
+
+        with pytest.raises(aiomemif.ConnectionLostError):
+            await collect()
+        assert sorted(got) == [b"q0"] * 10 + [b"q1"] * 10
+
+
+async def test_leaving_receive_all_early_loses_nothing() -> None:
+    async with memif_pair(rx_queue_count=2, tx_queue_count=2) as pair:
+        await pair.client.tx_queues[0].send(b"zero")
+        await pair.client.tx_queues[1].send_batch([b"one"] * 4)
+        await asyncio.sleep(0.01)
+        async with pair.server.receive_all() as batches:
+            qid, _first = await anext(batches)
+        rest = 1 - qid
+        async with asyncio.timeout(5):
+            batch = await pair.server.rx_queues[rest].receive()
+        assert len(batch) == (4 if rest == 1 else 1)
