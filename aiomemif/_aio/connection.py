@@ -278,7 +278,8 @@ class Connection:
     # -- several queues ------------------------------------------------------------------
     def receive_all(self, max_packets: int = DEFAULT_BATCH) -> ReceiveAll:
         """Receive from every receive queue at once: ``async for qid, batch in
-        conn.receive_all():``. Ends (or raises) like ``async for`` over one queue; see
+        conn.receive_all():``. Each batch is valid until the next is asked for (or it is
+        released); iteration ends (or raises) like ``async for`` over one queue. See
         :class:`~aiomemif._aio.receive_all.ReceiveAll` for leaving early.
 
         Raises:

@@ -3,8 +3,9 @@ conn.receive_all()``.
 
 Each receive queue has one wait in flight (a task) that takes nothing from the ring; when
 queues become readable, batches are received from them one at a time, in queue order, as
-the consumer asks. So leaving early loses nothing, and a batch stays valid until the next
-batch *of its queue* is received (the same rule as for one queue).
+the consumer asks. So leaving early loses nothing, and only one batch is ever held: the
+one handed out last, released when the next is asked for (as with one queue's ``async
+for``), so no queue's buffers stay away from its ring while the others are waited for.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class ReceiveAll:
         self._ended: set[int] = set()
         #: The first abnormal end, raised once every other queue has ended too.
         self._error: BaseException | None = None
+        #: The batch handed out last (released by the next ``__anext__``).
+        self._held: Batch | None = None
         self._closed = False
 
     def __aiter__(self) -> ReceiveAll:
@@ -65,6 +68,9 @@ class ReceiveAll:
                 every queue handed out what it still had).
             BusyResourceError: another task receives on one of the queues.
         """
+        if self._held is not None:
+            self._held.release()  # its buffers go back to their ring now
+            self._held = None
         while not self._closed:
             while self._readable:
                 i = self._readable.popleft()
@@ -79,6 +85,7 @@ class ReceiveAll:
                     self._ended.add(i)
                     self._error = self._error or exc
                     continue
+                self._held = batch
                 return self._queues[i].qid, batch
             self._start()
             if not self._tasks:
@@ -105,8 +112,8 @@ class ReceiveAll:
 
     async def aclose(self) -> None:
         """Stop: cancel the waits in flight (idempotent). Nothing is taken from a ring
-        that was not handed out; batches handed out stay valid until their queue is
-        received from again."""
+        that was not handed out; the batch handed out last stays valid until it is
+        released or its queue is received from again."""
         self._closed = True
         tasks = list(self._tasks.values())
         self._tasks.clear()

@@ -56,18 +56,23 @@ async def test_receive_all_raises_an_abnormal_end() -> None:
                 await server
 
 
-async def test_a_batch_stays_valid_until_its_own_queue_moves_on() -> None:
-    async with memif_pair(rx_queue_count=2, tx_queue_count=2) as pair:
-        await pair.client.tx_queues[0].send(b"zero")
+async def test_each_batch_is_valid_until_the_next_is_asked_for() -> None:
+    async with memif_pair(rx_queue_count=2, tx_queue_count=2, ring_size=8) as pair:
+        await pair.client.tx_queues[0].send_batch([b"zero"] * 8)  # the whole ring
         await pair.client.tx_queues[1].send(b"one")
         async with pair.server.receive_all() as batches:
             async with asyncio.timeout(5):
-                first = await anext(batches)
-                second = await anext(batches)
-                assert {first[0], second[0]} == {0, 1}
-                # Both are still readable: neither queue was received from again.
-                assert sorted([bytes(first[1][0]), bytes(second[1][0])]) == [b"one", b"zero"]
-        # Leaving the block cancelled the receives in flight: the queues are free again.
+                qid, first = await anext(batches)
+                assert bytes(first[0]) in (b"zero", b"one")
+                second_qid, second = await anext(batches)
+                assert {qid, second_qid} == {0, 1}
+                with pytest.raises(aiomemif.StaleBatchError):
+                    first.keep(0)  # released when the next was asked for
+                assert bytes(second[0]) in (b"zero", b"one")
+                # The released batch's buffers went back to its ring; the held one's not.
+                free = pair.client.tx_queues[0].free_slots()
+                assert free == (8 if qid == 0 else 0)
+        # Leaving the block cancelled the waits in flight: the queues are free again.
         await pair.client.tx_queues[1].send(b"after")
         async with asyncio.timeout(5):
             batch = await pair.server.rx_queues[1].receive()
