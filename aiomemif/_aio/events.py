@@ -57,12 +57,15 @@ class ServerEvent:
     """A change seen by a :class:`~aiomemif.Server`.
 
     - ``"connected"``: a handshake completed (``connection`` is the new link);
-    - ``"refused"``: a handshake was refused or failed (``interface_id`` is the id the
-      client asked for, None if it never said; ``reason`` is what the DISCONNECT said);
+    - ``"refused"``: this server refused a handshake or gave up on it (``interface_id``
+      is the id the client asked for, None if it never said; ``reason`` is what our
+      DISCONNECT said, e.g. ``"Incorrect secret"`` or ``"Handshake timeout"``);
+    - ``"abandoned"``: the client left before the link was up (its DISCONNECT reason, or
+      what was lost), like a probe that only reads HELLO;
     - ``"closed"``: a connection ended (``reason`` is its ``close_reason``).
     """
 
-    kind: Literal["connected", "refused", "closed"]
+    kind: Literal["connected", "refused", "abandoned", "closed"]
     interface_id: int | None = None
     reason: str | None = None
     connection: Connection | None = None

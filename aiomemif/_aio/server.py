@@ -346,8 +346,8 @@ class Server:
         except TimeoutError:
             self._record(machine.requested_id, "Handshake timeout")
             channel.send_disconnect("Handshake timeout")
-        except DisconnectedError as exc:
-            self._record(machine.requested_id, exc.reason)
+        except DisconnectedError as exc:  # the client left (DISCONNECT, or hung up)
+            self._record(machine.requested_id, exc.reason, refused=False)
         finally:
             if conn is None:
                 owned = {r.fd for r in regions}
@@ -394,11 +394,17 @@ class Server:
         finally:  # also when cancelled; frees what a link the peer ended still holds
             conn._close("handler cancelled")
 
-    def _record(self, interface_id: int | None, reason: str) -> None:
+    def _record(self, interface_id: int | None, reason: str, refused: bool = True) -> None:
+        """A handshake that did not complete: refused here (WARNING), or left by the
+        client (INFO: a probe that only reads HELLO does just that)."""
         who = "a client" if interface_id is None else f"interface {interface_id}"
-        log.warning("memif server %s: refused %s: %s", self.address, who, reason)
+        if refused:
+            log.warning("memif server %s: refused %s: %s", self.address, who, reason)
+        else:
+            log.info("memif server %s: %s left the handshake: %s", self.address, who, reason)
         self.failures.append(HandshakeFailure(interface_id, reason))
-        self._events.publish(ServerEvent(kind="refused", interface_id=interface_id, reason=reason))
+        kind: Literal["refused", "abandoned"] = "refused" if refused else "abandoned"
+        self._events.publish(ServerEvent(kind=kind, interface_id=interface_id, reason=reason))
 
     def _map(self, machine: ServerHandshake) -> list[Region]:
         regions: list[Region] = []

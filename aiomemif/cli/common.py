@@ -226,10 +226,10 @@ async def serving(args: argparse.Namespace, cfg: InterfaceConfig) -> AsyncIterat
 
 async def _print_refusals(command: str, srv: Server) -> None:
     async for event in srv.events():
-        if event.kind != "refused":
+        if event.kind != "refused":  # (a client that left by itself is not news)
             continue
-        if event.interface_id is None:  # before INIT: also a client that just hung up
-            text = f"handshake with a client failed: {event.reason}"
+        if event.interface_id is None:  # before INIT: timed out, or not allowed in
+            text = f"refused a client: {event.reason}"
         else:
             text = f"refused interface {event.interface_id}: {event.reason}"
         print(f"aiomemif {command}: {text}", file=sys.stderr, flush=True)

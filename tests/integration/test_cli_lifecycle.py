@@ -384,5 +384,5 @@ def test_servers_print_refused_handshakes(command: str, sock_path: str, sock_dir
     assert f"aiomemif {command}: refused interface 0: Incorrect secret\n" in text
     assert f"aiomemif {command}: refused interface 7: ID not found\n" in text
     assert text.count("refused interface") == 2 and "link down" not in text
-    # The HELLO-only half of each probe: the client hung up before INIT.
-    assert text.count("handshake with a client failed: aiomemif probe done") == 2
+    # The HELLO-only half of each probe (the client left before INIT) is no refusal.
+    assert "probe done" not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,22 @@ async def test_a_lagging_subscriber_keeps_a_bounded_backlog(sock_path: str) -> N
         assert len(lagging._items) == 5 <= events_module.MAX_BACKLOG
         await lagging.aclose()
         assert [e async for e in lagging] == []
+
+
+async def test_a_client_leaving_before_init_is_abandoned_not_refused(
+    sock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aiomemif")
+    async with aiomemif.serve(sock_path) as srv:
+        events = srv.events()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            probe.connect(sock_path)
+            probe.setblocking(False)
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.get_running_loop().sock_recv(probe, 128)  # HELLO
+        # ... and away, without INIT
+        async with asyncio.timeout(TIMEOUT):
+            event = await anext(events)
+        await events.aclose()
+    assert (event.kind, event.interface_id) == ("abandoned", None)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
