@@ -36,7 +36,7 @@ from ..errors import (
     RemoteProtocolError,
 )
 from .connection import Connection, UntilClosed, discard_queued
-from .events import EventStream, EventStreams, LinkEvent
+from .events import EventStream, EventStreams, LinkEvent, copy_error
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
@@ -457,7 +457,7 @@ class Client:
             if conn is not None and conn.is_up:
                 return conn
             if self._gave_up is not None:
-                raise self._gave_up
+                raise copy_error(self._gave_up)
             await self._changed.wait()
 
     async def _next(self) -> Connection:
@@ -470,7 +470,7 @@ class Client:
                 raise ClosedResourceError("client closed")
             if isinstance(item, MemifError):
                 self._queue.put_nowait(item)
-                raise item
+                raise copy_error(item)
             if item.is_up:  # skip a link that went down before it was taken
                 return item
 

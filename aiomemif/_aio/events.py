@@ -20,7 +20,7 @@ from ..errors import MemifError
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["EventStream", "EventStreams", "LinkEvent", "ServerEvent"]
+__all__ = ["EventStream", "EventStreams", "LinkEvent", "ServerEvent", "copy_error"]
 
 E = TypeVar("E")
 
@@ -84,7 +84,7 @@ class _End:
         self.error = error
 
 
-def _copy(error: MemifError) -> MemifError:
+def copy_error(error: MemifError) -> MemifError:
     """A new exception like ``error`` (several subscribers must not share a traceback)."""
     try:
         new = type(error)(*error.args)
@@ -137,7 +137,7 @@ class EventStream(Generic[E]):
             if end is not None:
                 self._end = _End(None)  # the error is raised once
                 if end.error is not None:
-                    raise _copy(end.error)
+                    raise copy_error(end.error)
                 raise StopAsyncIteration
             self._wake.clear()
             await self._wake.wait()

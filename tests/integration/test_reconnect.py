@@ -124,3 +124,18 @@ async def test_every_subscriber_gets_its_own_error(sock_path: str) -> None:
             errors.append(info.value)
         assert errors[0] is not errors[1]
         assert [e async for e in first] == []  # raised once, then ended
+
+
+async def test_every_waiter_gets_its_own_copy_of_the_last_error(sock_path: str) -> None:
+    policy = aiomemif.ReconnectPolicy(initial=0.001, maximum=0.001, attempts=1)
+    async with aiomemif.Client(sock_path, reconnect=policy) as client:
+        raised = []
+        for _ in range(2):
+            with pytest.raises(aiomemif.MemifOSError) as info:
+                await anext(aiter(client.connections()))
+            raised.append(info.value)
+        with pytest.raises(aiomemif.MemifOSError) as info:
+            await client.wait_connected()
+        raised.append(info.value)
+    assert len({id(e) for e in raised}) == 3
+    assert all(e.errno == raised[0].errno for e in raised)
