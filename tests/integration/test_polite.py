@@ -9,11 +9,15 @@ tests/support/hostile.py record what the client sends. Timeouts are hang guards.
 from __future__ import annotations
 
 import asyncio
+import json
 
+import pytest
+from support.cli import AIOMEMIF
+from support.hostile import RawListener, RawPeer, server_handshake
 from support.hostile_links import fake_server
 
 import aiomemif
-from aiomemif._core.messages import Hello
+from aiomemif._core.messages import Disconnect, Hello, Init
 
 GUARD = 30.0
 
@@ -35,3 +39,78 @@ async def test_client_refusing_hello_sends_nothing(sock_path: str) -> None:
         assert isinstance(exc, aiomemif.RemoteProtocolError)
         assert exc.reason == "Incompatible memif version"
         await peer.expect_eof()
+
+
+async def _probe(listener: RawListener, *args: str) -> tuple[asyncio.Task[bytes], RawPeer]:
+    """Start ``aiomemif probe --json`` against ``listener``; its stdout (a task) and the
+    connection it made."""
+    proc = await asyncio.create_subprocess_exec(
+        *AIOMEMIF, "probe", "--socket", listener.path, "--json", *args,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    async def output() -> bytes:
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), GUARD)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+        return out
+
+    task = asyncio.ensure_future(output())
+    try:
+        return task, await listener.accept(wait=GUARD)
+    except BaseException:
+        task.cancel()
+        await asyncio.wait([task])
+        raise
+
+
+def _no_second_connection(listener: RawListener) -> None:
+    """The probe has exited: any other connection it made would wait in the backlog."""
+    with pytest.raises(BlockingIOError):
+        listener.sock.accept()[0].close()
+
+
+async def test_probe_without_id_only_closes_after_hello(sock_path: str) -> None:
+    async with RawListener(sock_path) as listener:
+        out, peer = await _probe(listener)
+        async with peer:
+            peer.send(Hello(name="fragile"))
+            await peer.expect_eof(wait=GUARD)  # no DISCONNECT before INIT
+        doc = json.loads(await out)
+        _no_second_connection(listener)
+    assert doc["ok"] is True and doc["hello"]["name"] == "fragile"
+    assert "interface_id" not in doc
+
+
+async def test_probe_with_id_uses_one_connection(sock_path: str) -> None:
+    async with RawListener(sock_path) as listener:
+        out, peer = await _probe(listener, "--id", "3")
+        async with peer:
+            side = await server_handshake(peer, Hello(name="fragile"))
+            try:
+                assert side.init is not None and side.init.interface_id == 3
+                assert await peer.expect_disconnect(wait=GUARD) == "aiomemif probe done"
+            finally:
+                side.close()
+        doc = json.loads(await out)
+        _no_second_connection(listener)
+    assert doc["ok"] is True and doc["accepted"] is True
+    assert doc["hello"]["name"] == "fragile" and doc["interface_id"] == 3
+    assert doc["peer_interface_name"] == "hostile-server-if"
+
+
+async def test_probe_with_id_refused_after_init(sock_path: str) -> None:
+    async with RawListener(sock_path) as listener:
+        out, peer = await _probe(listener, "--id", "4")
+        async with peer:
+            peer.send(Hello(name="fragile"))
+            assert (await peer.expect(Init, wait=GUARD)).interface_id == 4
+            peer.send(Disconnect("ID not found"))
+            await peer.expect_eof(wait=GUARD)
+        doc = json.loads(await out)
+        _no_second_connection(listener)
+    assert doc["ok"] is False and doc["accepted"] is False
+    assert doc["reason"] == "ID not found" and doc["hello"]["name"] == "fragile"
