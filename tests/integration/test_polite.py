@@ -3,7 +3,9 @@
 A libmemif master dereferences a null pointer when a client sends DISCONNECT before INIT,
 so a client that gives up before INIT must only close its socket. ``aiomemif probe``
 reads HELLO and, with ``--id``, goes on over that same connection. Raw servers from
-tests/support/hostile.py record what the client sends. Timeouts are hang guards.
+tests/support/hostile.py record what the client sends. libmemif's icmp_responder sums
+the ICMP header only: ``aiomemif ping`` shows and counts such replies. Timeouts are hang
+guards.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import asyncio
 import json
 
 import pytest
-from support.cli import AIOMEMIF
+from support.cli import AIOMEMIF, aio_run
 from support.hostile import RawListener, RawPeer, server_handshake
 from support.hostile_links import fake_server
 
 import aiomemif
 from aiomemif._core.messages import Disconnect, Hello, Init
+from aiomemif.tools import packets
 
 GUARD = 30.0
 
@@ -114,3 +117,53 @@ async def test_probe_with_id_refused_after_init(sock_path: str) -> None:
         _no_second_connection(listener)
     assert doc["ok"] is False and doc["accepted"] is False
     assert doc["reason"] == "ID not found" and doc["hello"]["name"] == "fragile"
+
+
+def _header_only_checksum(frame: bytes) -> bytes:
+    """``frame`` (an echo reply) with its ICMP checksum summed over the 8-byte ICMP header
+    only, as libmemif's example icmp_responder does."""
+    at = 14 + (frame[14] & 0x0F) * 4  # Ethernet, then the IPv4 header
+    header = frame[at : at + 2] + b"\0\0" + frame[at + 4 : at + 8]
+    return frame[: at + 2] + packets.checksum(header).to_bytes(2, "big") + frame[at + 4 :]
+
+
+async def _answer_like_icmp_responder(conn: aiomemif.Connection) -> int:
+    """Answer ARP and echo requests, the echo replies with header-only checksums, until
+    the peer leaves; how many echo replies were sent."""
+    mac, ip = packets.parse_mac("02:fe:00:00:00:01"), packets.parse_ip("192.168.1.1")
+    echoes = 0
+    async for batch in conn.rx_queues[0]:
+        replies = []
+        for pkt in batch:
+            answer = packets.answer_frame(bytes(pkt), mac, ip)
+            if answer.reply is not None:
+                echo = answer.kind == "echo"
+                echoes += echo
+                replies.append(_header_only_checksum(answer.reply) if echo else answer.reply)
+        batch.release()
+        await conn.tx_queues[0].send_batch(replies)
+    return echoes
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
+async def test_ping_counts_replies_with_bad_checksums(sock_path: str, json_out: bool) -> None:
+    args = ["ping", "--role", "client", "--socket", sock_path, "192.168.1.1", "-c", "3",
+            "-i", "0.02", "-W", "5"] + (["--json"] if json_out else [])  # fmt: skip
+    async with aiomemif.serve(sock_path) as srv:
+        ping = asyncio.ensure_future(aio_run(*args))
+        try:
+            async with asyncio.timeout(GUARD):
+                conn = await srv.accept()
+            async with conn:
+                assert await _answer_like_icmp_responder(conn) == 3
+        finally:
+            code, out, err = await ping
+    assert code == 0, err
+    if json_out:
+        doc = json.loads(out)
+        assert doc["received"] == 3 and doc["bad_checksum"] == 3 and doc["ok"] is True
+        assert [r["bad_checksum"] for r in doc["replies"]] == [True] * 3
+    else:
+        lines = [ln for ln in out.splitlines() if ln.startswith("64 bytes from 192.168.1.1")]
+        assert len(lines) == 3 and all(ln.endswith(" ms (bad checksum)") for ln in lines)
+        assert "3 packets transmitted, 3 received, 3 with bad checksum, 0% packet loss" in out
