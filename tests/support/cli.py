@@ -37,9 +37,12 @@ def check_five_replies(out: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def starved_client(path: str, log2_ring_size: int = 1) -> AsyncIterator[RawPeer]:
-    """A client that completes a valid handshake with the server at ``path`` and then
-    never offers a receive buffer (its M2S ring stays empty) nor reads anything."""
+async def starved_link(
+    path: str, log2_ring_size: int = 1
+) -> AsyncIterator[tuple[RawPeer, ClientMemory]]:
+    """A raw client that completes a valid handshake with the server at ``path`` and then
+    never offers a receive buffer (its M2S ring stays empty) nor reads anything; with its
+    memory, to send from (``mem.write_packet``, ``mem.publish_s2m``)."""
     deadline = time.monotonic() + GUARD
     while not os.path.exists(path):
         assert time.monotonic() < deadline, f"{path} did not appear"
@@ -47,7 +50,14 @@ async def starved_client(path: str, log2_ring_size: int = 1) -> AsyncIterator[Ra
     with ClientMemory(log2_ring_size=log2_ring_size) as mem:
         async with await RawPeer.connect(path) as peer:
             await client_handshake(peer, mem)
-            yield peer
+            yield peer, mem
+
+
+@contextlib.asynccontextmanager
+async def starved_client(path: str, log2_ring_size: int = 1) -> AsyncIterator[RawPeer]:
+    """:func:`starved_link` without its memory."""
+    async with starved_link(path, log2_ring_size) as (peer, _):
+        yield peer
 
 
 async def aio_run(*args: str) -> tuple[int, str, str]:
