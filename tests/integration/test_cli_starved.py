@@ -1,8 +1,10 @@
 """The command line against a peer that never offers receive buffers (issue 14, item 5).
 
 ``aiomemif responder`` in both roles: a reply that finds no ring space for its bound is
-dropped and counted, so --count and signals end it. (ping as server and gen as server
-with --duration are in test_cli_lifecycle.py.) Timeouts here are hang guards.
+dropped and counted, so --count and signals end it. ``gen`` and ``ping`` as clients of a
+server that never takes a packet end within --duration/--linger and -W. (ping as server
+and gen as server with --duration are in test_cli_lifecycle.py.) Timeouts here are hang
+guards.
 """
 
 from __future__ import annotations
@@ -116,3 +118,44 @@ async def test_responder_client_count_ends_against_a_server_that_never_reads(
                     side.close()
     assert code == 0, err
     assert doc["echo_replies"] == 2 and doc["not_sent"] == 2 and doc["received"] == 4
+
+
+async def _against_a_server_that_never_reads(sock_path: str, *args: str) -> tuple[int, str]:
+    """Run ``aiomemif ARGS --role client`` against a raw server that completes the
+    handshake and then never takes a packet from the client's transmit ring."""
+    async with RawListener(sock_path) as listener:
+        proc = await asyncio.create_subprocess_exec(
+            *AIOMEMIF, *args, "--role", "client", "--socket", sock_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with await listener.accept(wait=GUARD) as peer:
+                side = await server_handshake(peer)
+                try:
+                    out, err = await asyncio.wait_for(proc.communicate(), GUARD)
+                    assert await peer.expect_disconnect(wait=GUARD)
+                finally:
+                    side.close()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+    assert proc.returncode is not None and "Traceback" not in err.decode(), err
+    return proc.returncode, out.decode()
+
+
+async def test_gen_client_duration_against_a_server_that_never_reads(sock_path: str) -> None:
+    code, out = await _against_a_server_that_never_reads(
+        sock_path, "gen", "--ring-size", "16", "--duration", "0.5", "--linger", "0.5", "--json"
+    )
+    doc = json.loads(out)
+    assert code == 0 and doc["sent"] == 16 and doc["drained"] is False, doc
+
+
+async def test_ping_client_against_a_server_that_never_reads(sock_path: str) -> None:
+    code, out = await _against_a_server_that_never_reads(
+        sock_path, "ping", "192.168.1.1", "--target-mac", "02:fe:00:00:00:01",
+        "--ring-size", "2", "-c", "4", "-i", "0", "-W", "0.3", "--json",
+    )  # fmt: skip
+    doc = json.loads(out)
+    assert code == 1 and doc["transmitted"] == 2 and doc["not_sent"] == 2, doc
