@@ -100,7 +100,7 @@ async def test_gen_warns_when_nothing_moves_and_honours_duration(sock_path: str)
     try:
         async with starved_client(sock_path) as peer:
             code, out, err = await asyncio.wait_for(asyncio.shield(gen), GUARD)
-            assert await peer.expect_disconnect(wait=GUARD) == "closed by peer application"
+            assert await peer.expect_disconnect(wait=GUARD) == "closed by application 'aiomemif'"
     finally:
         if not gen.done():
             gen.cancel()

@@ -4,8 +4,8 @@ A libmemif master dereferences a null pointer when a client sends DISCONNECT bef
 so a client that gives up before INIT must only close its socket. ``aiomemif probe``
 reads HELLO and, with ``--id``, goes on over that same connection. Raw servers from
 tests/support/hostile.py record what the client sends. libmemif's icmp_responder sums
-the ICMP header only: ``aiomemif ping`` shows and counts such replies. Timeouts are hang
-guards.
+the ICMP header only: ``aiomemif ping`` shows and counts such replies. The default close
+reason names the application that closed. Timeouts are hang guards.
 """
 
 from __future__ import annotations
@@ -167,3 +167,23 @@ async def test_ping_counts_replies_with_bad_checksums(sock_path: str, json_out: 
         lines = [ln for ln in out.splitlines() if ln.startswith("64 bytes from 192.168.1.1")]
         assert len(lines) == 3 and all(ln.endswith(" ms (bad checksum)") for ln in lines)
         assert "3 packets transmitted, 3 received, 3 with bad checksum, 0% packet loss" in out
+
+
+@pytest.mark.parametrize("closing", ["client", "server"])
+async def test_default_close_reason_names_the_closing_application(
+    sock_path: str, closing: str
+) -> None:
+    """The peer learns who closed: the name this side announced (INIT's / HELLO's)."""
+    server_cfg = aiomemif.InterfaceConfig(app_name="not-announced")
+    async with aiomemif.serve(sock_path, [server_cfg], app_name="srv-app") as srv:
+        async with aiomemif.connect(sock_path, app_name="cli-app") as client:
+            async with asyncio.timeout(GUARD):
+                server = await srv.accept()
+            async with server:
+                leaving, staying = (client, server) if closing == "client" else (server, client)
+                await leaving.aclose()
+                async with asyncio.timeout(GUARD):
+                    await staying.wait_closed()
+    name = "cli-app" if closing == "client" else "srv-app"
+    assert staying.close_reason == leaving.close_reason == f"closed by application '{name}'"
+    assert staying.closed_by_peer and not leaving.closed_by_peer
