@@ -125,7 +125,7 @@ async def test_handler_behind_a_real_server(memif_socket_path: str) -> None:
         # connection says who closed it and why.
         assert await handler == 1
         assert conn.closed_by_peer
-        assert conn.close_reason == "closed by peer application"
+        assert conn.close_reason == "closed by application 'aiomemif'"
 
 
 def test_swap_macs_drops_runts() -> None:

@@ -9,7 +9,7 @@ import os
 import random
 import weakref
 from array import array
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any, final
 
@@ -20,7 +20,7 @@ from .._core.client_tx import ClientTx
 from .._core.config import InterfaceConfig
 from .._core.handshake import ClientHandshake, Established, HelloReceived, SendMessage
 from .._core.layout import ClientLayout, plan_client_layout
-from .._core.messages import decode_untrusted, encode
+from .._core.messages import Hello, decode_untrusted, encode
 from .._core.ring import QueueCounters, Ring, descriptor_table, init_ring
 from .._core.rx import ClientRx
 from .._os.channel import ControlChannel, connect_socket, format_address, parse_address
@@ -86,12 +86,30 @@ class _Memory:
             region.close()
 
 
-async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxMode) -> Connection:
+async def _handshake(
+    address: str | bytes,
+    config: InterfaceConfig,
+    rx_mode: RxMode,
+    on_hello: Callable[[Hello], object] | None = None,
+) -> Connection:
+    """Connect and run the client handshake; the established :class:`Connection`.
+
+    ``on_hello`` is called with the server's HELLO once it is accepted, before INIT is
+    sent; an exception it raises ends the attempt (and propagates).
+
+    Until INIT has been sent, giving up (a HELLO refused, a timeout, ``on_hello`` raising)
+    just closes the socket: some servers (libmemif) crash on a DISCONNECT before INIT.
+    After INIT, a protocol error or timeout is answered with DISCONNECT first.
+
+    Raises:
+        What :func:`connect` lists, and whatever ``on_hello`` raises.
+    """
     addr = parse_address(address)
     channel = ControlChannel(await connect_socket(addr))
     machine = ClientHandshake(config)
     memory: _Memory | None = None
     conn: Connection | None = None
+    init_sent = False
     try:
         async with asyncio.timeout(config.handshake_timeout):
             while True:
@@ -104,6 +122,8 @@ async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxM
                 while outputs:
                     out = outputs.pop(0)
                     if isinstance(out, HelloReceived):
+                        if on_hello is not None:
+                            on_hello(out.hello)
                         tx_n, rx_n = config.tx_queue_count, config.rx_queue_count
                         if out.n_s2m < tx_n or out.n_m2s < rx_n:
                             log.info(
@@ -121,15 +141,18 @@ async def _handshake(address: str | bytes, config: InterfaceConfig, rx_mode: RxM
                         )
                     elif isinstance(out, SendMessage):
                         await channel.send(encode(out.message), out.fd)
+                        init_sent = True  # INIT is the first message a client sends
                     elif isinstance(out, Established):
                         assert memory is not None
                         conn = _build(addr, config, channel, machine, memory, rx_mode)
                         return conn
     except RemoteProtocolError as exc:
-        channel.send_disconnect(exc.reason)
+        if init_sent:
+            channel.send_disconnect(exc.reason)
         raise
     except TimeoutError:
-        channel.send_disconnect("Handshake timeout")
+        if init_sent:
+            channel.send_disconnect("Handshake timeout")
         raise HandshakeTimeoutError(
             f"no handshake with {format_address(addr)} within {config.handshake_timeout} s"
         ) from None
@@ -231,9 +254,11 @@ def connect(
     Raises (when awaited or entered):
         MemifOSError: the socket could not be reached (no such file, connection refused, ...).
         HandshakeRefusedError: the server answered DISCONNECT (``.reason`` has its text).
-        RemoteProtocolError: the server broke the protocol (we sent DISCONNECT).
+        RemoteProtocolError: the server broke the protocol (we sent DISCONNECT, unless it
+            happened before our INIT: then the socket is just closed).
         ConnectionLostError: the server closed the socket mid-handshake.
-        HandshakeTimeoutError: the server stopped answering.
+        HandshakeTimeoutError: the server stopped answering (DISCONNECT sent only after
+            INIT, as above).
         ConfigurationError: invalid settings or address.
     """
     cfg = _config(config, settings)

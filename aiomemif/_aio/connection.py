@@ -81,12 +81,15 @@ class Connection:
         peer_app_name: str,
         peer_if_name: str,
         loop: asyncio.AbstractEventLoop,
+        app_name: str | None = None,
     ) -> None:
         self.role = role
         self.config = config
         self.address = address
         self.peer_app_name = peer_app_name
         self.peer_interface_name = peer_if_name
+        #: The name the peer knows this side by (its HELLO or INIT), for close reasons.
+        self._app_name = config.app_name if app_name is None else app_name
         self._channel = channel
         self._regions = list(regions)
         self._loop = loop
@@ -193,8 +196,11 @@ class Connection:
         self._teardown(exc, exc.reason)
 
     # -- closing ---------------------------------------------------------------------------
-    async def aclose(self, reason: str = "closed by peer application") -> None:
+    async def aclose(self, reason: str | None = None) -> None:
         """Send DISCONNECT with ``reason`` and tear down (idempotent, never raises).
+
+        The default reason says who closed: ``closed by application 'NAME'``, with the
+        name this side announced (INIT's for a client, HELLO's for a server).
 
         On a link the peer already ended, this drops what its receive queues had not
         handed out yet and frees the shared memory.
@@ -202,8 +208,10 @@ class Connection:
         self._close(reason)
         await asyncio.sleep(0)
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str | None = None) -> None:
         """What :meth:`aclose` does, without yielding (for ``finally`` blocks)."""
+        if reason is None:
+            reason = f"closed by application '{self._app_name}'"
         if self._error is None:
             self._channel.send_disconnect(reason)
             self._teardown(ClosedResourceError("connection closed"), reason)

@@ -438,6 +438,7 @@ class Server:
             peer_app_name=machine.init.name,
             peer_if_name=machine.peer_if_name,
             loop=self._loop,
+            app_name=self.app_name,
         )
         views = [r.view for r in regions]
         assert all(v is not None for v in views)

@@ -41,6 +41,9 @@ Every wait is bounded: a request that cannot be sent within -W seconds (the peer
 no buffers) is skipped and counted as not sent, so a run ends after about
 -c x -i + -W seconds whatever the peer does.
 
+A reply with a bad ICMP checksum (libmemif's example icmp_responder sums the header only)
+is shown with "(bad checksum)" and counted as received; the summary says how many.
+
 Exit status: 0 if any reply arrived, 1 if none did (ARP failed, nothing could be sent, no
 reply) or the link could not be set up or went down early, 2 for bad options, 130 on
 Ctrl-C, 143 on SIGTERM (after the summary).
@@ -106,6 +109,8 @@ class _Pinger:
         self.arp_error: str | None = None
         self.rtts: list[float] = []
         self.duplicates = self.late = self.corrupt = 0
+        #: Replies whose ICMP checksum is wrong (counted as received all the same).
+        self.bad_checksum = 0
         self.replies: list[dict[str, Any]] = []
         self.progress = asyncio.Event()
         self.arp_reply: asyncio.Future[bytes] | None = None
@@ -173,7 +178,7 @@ class _Pinger:
             msg = packets.parse_icmp(ip.payload)
         except ValueError:
             return
-        if not (msg.checksum_ok and msg.is_echo_reply and msg.ident == self.ident):
+        if not (msg.is_echo_reply and msg.ident == self.ident):
             return
         sent = self.sent.get(msg.seq)
         if sent is None:
@@ -191,13 +196,19 @@ class _Pinger:
             self.rtts.append(rtt)
         if wrong:
             self.corrupt += 1
+        # A reply with a bad ICMP checksum still proves the peer answered (libmemif's
+        # example icmp_responder sums the 8-byte header only): shown and counted, not lost.
+        bad = not msg.checksum_ok
+        if bad:
+            self.bad_checksum += 1
         nbytes = packets.ICMP_HEADER_LEN + len(msg.payload)
         src = packets.format_ip(ip.src)
         self.replies.append({"seq": msg.seq, "bytes": nbytes, "ttl": ip.ttl,
                              "time_ms": round(rtt, 3), "duplicate": dup,
-                             "wrong_data": wrong})  # fmt: skip
+                             "wrong_data": wrong, "bad_checksum": bad})  # fmt: skip
         if self.lines:
             tail = (" (DUP!)" if dup else "") + (" (wrong data)" if wrong else "")
+            tail += " (bad checksum)" if bad else ""
             print(f"{nbytes} bytes from {src}: icmp_seq={msg.seq} ttl={ip.ttl} "
                   f"time={rtt:.3f} ms{tail}", flush=True)  # fmt: skip
         self.progress.set()
@@ -314,6 +325,7 @@ class _Pinger:
             "duplicates": self.duplicates,
             "late": self.late,
             "wrong_data": self.corrupt,
+            "bad_checksum": self.bad_checksum,
             "loss_percent": loss,
             "arp_error": self.arp_error,
             "arp_replies_dropped": self.dropped_replies,
@@ -337,6 +349,8 @@ class _Pinger:
         extra = f", +{s['duplicates']} duplicates" if s["duplicates"] else ""
         if s["wrong_data"]:
             extra += f", {s['wrong_data']} with wrong data"
+        if s["bad_checksum"]:
+            extra += f", {s['bad_checksum']} with bad checksum"
         if s["not_sent"]:
             extra += f", {s['not_sent']} not sent (transmit ring full)"
         if s["loss_percent"] is not None:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import sys
 from typing import Any
 
-from .. import connect
-from .._core.messages import Disconnect, Hello, decode_untrusted, encode
-from .._os.channel import ControlChannel, connect_socket, format_address, parse_address
-from .._os.fds import close_fd
+import attrs
+
+from .._aio.client import _handshake
+from .._aio.rx_queue import RxMode
+from .._core.messages import Hello
+from .._os.channel import format_address, parse_address
 from ..errors import (
     ConfigurationError,
-    DisconnectedError,
     HandshakeRefusedError,
     HandshakeTimeoutError,
     MemifError,
+    MemifOSError,
 )
 from .common import UsageError, add_link_options, interface_config
 
@@ -32,42 +32,22 @@ examples:
       ... and check whether interface id 3 with that secret would be accepted
   aiomemif probe --socket /tmp/x.sock --id 0 --mode ip --json
 
-The server is only probed: the connection is closed with DISCONNECT right after HELLO
-(and after a complete handshake when --id is given). Exit status: 0 when the server
-answered (and accepted the id, with --id), 1 when it refused or could not be reached.
+The server is only probed, over one connection: without --id the socket is closed right
+after HELLO (no DISCONNECT: nothing was negotiated, and some servers crash on a DISCONNECT
+before INIT); with --id the same connection goes on to a complete handshake, closed with
+DISCONNECT once accepted. Exit status: 0 when the server answered (and accepted the id,
+with --id), 1 when it refused or could not be reached.
 """
 
 _PROBE_REASON = "aiomemif probe done"
 
 
+class _HelloOnly(Exception):
+    """Raised from the HELLO callback to end a probe without --id before INIT."""
+
+
 def _version(v: int) -> str:
     return f"{v >> 8}.{v & 0xFF}"
-
-
-async def _read_hello(address: str | bytes, timeout: float) -> Hello | str:
-    """Connect, read the server's first message, say goodbye; the HELLO or why not."""
-    channel = ControlChannel(await connect_socket(address))
-    try:
-        try:
-            async with asyncio.timeout(timeout):
-                data, fds = await channel.recv()
-        except TimeoutError:
-            return f"{format_address(address)}: no HELLO within {timeout:g} s"
-        for fd in fds:
-            close_fd(fd)
-        msg = decode_untrusted(data)
-        if isinstance(msg, Disconnect):
-            return f"{format_address(address)}: DISCONNECT instead of HELLO: {msg.reason}"
-        if not isinstance(msg, Hello):
-            return f"{format_address(address)}: {type(msg).__name__.upper()} instead of HELLO"
-        with contextlib.suppress(MemifError, OSError):
-            channel.send_nowait(encode(Disconnect(_PROBE_REASON)))
-        return msg
-    except MemifError as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        return f"{format_address(address)}: bad answer: {reason}"
-    finally:
-        channel.close()
 
 
 def _hello_dict(h: Hello) -> dict[str, Any]:
@@ -87,41 +67,54 @@ async def run(args: argparse.Namespace) -> int:
     if args.role != "client":
         raise UsageError("probe always connects as a client (drop --role server)")
     check_id = args.id is not None
-    if check_id:
-        cfg = interface_config(args)
-    else:
-        args.id = 0
-        interface_config(args)  # still report bad --secret/--ring-size values as usage errors
+    if not check_id:
+        args.id = 0  # only HELLO is read, but bad --secret/--ring-size values still count
+    cfg = interface_config(args)
     try:
         address = parse_address(args.socket)
     except ConfigurationError as exc:  # pragma: no cover - argparse checked it already
         raise UsageError(str(exc)) from None
     shown = format_address(address)
     result: dict[str, Any] = {"socket": shown, "reachable": False, "hello": None}
+    hello: list[Hello] = []
+
+    def seen(msg: Hello) -> None:
+        hello.append(msg)
+        if not check_id:
+            raise _HelloOnly
+
+    # --timeout bounds the whole attempt: the wait for HELLO and, with --id, the rest.
+    cfg = attrs.evolve(cfg, handshake_timeout=args.timeout)
     try:
-        got = await _read_hello(address, args.timeout)
-    except MemifError as exc:
-        result["error"] = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return _report(args, result, ok=False)
-    result["reachable"] = True
-    if isinstance(got, str):
-        result["error"] = got
-        return _report(args, result, ok=False)
-    result["hello"] = _hello_dict(got)
-    if not check_id:
+        conn = await _handshake(address, cfg, RxMode.INTERRUPT, on_hello=seen)
+    except _HelloOnly:
+        result.update(reachable=True, hello=_hello_dict(hello[0]))
         return _report(args, result, ok=True)
-    result["interface_id"] = cfg.interface_id
-    try:
-        conn = await connect(args.socket, cfg)
-    except HandshakeRefusedError as exc:
-        result.update(accepted=False, reason=exc.reason)
+    except MemifError as exc:
+        if not hello and isinstance(exc, MemifOSError):  # the socket could not be reached
+            result["error"] = exc.strerror or str(exc)
+            return _report(args, result, ok=False)
+        result["reachable"] = True
+        reason = getattr(exc, "reason", None) or str(exc)
+        if not hello:
+            result["error"] = _before_hello(shown, exc, reason, args.timeout)
+            return _report(args, result, ok=False)
+        result.update(hello=_hello_dict(hello[0]), interface_id=cfg.interface_id)
+        result.update(accepted=False, reason=reason)
         return _report(args, result, ok=False)
-    except (DisconnectedError, HandshakeTimeoutError, MemifError) as exc:
-        result.update(accepted=False, reason=getattr(exc, "reason", None) or str(exc))
-        return _report(args, result, ok=False)
+    result.update(reachable=True, hello=_hello_dict(hello[0]), interface_id=cfg.interface_id)
     result.update(accepted=True, reason=None, peer_interface_name=conn.peer_interface_name)
     await conn.aclose(_PROBE_REASON)
     return _report(args, result, ok=True)
+
+
+def _before_hello(shown: str, exc: MemifError, reason: str, timeout: float) -> str:
+    """What went wrong before a HELLO was accepted, for the ``error`` field."""
+    if isinstance(exc, HandshakeTimeoutError):
+        return f"{shown}: no HELLO within {timeout:g} s"
+    if isinstance(exc, HandshakeRefusedError):
+        return f"{shown}: DISCONNECT instead of HELLO: {reason}"
+    return f"{shown}: bad answer: {reason}"
 
 
 def _report(args: argparse.Namespace, result: dict[str, Any], ok: bool) -> int:
@@ -172,7 +165,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--timeout", type=_positive_seconds, default=5.0,
-                   help="seconds to wait for the server's HELLO (5)")  # fmt: skip
+                   help="seconds to wait for the server's HELLO and, with --id, for the"
+                        " whole handshake (5)")  # fmt: skip
     add_link_options(p, default_role="client")
     # --id is optional here: without it only HELLO is read.
     p.set_defaults(run=run, id=None)

@@ -7,15 +7,17 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Sequence
 from typing import IO, Any
 
-from .. import Connection, InterfaceConfig, Packet, Role
+from .. import Connection, InterfaceConfig, Packet, Role, TxQueue
 from ..errors import (
     ClosedResourceError,
     DisconnectedError,
     MemifError,
     PeerDisconnectedError,
     RemoteProtocolError,
+    WouldBlockError,
 )
 from ..tools import packets
 from .common import (
@@ -43,13 +45,17 @@ examples:
   aiomemif responder --role server --socket /tmp/x.sock --pcap replies.pcapng
 
 The server role keeps listening: when a client goes, the next one is served; refused
-handshakes are printed on stderr. The client role ends when the link goes down (exit 0 if
+handshakes are printed on stderr. A reply that finds no room in the transmit ring for 1 s
+(the peer offers no buffers) is dropped and counted as not sent; it still counts towards
+--count, so every wait is bounded. The client role ends when the link goes down (exit 0 if
 the server sent DISCONNECT). Exit status 1 when the link could not be set up or --pcap
 could not be written, 2 for bad options, 130 on Ctrl-C, 143 on SIGTERM.
 """
 
 #: After --count replies: how long to let the peer read the last reply before DISCONNECT.
 _LINGER = 1.0
+#: How long a batch of replies waits for ring space before the rest is dropped.
+_SEND_WAIT = 1.0
 
 
 def ipv4_arg(text: str) -> bytes:
@@ -81,12 +87,19 @@ class _Responder:
         self.limit: int | None = args.count
         self.received = self.arp_replies = self.echo_replies = 0
         self.ignored = self.malformed = self.unanswered = self.links = 0
+        #: Echo requests answered (a reply made, sent or not): what --count counts.
+        self.answered = 0
+        #: Replies dropped for want of ring space (the peer offered no buffers).
+        self.not_sent = 0
+        #: Links on which a reply was dropped (each is reported once).
+        self._starved: set[int] = set()
         self.ident = 0
         self.started = time.monotonic()
         self.done = asyncio.Event()
         self.verbose = args.verbose > 0 and not args.quiet
 
-    def handle(self, pkt: Packet, queue: int, replies: list[bytes]) -> None:
+    def handle(self, pkt: Packet, queue: int, replies: list[tuple[bytes, bool]]) -> None:
+        """Answer one packet: ``(reply, is_echo)`` appended to ``replies`` (if any)."""
         data = bytes(pkt)
         self.received += 1
         if self.tap is not None:
@@ -97,23 +110,39 @@ class _Responder:
         else:
             ans = packets.answer_ip(data, self.ip, ident=self.ident)
         note = ""
-        if ans.kind == "echo" and self.limit is not None and self.echo_replies >= self.limit:
+        if ans.kind == "echo" and self.limit is not None and self.answered >= self.limit:
             self.unanswered += 1
             note = " (not sent: --count reached)"
         elif ans.kind == "echo" and ans.reply is not None:
-            self.echo_replies += 1
-            replies.append(ans.reply)
+            self.answered += 1
+            replies.append((ans.reply, True))
         elif ans.kind == "arp" and ans.reply is not None:
-            self.arp_replies += 1
-            replies.append(ans.reply)
+            replies.append((ans.reply, False))
         elif ans.kind == "ignored":
             self.ignored += 1
         else:
             self.malformed += 1
         if self.verbose:
             print(f"q{queue} {len(data)} bytes: {ans.description}{note}", file=self.log, flush=True)
-        if self.limit is not None and self.echo_replies >= self.limit:
-            self.done.set()
+
+    def sent(self, replies: list[tuple[bytes, bool]], n: int, queue: int, link: int) -> None:
+        """The first ``n`` of ``replies`` went out on ``queue``; the rest were dropped."""
+        for reply, echo in replies[:n]:
+            if echo:
+                self.echo_replies += 1
+            else:
+                self.arp_replies += 1
+            if self.tap is not None:
+                self.tap.write(reply, "out", queue=queue)
+        dropped = len(replies) - n
+        if dropped:
+            self.not_sent += dropped
+            if link not in self._starved:
+                self._starved.add(link)
+                emit(self.args, f"warning: replies not sent: no room in the transmit ring "
+                     f"for {_SEND_WAIT:g} s (the peer offers no buffers)")  # fmt: skip
+        if self.limit is not None and self.answered >= self.limit:
+            self.done.set()  # after the last reply went out (or was given up on)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -126,6 +155,7 @@ class _Responder:
             "ignored": self.ignored,
             "malformed": self.malformed,
             "unanswered": self.unanswered,
+            "not_sent": self.not_sent,
             "links": self.links,
             "seconds": round(time.monotonic() - self.started, 3),
         }
@@ -139,10 +169,13 @@ class _Responder:
             return
         who = s["ip"] + (f" ({s['mac']})" if s["mac"] else "")
         print(f"--- responder {who} statistics ---", file=self.log)
+        extra = f", {s['unanswered']} unanswered" if s["unanswered"] else ""
+        if s["not_sent"]:
+            extra += f", {s['not_sent']} not sent (no room in the transmit ring)"
         print(
             f"{s['received']} packets received, {s['echo_replies']} echo replies, "
             f"{s['arp_replies']} ARP replies, {s['ignored']} ignored, {s['malformed']} malformed"
-            + (f", {s['unanswered']} unanswered" if s["unanswered"] else ""),
+            + extra,
             file=self.log,
         )
         links = "link" if s["links"] == 1 else "links"
@@ -150,21 +183,39 @@ class _Responder:
         print(f"{s['links']} {links}, {s['seconds']:.3f} s, {end}", file=self.log, flush=True)
 
 
+async def _send_within(tx: TxQueue, frames: Sequence[bytes], seconds: float) -> int:
+    """Send ``frames`` in order, waiting at most ``seconds`` in all for ring space; how
+    many were sent (the rest were not: the peer offered no room).
+
+    Raises:
+        What :meth:`TxQueue.send` raises, but for a full ring.
+    """
+    try:
+        sent = tx.send_batch_nowait(frames)
+    except WouldBlockError:
+        sent = 0
+    if sent < len(frames):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                for frame in frames[sent:]:
+                    await tx.send(frame)  # a cancelled send has sent nothing
+                    sent += 1
+    return sent
+
+
 async def _serve_queue(conn: Connection, q: int, r: _Responder) -> None:
     rx = conn.rx_queues[q]
     tx = conn.tx_queues[q % len(conn.tx_queues)]
     async for batch in rx:
-        replies: list[bytes] = []
+        replies: list[tuple[bytes, bool]] = []
         try:
             for pkt in batch:
                 r.handle(pkt, rx.qid, replies)
         finally:
             batch.release()
         if replies:
-            await tx.send_batch(replies)
-            if r.tap is not None:
-                for reply in replies:
-                    r.tap.write(reply, "out", queue=tx.qid)
+            n = await _send_within(tx, [reply for reply, _ in replies], _SEND_WAIT)
+            r.sent(replies, n, tx.qid, r.links)
 
 
 async def _linger(conn: Connection) -> None:
@@ -275,7 +326,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mac", type=mac_arg, default=packets.parse_mac("02:fe:00:00:00:01"),
                    help="MAC address, ethernet mode (02:fe:00:00:00:01)")  # fmt: skip
     p.add_argument("-c", "--count", type=positive, default=None,
-                   help="stop after this many echo replies (default: until Ctrl-C)")  # fmt: skip
+                   help="stop after this many echo requests answered (default: never)")  # fmt: skip
     add_pcap_option(p)
     add_link_options(p, default_role="server")
     p.set_defaults(run=run)

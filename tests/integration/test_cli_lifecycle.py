@@ -16,13 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import AIOMEMIF
-from support.hostile import ClientMemory, RawPeer, client_handshake
+from support.cli import AIOMEMIF, aio_run, starved_client
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Hang guard: any one command of these tests ends well within this.
@@ -77,35 +76,6 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, out
 
 
-@contextlib.asynccontextmanager
-async def starved_client(path: str, log2_ring_size: int = 1) -> AsyncIterator[RawPeer]:
-    """A client that completes a valid handshake with the server at ``path`` and then
-    never offers a receive buffer (its M2S ring stays empty) nor reads anything."""
-    deadline = time.monotonic() + GUARD
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        await asyncio.sleep(0.02)
-    with ClientMemory(log2_ring_size=log2_ring_size) as mem:
-        async with await RawPeer.connect(path) as peer:
-            await client_handshake(peer, mem)
-            yield peer
-
-
-async def aio_run(*args: str) -> tuple[int, str, str]:
-    """Run an aiomemif command on this event loop; (status, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        *AIOMEMIF, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), GUARD)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 # -- gen reads what comes back ----------------------------------------------------------
 
 
@@ -130,7 +100,7 @@ async def test_gen_warns_when_nothing_moves_and_honours_duration(sock_path: str)
     try:
         async with starved_client(sock_path) as peer:
             code, out, err = await asyncio.wait_for(asyncio.shield(gen), GUARD)
-            assert await peer.expect_disconnect(wait=GUARD) == "closed by peer application"
+            assert await peer.expect_disconnect(wait=GUARD) == "closed by application 'aiomemif'"
     finally:
         if not gen.done():
             gen.cancel()

@@ -106,7 +106,7 @@ def test_responder_client_ping_server(sock_path: str, mode: str) -> None:
             rcode, rout, rerr = finish(resp)
     assert rcode == 0, rerr
     assert responder_counts(rout) == (5, 1 if mode == "ethernet" else 0)
-    assert "peer disconnected: closed by peer application" in rout
+    assert "peer disconnected: closed by application 'aiomemif'" in rout
     assert (
         len(re.findall(r"ICMP echo request 192\.168\.1\.2 > 192\.168\.1\.1 .*replied", rout)) == 5
     )
@@ -211,7 +211,7 @@ def test_ctrl_c_ends_responder_with_summary_and_disconnect(sock_path: str) -> No
     assert "interrupted" in out and responder_counts(out)[0] > 5
     assert "Traceback" not in err
     # The responder said goodbye with DISCONNECT (its reason reached the ping) ...
-    assert "peer disconnected: closed by peer application" in perr
+    assert "peer disconnected: closed by application 'aiomemif'" in perr
     # ... and the ping, cut short, still printed its summary and failed.
     assert pcode == 1
     assert "packets transmitted" in pout and "rtt min/avg/max/mdev" in pout

@@ -1047,6 +1047,15 @@ CLIENT_REFUSALS = [
 ]
 
 
+#: The scripts above that let the client send INIT before it gives up.
+SENT_INIT: set[ClientScript] = {
+    m_hello_again,
+    m_connected_instead_of_ack,
+    m_ack_with_fd,
+    m_ack_instead_of_connected,
+}
+
+
 @pytest.mark.parametrize(("script", "expected"), CLIENT_REFUSALS)
 async def test_client_rejects_malformed_server(
     sock_path: str, script: ClientScript, expected: str | re.Pattern[str]
@@ -1056,7 +1065,10 @@ async def test_client_rejects_malformed_server(
         exc = await _outcome(task)
         assert isinstance(exc, aiomemif.RemoteProtocolError), repr(exc)
         assert matches(expected, exc.reason), exc.reason
-        assert await peer.expect_disconnect() == exc.reason
+        if script in SENT_INIT:
+            assert await peer.expect_disconnect() == exc.reason
+        else:  # nothing negotiated yet: just close (libmemif crashes on DISCONNECT first)
+            await peer.expect_eof()
 
 
 @pytest.mark.parametrize("after_init", [False, True], ids=["instead-of-hello", "after-init"])

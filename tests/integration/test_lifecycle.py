@@ -53,7 +53,7 @@ async def test_iteration_ends_quietly_when_this_side_closes() -> None:
         await asyncio.sleep(0.01)
         await pair.server.aclose()
         assert await reader == []
-        assert pair.server.close_reason == "closed by peer application"
+        assert pair.server.close_reason == "closed by application 'aiomemif'"
         assert not pair.server.closed_by_peer
 
 

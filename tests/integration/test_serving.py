@@ -56,7 +56,7 @@ async def test_connection_closes_when_the_handler_returns(sock_path: str) -> Non
                     got += [bytes(p) for p in batch]
             assert got == [b"hello, and goodbye"]
             assert client.closed_by_peer
-            assert client.close_reason == "closed by peer application"
+            assert client.close_reason == "closed by application 'aiomemif'"
 
 
 async def test_a_failing_handler_is_logged_and_closes_only_its_link(
@@ -172,7 +172,7 @@ async def test_events_connected_refused_closed(
         ("refused", 1, "Secret required"),
         ("refused", 9, "ID not found"),
         ("connected", 1, None),
-        ("closed", 1, "closed by peer application"),
+        ("closed", 1, "closed by application 'aiomemif'"),
     ]
     assert seen[3].connection is conn and seen[4].connection is conn
     assert [(f.interface_id, f.reason) for f in srv.failures] == [
