@@ -15,9 +15,9 @@ import inspect
 import os
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvloop
@@ -25,6 +25,9 @@ from support.leaks import memfd_mappings, open_fds
 from support.rig import rigs  # noqa: F401  (the shared-memory rig fixture, for every tier)
 
 from aiomemif._os import readers as _loopio
+
+if TYPE_CHECKING:
+    from aiomemif.testing.vpp import Vpp
 
 
 def pytest_asyncio_loop_factories(
@@ -125,3 +128,14 @@ def need_testpmd() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason}; with CI=true the interop tests must run", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture
+async def vpp() -> AsyncIterator[Vpp]:
+    """A VPP of its own for one test (skips, or fails with CI=true, without VPP)."""
+    from support.vpp import need_vpp
+
+    from aiomemif.testing.vpp import Vpp
+
+    async with Vpp(need_vpp()) as instance:
+        yield instance

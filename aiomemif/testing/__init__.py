@@ -5,6 +5,7 @@
 - :mod:`aiomemif.testing.plugin`: the pytest plugin (``memif_socket_path`` and
   ``memif_pair`` fixtures), registered as ``aiomemif`` (``pytest -p aiomemif``).
 - :mod:`aiomemif.testing.testpmd`: drive DPDK's ``dpdk-testpmd`` as a real C peer.
+- :mod:`aiomemif.testing.vpp`: start and drive FD.io VPP (its memif plugin) as a peer.
 """
 
 from .pair import MemifPair as MemifPair
