@@ -4,7 +4,7 @@ Every measurement runs in fresh processes started with the ``spawn`` method. A w
 module-level function ``target(out, *args)``: it pins itself to a CPU, does one side of one
 case and sends exactly one result dict (or ``{"error": ...}``) through ``out`` before it
 exits. :func:`run_workers` starts a set of workers, collects their results under a
-watchdog, and always reaps them (and any ``dpdk-testpmd`` they started).
+watchdog, and always reaps them (and any ``dpdk-testpmd`` or VPP they started).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ __all__ = [
     "percentiles",
     "preemptions",
     "reap_testpmd",
+    "reap_vpp",
     "rss_bytes",
     "run_async",
     "run_sync",
@@ -382,6 +383,30 @@ def reap_testpmd(owner_pids: Sequence[int]) -> list[int]:
     return killed
 
 
+def reap_vpp(owner_pids: Sequence[int]) -> list[int]:
+    """SIGKILL any VPP a worker left behind (aiomemif's Vpp controller names its API
+    segment prefix ``aiomemif-vpp-<controller pid>-*`` in the startup.conf it passes with
+    ``-c``); return the pids killed. (The controller removes its own directory; a killed
+    worker's is left in the temp dir.)"""
+    wanted = [f"prefix aiomemif-vpp-{pid}-" for pid in owner_pids]
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if not argv[0].endswith(b"/vpp") or b"-c" not in argv:
+                continue
+            conf = Path(argv[argv.index(b"-c") + 1].decode()).read_text()
+        except (OSError, IndexError, UnicodeDecodeError):
+            continue
+        if any(w in conf for w in wanted):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
 def _stop(procs: Sequence[SpawnProcess], deadline: float) -> None:
     """Join ``procs`` until ``deadline``; terminate, then kill, whatever is left."""
     procs = [p for p in procs if p.pid is not None]  # started ones only
@@ -436,7 +461,8 @@ def run_workers(ctx: SpawnContext, workers: Sequence[Worker], timeout: float) ->
             results[name] = {"error": f"{name}: watchdog expired after {timeout + GRACE:.0f} s"}
     finally:
         _stop(procs, deadline if len(results) == len(workers) else time.monotonic() + 1.0)
-        leaked = reap_testpmd([p.pid for p in procs if p.pid is not None])
+        owners = [p.pid for p in procs if p.pid is not None]
+        leaked = reap_testpmd(owners) + reap_vpp(owners)
         for end in (*pipes, *writers):
             end.close()
         for wk in workers:
@@ -450,7 +476,7 @@ def run_workers(ctx: SpawnContext, workers: Sequence[Worker], timeout: float) ->
             res["error"] = f"{wk.name} exit code {proc.exitcode}"
     if leaked:
         for res in results.values():
-            res.setdefault("warnings", []).append(f"killed leftover testpmd {leaked}")
+            res.setdefault("warnings", []).append(f"killed leftover peers {leaked}")
     return results
 
 

@@ -183,6 +183,7 @@ GROUPS = (
     "rtt",
     "handshakes",
     "testpmd",
+    "vpp",
     "c-baseline",
 )
 

@@ -18,6 +18,8 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
   two raw floors without aiomemif: eventfd ping-pong, and spinning on a shared-mmap ring;
 - handshakes: one server socket with 1, 16 and 64 interfaces, one client connecting all;
 - testpmd: aiomemif <-> dpdk-testpmd macswap round trips (both roles);
+- vpp: aiomemif -> VPP L2 cross-connect -> aiomemif round trips, 64 and 1500 B, and the
+  64 B RTT per receive mode (both roles);
 - c-baseline: testpmd txonly -> testpmd rxonly over memif, on two cores and on one.
 
 Usage::
@@ -49,10 +51,12 @@ from pathlib import Path
 import bench_rtt as br
 import bench_scale as bs
 import bench_testpmd as bt
+import bench_vpp as bv
 import bench_workers as bw
 import harness
 import report
 from harness import Json
+from peer_steps import PeerSteps
 from report import Record, Results
 
 HERE = Path(__file__).resolve().parent
@@ -84,6 +88,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, help="PNG path (default: next to --json, if matplotlib)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-testpmd", action="store_true", help="skip everything needing testpmd")
+    p.add_argument("--no-vpp", action="store_true", help="skip everything needing VPP")
     p.add_argument("--list", action="store_true", help="print the case ids and exit")
     p.add_argument(
         "--wait-quiet",
@@ -127,7 +132,7 @@ class Step:
     run: Callable[[], None]
 
 
-class Suite:
+class Suite(PeerSteps):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.ctx = mp.get_context("spawn")
@@ -141,6 +146,9 @@ class Suite:
         self.pmd_missing = "disabled by --no-testpmd" if args.no_testpmd else bt.available()
         if self.pmd_missing is None and not self.two:
             self.pmd_missing = "needs 2 CPUs"
+        self.vpp_missing = "disabled by --no-vpp" if args.no_vpp else bv.available()
+        if self.vpp_missing is None and not self.two:
+            self.vpp_missing = "needs 2 CPUs"
         self.hooks = harness.validation_hook_available()
         q = args.quick
         self.flow_s = (0.5 if q else 1.0) * args.scale
@@ -250,12 +258,6 @@ class Suite:
             rx_batch=256,  # what receive() and ``async for`` take by default
         )
 
-    def c_sessions(self) -> None:
-        """One testpmd txonly -> rxonly session (two processes): three records."""
-        runs = (("separate", 64), ("separate", 1500), ("shared", 64))
-        ids = [f"c-baseline/txonly-rxonly/{p}/{s}B" for p, s in runs]
-        self.add(ids, functools.partial(self.c_baseline, runs, ids))
-
     def plan(self) -> None:
         """Every step in order. The C baseline runs at the start, the middle and the end of
         a full run (its rate is bimodal on some VMs: the spread shows it)."""
@@ -324,6 +326,7 @@ class Suite:
                 self.handshakes(n, loop)
         self.c_sessions()
         self.plan_testpmd()
+        self.plan_vpp()
 
     def plan_validation(self) -> None:
         loop = self.args.loops[0]
@@ -395,78 +398,10 @@ class Suite:
 
         self.add([rid], run)
 
-    # -- testpmd ------------------------------------------------------------------------------
-    def plan_testpmd(self) -> None:
-        q = self.args.quick
-        sizes = (64,) if q else (64, 1500)
-        modes = ("interrupt", "polling", "adaptive")
-        for loop in self.args.loops[:1] if q else self.args.loops:
-            for role in ("client",) if q else ("client", "server"):
-                ids = [f"testpmd/macswap/{role}/{s}B/{loop}" for s in sizes]
-                ids += [f"testpmd/macswap-rtt/{role}/{m}/{loop}" for m in modes]
-                self.add(ids, functools.partial(self.macswap, role, loop, sizes, modes, ids))
-
     def skipped(self, ids: Sequence[str], group: str, why: str) -> None:
         for rid in ids:
             rec = Record(rid, group, rid.split("/", 1)[1], "-", "-", "skipped", note=why)
             print(f"  {self.results.add(rec, None).id:<48} {why}")
-
-    def c_baseline(self, runs: Sequence[tuple[str, int]], ids: list[str]) -> None:
-        if self.pmd_missing:
-            self.skipped(ids, "c-baseline", f"skipped: {self.pmd_missing}")
-            return
-        t0 = time.monotonic()
-        spec = bt.CSpec(
-            runs=tuple(runs),
-            interval=(0.5 if self.args.quick else 1.0) * self.args.scale,
-            cpus=(self.a, self.b),
-            path=self.path("c"),
-        )
-        res = bt.run_c_baseline(self.ctx, spec, timeout=self.timeout + 30)
-        by_key = {(r["placement"], r["size"]): r for r in res.get("rates", [])}
-        for (placement, size), rid in zip(runs, ids, strict=True):
-            rate = by_key.get((placement, size))
-            run: Json = {"ok": res["ok"] and rate is not None, "errors": res["errors"]}
-            run.update(rate or {"pps": 0.0})
-            rx = self.a if placement == "separate" else self.b
-            label = f"testpmd txonly -> rxonly {size}B, {placement} cores"
-            rec = Record(rid, "c-baseline", label, "C", f"rx{rx} tx{self.b}", "rate", size=size)
-            self.progress(self.results.add(rec, run), t0)
-
-    def macswap(
-        self, role: str, loop: str, sizes: Sequence[int], modes: Sequence[str], ids: list[str]
-    ) -> None:
-        if self.pmd_missing:
-            self.skipped(ids, "testpmd", f"skipped: {self.pmd_missing}")
-            return
-        t0 = time.monotonic()
-        q = self.args.quick
-        spec = bt.MacswapSpec(
-            role=role,
-            sizes=tuple(sizes),
-            lat_modes=tuple(modes),
-            duration=(0.5 if q else 1.0) * self.args.scale,
-            lat_duration=(0.3 if q else 0.5) * self.args.scale,
-            cpus=(self.a, self.b),
-            path=self.path("macswap"),
-        )
-        res = bt.run_macswap(self.ctx, spec, cpu=self.a, loop=loop, timeout=self.timeout + 30)
-        base: Json = {"ok": res["ok"], "errors": res["errors"], "preempt": res.get("preempt", 0)}
-        cpus = f"py{self.a} pmd{self.b}"
-        tput = {t["size"]: t for t in res.get("throughput", [])}
-        for size, rid in zip(sizes, ids, strict=False):
-            run = {**base, **tput.get(size, {"pps": 0.0})}
-            run["ok"] = base["ok"] and size in tput
-            label = f"aiomemif {role} <-> testpmd macswap {size}B round trips"
-            rec = Record(rid, "testpmd", label, loop, cpus, "rate", size=size)
-            self.progress(self.results.add(rec, run), t0)
-        lat = {x["mode"]: x for x in res.get("latency", [])}
-        for mode, rid in zip(modes, ids[len(sizes) :], strict=True):
-            run = {**base, **lat.get(mode, {})}
-            run["ok"] = base["ok"] and mode in lat
-            label = f"aiomemif {role} <-> testpmd 64B RTT, {mode}"
-            rec = Record(rid, "testpmd", label, loop, cpus, "rtt", size=64)
-            self.progress(self.results.add(rec, run), t0)
 
 
 # -- main ---------------------------------------------------------------------------------------
