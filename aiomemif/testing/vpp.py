@@ -485,8 +485,9 @@ class Vpp:
         return parse_errors(await self.cli("show errors"))
 
     async def ring_stats(self, name: str) -> dict[tuple[str, int], dict[str, int]]:
-        """Per-ring memif statistics from ``show hardware-interfaces NAME``: ``("m2s", 0)``
-        to ``{"packets sent": ..., "no tx slot": ...}`` and so on."""
+        """Per-ring memif statistics from ``show hardware-interfaces NAME`` (while it is
+        connected): ``("tx", 0)`` to ``{"packets sent": ..., "no tx slot": ...}``,
+        ``("rx", 0)`` to ``{"packets received": ...}`` and so on."""
         return parse_hardware_rings(await self.cli(f"show hardware-interfaces {name}"))
 
     async def clear_counters(self) -> None:

@@ -252,16 +252,17 @@ _HW_STAT = re.compile(r"^([a-z][a-z ]*?):\s*(\d+)$")
 def parse_hardware_rings(text: str) -> dict[tuple[str, int], dict[str, int]]:
     """Parse the per-ring statistics of ``show hardware-interfaces NAME`` for a memif.
 
-    Returns ``(direction, index)`` (``"m2s"``/``"s2m"``) to counters such as
-    ``"packets sent"``, ``"no tx slot"`` (packets VPP dropped because the ring was full) and
-    ``"packets received"``.
+    Returns ``("tx", index)`` or ``("rx", index)``, VPP's own transmit or receive ring, to
+    counters such as ``"packets sent"``, ``"no tx slot"`` (times VPP found the ring full)
+    and ``"packets received"``. (VPP 26.10 labels its transmit rings "master-to-slave" and
+    its receive rings "slave-to-master" in either role, so the labels are not used.)
     """
     out: dict[tuple[str, int], dict[str, int]] = {}
     cur: dict[str, int] | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if m := _HW_RING.match(line):
-            direction = "m2s" if m.group(1) == "master-to-slave" else "s2m"
+            direction = "tx" if m.group(1) == "master-to-slave" else "rx"
             cur = out.setdefault((direction, int(m.group(2))), {})
         elif cur is not None and (m := _HW_STAT.match(line)):
             cur[m.group(1)] = int(m.group(2))

@@ -116,11 +116,13 @@ async def respond(
 
 async def ping_vpp(
     conn: aiomemif.Connection, count: int = 5, target: str = VPP_IP, src: str = OUR_IP,
-    queue: int = 0,
+    queue: int = 0, rx_queue: int | None = None,
 ) -> int:  # fmt: skip
-    """Ping ``target`` from aiomemif (ARP first in ethernet mode); the number of replies.
+    """Ping ``target`` from aiomemif (ARP first in ethernet mode) on transmit queue
+    ``queue``, expecting replies on ``rx_queue`` (default: the same); the number of replies.
     Each request waits up to 5 s for its reply (a hang guard, not a measurement)."""
-    rx, tx = conn.rx_queues[queue], conn.tx_queues[queue]
+    rx = conn.rx_queues[queue if rx_queue is None else rx_queue]
+    tx = conn.tx_queues[queue]
     ip_mode = conn.details().mode == Mode.IP
     peer_mac = b""
 
