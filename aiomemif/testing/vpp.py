@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import glob
 import os
 import re
@@ -167,6 +168,11 @@ def find_vpp(location: str | os.PathLike[str] | None = None) -> VppInstall | Non
         return None
 
 
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 # The first line of a failed command: VPP prints "unknown input `...'" or "<command>: why"
 # (for example "create interface memif: Subinterface already exists").
 _FAILED = re.compile(r"^(unknown input|[a-z][a-z0-9 -]*[a-z0-9]: )")
@@ -251,7 +257,9 @@ class Vpp:
         return env
 
     def _spawn(self, conf: Path) -> subprocess.Popen[bytes]:
-        # A plain child (not an asyncio one): it outlives any one event loop.
+        # A plain child (not an asyncio one): it outlives any one event loop. It gets
+        # SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG), so a test run
+        # that is killed does not leave a busy VPP behind.
         assert self.dir is not None and self._programs is not None
         with open(self.dir / "stdout.log", "wb") as out:
             return subprocess.Popen(
@@ -261,6 +269,7 @@ class Vpp:
                 stderr=subprocess.STDOUT,
                 env=self._env(),
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     async def start(self) -> Vpp:
