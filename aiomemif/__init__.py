@@ -20,12 +20,12 @@ from ._aio.client import ConnectContext as ConnectContext
 from ._aio.client import ReconnectPolicy as ReconnectPolicy
 from ._aio.client import connect as connect
 from ._aio.connection import Connection as Connection
+from ._aio.events import HandshakeFailure as HandshakeFailure
 from ._aio.events import LinkEvent as LinkEvent
 from ._aio.events import ServerEvent as ServerEvent
 from ._aio.receive_all import ReceiveAll as ReceiveAll
 from ._aio.rx_queue import RxMode as RxMode
 from ._aio.rx_queue import RxQueue as RxQueue
-from ._aio.server import HandshakeFailure as HandshakeFailure
 from ._aio.server import Server as Server
 from ._aio.server import serve as serve
 from ._aio.tx_queue import TxBuffer as TxBuffer

@@ -20,7 +20,14 @@ from ..errors import MemifError
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["EventStream", "EventStreams", "LinkEvent", "ServerEvent", "copy_error"]
+__all__ = [
+    "EventStream",
+    "EventStreams",
+    "HandshakeFailure",
+    "LinkEvent",
+    "ServerEvent",
+    "copy_error",
+]
 
 E = TypeVar("E")
 
@@ -49,6 +56,15 @@ class LinkEvent:
     def up(self) -> bool:
         """True for an ``"up"`` event."""
         return self.kind == "up"
+
+
+@final
+@attrs.frozen
+class HandshakeFailure:
+    """A refused or failed handshake, as the server saw it (``Server.failures``)."""
+
+    interface_id: int | None
+    reason: str
 
 
 @final

@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Final, Literal, final
 
-import attrs
-
 from .._core import wire as w
 from .._core.config import InterfaceConfig
 from .._core.handshake import Established, MapRegions, SendMessage, ServerHandshake
@@ -41,7 +39,7 @@ from ..errors import (
     RemoteProtocolError,
 )
 from .connection import Connection, UntilClosed, discard_queued
-from .events import EventStream, EventStreams, ServerEvent
+from .events import EventStream, EventStreams, HandshakeFailure, ServerEvent
 from .rx_queue import RxMode, RxQueue
 from .tx_queue import TxQueue
 
@@ -54,15 +52,6 @@ log = logging.getLogger("aiomemif")
 
 #: Seconds before accepting again after accept() failed (e.g. out of fds).
 _ACCEPT_RETRY: Final = 0.1
-
-
-@final
-@attrs.frozen
-class HandshakeFailure:
-    """A refused or failed handshake, as the server saw it."""
-
-    interface_id: int | None
-    reason: str
 
 
 @final
