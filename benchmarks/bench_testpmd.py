@@ -219,14 +219,10 @@ def run_macswap(
     ctx: SpawnContext, spec: MacswapSpec, *, cpu: int | None, loop: str, timeout: float
 ) -> Json:
     """One testpmd session: throughput per size, then latency per mode."""
-    opts = Opts(role="aiomemif", cpu=cpu, timeout=timeout, loop=loop)
-    results = harness.run_workers(ctx, [Worker("aiomemif", macswap_worker, (opts, spec))], timeout)
-    res = results["aiomemif"]
-    res["ok"], res["errors"] = harness.verdict(
-        results, bool(res.get("ok")), "frames lost or not MAC-swapped"
-    )
-    res["preempt"] = harness.preemptions(results)
-    return res
+    return harness.run_peer_session(
+        ctx, macswap_worker, spec, cpu=cpu, loop=loop, timeout=timeout,
+        failure="frames lost or not MAC-swapped",
+    )  # fmt: skip
 
 
 # -- C baseline ---------------------------------------------------------------------------------

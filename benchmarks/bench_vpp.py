@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection as PipeEnd
 from multiprocessing.context import SpawnContext
 
 import harness
-from harness import Json, Opts, Worker
+from harness import Json, Opts
 
 import aiomemif
 from aiomemif.testing.vpp import Vpp, find_vpp
@@ -226,11 +226,7 @@ def run_xconnect(
     ctx: SpawnContext, spec: XconnectSpec, *, cpu: int | None, loop: str, timeout: float
 ) -> Json:
     """One VPP session: throughput per size, then latency per mode."""
-    opts = Opts(role="aiomemif", cpu=cpu, timeout=timeout, loop=loop)
-    results = harness.run_workers(ctx, [Worker("aiomemif", xconnect_worker, (opts, spec))], timeout)
-    res = results["aiomemif"]
-    res["ok"], res["errors"] = harness.verdict(
-        results, bool(res.get("ok")), "frames lost or changed by VPP"
-    )
-    res["preempt"] = harness.preemptions(results)
-    return res
+    return harness.run_peer_session(
+        ctx, xconnect_worker, spec, cpu=cpu, loop=loop, timeout=timeout,
+        failure="frames lost or changed by VPP",
+    )  # fmt: skip

@@ -49,6 +49,7 @@ __all__ = [
     "reap_vpp",
     "rss_bytes",
     "run_async",
+    "run_peer_session",
     "run_sync",
     "run_workers",
     "validation_hook_available",
@@ -478,6 +479,26 @@ def run_workers(ctx: SpawnContext, workers: Sequence[Worker], timeout: float) ->
         for res in results.values():
             res.setdefault("warnings", []).append(f"killed leftover peers {leaked}")
     return results
+
+
+def run_peer_session(
+    ctx: SpawnContext,
+    target: Callable[..., None],
+    spec: object,
+    *,
+    cpu: int | None,
+    loop: str,
+    timeout: float,
+    failure: str,
+) -> Json:
+    """One aiomemif worker measuring against a real peer (testpmd, VPP): its result, with
+    the verdict (``failure`` when its own check failed) and its preemption count."""
+    opts = Opts(role="aiomemif", cpu=cpu, timeout=timeout, loop=loop)
+    results = run_workers(ctx, [Worker("aiomemif", target, (opts, spec))], timeout)
+    res = results["aiomemif"]
+    res["ok"], res["errors"] = verdict(results, bool(res.get("ok")), failure)
+    res["preempt"] = preemptions(results)
+    return res
 
 
 def errors_of(results: dict[str, Json]) -> list[str]:
