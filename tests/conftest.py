@@ -5,6 +5,9 @@
 - An autouse fixture fails a test that leaves new fds open, memfd mappings in place, or fds
   registered with the loop by aiomemif.
 - Async tests are wrapped so that a task still running when the test body returns fails it.
+- A suite started as a background job of a non-interactive shell (``cmd &``, nohup) has
+  SIGINT ignored, and so would every command it starts, which then rightly keeps it ignored:
+  the suite takes SIGINT back, so the tests that stop a command with SIGINT mean it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import functools
 import inspect
 import os
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -28,6 +32,9 @@ from aiomemif._os import readers as _loopio
 
 if TYPE_CHECKING:
     from aiomemif.testing.vpp import Vpp
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # children get SIG_DFL
 
 
 def pytest_asyncio_loop_factories(
