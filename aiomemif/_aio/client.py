@@ -385,7 +385,10 @@ class Client:
                 self._events.publish(LinkEvent(kind="up", connection=conn))
                 err = await conn.wait_closed()
                 self.connection = None
-                discard_queued(self._queue, conn)  # never taken by connections(): drop it
+                if conn.has_undelivered:  # packets left to read: kept until freed
+                    conn._on_freed.append(lambda c: discard_queued(self._queue, c))
+                else:
+                    discard_queued(self._queue, conn)  # never taken by connections()
                 delay = self.policy.delay(1)
                 reason = conn.close_reason
                 log.info("%s: link down: %s; reconnecting in %.2f s", self._name, reason, delay)
@@ -462,7 +465,9 @@ class Client:
 
     def connections(self) -> AsyncIterator[Connection]:
         """Each new connection as it comes up (see the class docstring). A link that went
-        down before it was taken is skipped (and not kept)."""
+        down before it was taken is skipped (and not kept), unless the server ended it
+        normally and packets it published are still to be read (for about two seconds):
+        that one is yielded, down, and its receive queues hand them out, then end."""
         return UntilClosed(self._next)
 
     async def wait_connected(self) -> Connection:
@@ -496,7 +501,7 @@ class Client:
             if isinstance(item, MemifError):
                 self._queue.put_nowait(item)
                 raise copy_error(item)
-            if item.is_up:  # skip a link that went down before it was taken
+            if item.is_up or item.has_undelivered:  # (down and drained: skipped)
                 return item
 
     async def aclose(self) -> None:

@@ -104,6 +104,8 @@ class Connection:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[MemifError] = loop.create_future()
         self._on_closed: list[Callable[[Connection], None]] = []
+        #: Called once the shared memory is freed (at teardown, or when draining ends).
+        self._on_freed: list[Callable[[Connection], object]] = []
 
     # -- set-up (used by the client and server modules) -----------------------------------
     def _own(self, ring: Ring, efd: EventFd) -> None:
@@ -128,6 +130,13 @@ class Connection:
     @property
     def is_up(self) -> bool:
         return self._error is None
+
+    @property
+    def has_undelivered(self) -> bool:
+        """True while the link is down but its receive queues still hold packets the peer
+        published before it left (they are handed out until drained, :meth:`aclose`, or
+        a couple of seconds pass)."""
+        return bool(self._draining)
 
     @property
     def close_reason(self) -> str | None:
@@ -274,6 +283,9 @@ class Connection:
         self._rings = []
         for region in self._regions:
             region.close()
+        callbacks, self._on_freed = self._on_freed, []
+        for cb in callbacks:
+            cb(self)
 
     async def __aenter__(self) -> Connection:
         return self

@@ -465,11 +465,19 @@ class Server:
                 connection=conn,
             )
         )
-        discard_queued(self._ready, conn)  # never accepted: nothing should keep it
+        if conn.has_undelivered:  # still to be accepted and read; forgotten once freed
+            conn._on_freed.append(lambda c: discard_queued(self._ready, c))
+        else:
+            discard_queued(self._ready, conn)  # never accepted: nothing should keep it
         self._resume()  # its fds are free again
 
     async def accept(self) -> Connection:
-        """Wait for the next client to complete its handshake (live connections only).
+        """Wait for the next client to complete its handshake.
+
+        Links that went down before they were accepted are skipped, except those whose
+        peer ended them normally after publishing packets not read yet: those are handed
+        out with :attr:`Connection.is_up` False, and their receive queues give those
+        packets, then end (for about two seconds after the end; see "How a link ends").
 
         Raises:
             ClosedResourceError: the server is (or gets) closed.
@@ -484,7 +492,7 @@ class Server:
             if conn is None:
                 self._ready.put_nowait(None)
                 raise ClosedResourceError("server closed")
-            if conn.is_up:  # skip links that went down while waiting to be accepted
+            if conn.is_up or conn.has_undelivered:  # (links down and drained: skipped)
                 return conn
 
     def connections(self) -> UntilClosed[Connection]:

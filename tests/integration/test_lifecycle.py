@@ -212,3 +212,60 @@ async def test_server_close_frees_a_draining_link_of_a_cancelled_handler(sock_pa
             await client.tx_queues[0].send_batch([b"x"] * 4)
         await asyncio.sleep(0.01)  # the server saw the DISCONNECT; its queue drains
         await srv.aclose()  # cancels the handler: the leak check sees nothing left
+
+
+async def test_a_client_that_left_before_accept_still_delivers(sock_path: str) -> None:
+    """A short-lived client (connect, send, close) can be gone before the server's accept()
+    runs: accept() still hands its link out, down, with its packets, then iteration ends."""
+    async with aiomemif.serve(sock_path) as srv:
+        events = srv.events()
+        async with aiomemif.connect(sock_path) as client:
+            await client.tx_queues[0].send_batch([b"c%d" % i for i in range(64)])
+        async with asyncio.timeout(5):
+            async for event in events:
+                if event.kind == "closed":
+                    break
+            conn = await srv.accept()
+        assert not conn.is_up and conn.has_undelivered and conn.closed_by_peer
+        async with conn:
+            assert await drain(conn.rx_queues[0]) == [b"c%d" % i for i in range(64)]
+        assert not conn.has_undelivered
+
+
+async def test_a_link_left_unread_past_the_drain_limit_is_skipped(
+    sock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_module, "DRAIN_LIMIT", 0.05)
+    async with aiomemif.serve(sock_path) as srv:
+        async with aiomemif.connect(sock_path) as client:
+            await client.tx_queues[0].send(b"too late")
+        async with asyncio.timeout(5):
+            while memfd_mappings():  # the unaccepted link drains nowhere, then is freed
+                await asyncio.sleep(0.01)
+        async with aiomemif.connect(sock_path) as client:
+            await client.tx_queues[0].send(b"in time")
+            async with asyncio.timeout(5):
+                conn = await srv.accept()  # the first link is not handed out
+            async with conn:
+                assert conn.is_up
+                batch = await conn.rx_queues[0].receive()
+                assert [bytes(p) for p in batch] == [b"in time"]
+                batch.release()
+
+
+async def test_a_server_that_left_before_the_client_took_it_still_delivers(
+    sock_path: str,
+) -> None:
+    slow = aiomemif.ReconnectPolicy(initial=5, maximum=5)
+    async with aiomemif.serve(sock_path) as srv:
+        async with aiomemif.Client(sock_path, reconnect=slow) as c:
+            async with asyncio.timeout(5):
+                server = await srv.accept()
+                await server.tx_queues[0].send_batch([b"s%d" % i for i in range(8)])
+                await server.aclose("done")
+                while c.connection is not None:  # the client saw the link go down
+                    await asyncio.sleep(0.01)
+                conns = c.connections()
+                conn = await anext(conns)
+            assert not conn.is_up and conn.has_undelivered
+            assert await drain(conn.rx_queues[0]) == [b"s%d" % i for i in range(8)]
