@@ -12,7 +12,9 @@ One rule for every subcommand:
 - a failure is one line on stderr (``aiomemif CMD: ...``), never a traceback (an
   unexpected exception is reported as an internal error; ``-v`` adds its traceback);
 - with ``--json`` exactly one JSON document goes to stdout, also on failure
-  (``{"command": ..., "ok": false, "error": ..., "exit_status": ...}``).
+  (``{"command": ..., "ok": false, "error": ..., "exit_status": ...}``);
+- the command runs on uvloop when it is installed, else on asyncio's default loop;
+  ``--loop asyncio|uvloop`` (before or after the subcommand) or ``$AIOMEMIF_LOOP`` choose.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
@@ -64,11 +67,48 @@ def build_parser() -> argparse.ArgumentParser:
         description="asyncio-native memif (shared-memory packet interface) tools",
     )
     parser.add_argument("--version", action="version", version=f"aiomemif {__version__}")
+    _add_loop_option(parser, os.environ.get(LOOP_ENV) or "auto")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         if importlib.util.find_spec(f"{__name__}.{name}") is not None:
             importlib.import_module(f"{__name__}.{name}").register(sub)
+    for command in sub.choices.values():  # after the subcommand too; the later one wins
+        _add_loop_option(command, argparse.SUPPRESS)
     return parser
+
+
+#: Environment variable giving the default of ``--loop``.
+LOOP_ENV = "AIOMEMIF_LOOP"
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _add_loop_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=default,
+        help=f"event loop: uvloop if installed (auto), asyncio or uvloop (${LOOP_ENV})",
+    )
+
+
+def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop a command runs on: ``(name, factory)`` for ``--loop`` ``choice``.
+
+    Raises:
+        UsageError: ``choice`` is not one of ``LOOPS``, or is ``uvloop`` and uvloop is
+            not installed.
+    """
+    if choice not in LOOPS:
+        raise UsageError(f"--loop: {choice!r} is not one of {', '.join(LOOPS)}")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise UsageError("--loop uvloop: uvloop is not installed") from None
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -178,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        status = asyncio.run(_run(args))
+        args.loop, factory = loop_factory(getattr(args, "loop", "auto"))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            status = runner.run(_run(args))
         if status in (130, 143):
             return _interrupted(args, status)
         return status

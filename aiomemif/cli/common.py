@@ -71,7 +71,10 @@ def os_text(exc: OSError) -> str:
 
 def print_json(args: argparse.Namespace, document: dict[str, Any]) -> None:
     """Print the one JSON document of a ``--json`` run on stdout (and remember that it was
-    printed, so that a later failure does not print a second one)."""
+    printed, so that a later failure does not print a second one). The document also
+    names the event loop the command ran on (``"loop"``)."""
+    if "loop" not in document and isinstance(getattr(args, "loop", None), str):
+        document = {**document, "loop": args.loop}
     print(json.dumps(document, indent=2), flush=True)
     args.json_printed = True
 
