@@ -66,12 +66,11 @@ class _Sink:
                 self.t_first = now
             self.t_last = now
             checker = self.checker
-            if checker is not None or tap is not None:
+            if checker is not None:
+                checker.check_batch(batch[:], q)
+            if tap is not None:
                 for pkt in batch:
-                    if checker is not None:
-                        checker.check(pkt, q)
-                    if tap is not None:
-                        tap.write(pkt, "in", queue=q)
+                    tap.write(pkt, "in", queue=q)
             n = len(batch)
             self.received += n
             self.nbytes += batch.nbytes
