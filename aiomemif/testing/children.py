@@ -41,6 +41,7 @@ class PeerChild:
         #: ``role scenario``, for messages.
         self.what = what
         self._reaped: tuple[int, list[str]] | None = None
+        self._killed = False
         #: What the child wrote on stderr (known once it is reaped).
         self.stderr = ""
 
@@ -93,16 +94,22 @@ class PeerChild:
         return line
 
     def kill(self) -> None:
-        """SIGKILL the child (nothing if it is gone already)."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+        """SIGKILL the child, once (nothing if it is gone already)."""
+        if not self._killed:
+            self._killed = True
+            self._signal(signal.SIGKILL)
 
     def terminate(self) -> None:
         """SIGTERM the child (nothing if it is gone already)."""
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        # os.kill, not Popen.send_signal: that polls first, and a poll that reaps the
+        # child (killed a moment ago) leaves asyncio's child watcher without its status.
+        # Until the watcher has reaped it the pid is still ours, a zombie at worst.
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
+                os.kill(self.pid, signum)
 
     async def reap(self, timeout: float = 10.0) -> tuple[int, list[str]]:
         """Wait for the child to exit (SIGKILL after ``timeout``); its exit status

@@ -190,6 +190,8 @@ class _Link:
     def at_count(self, count: int, action: Callable[[], None]) -> None:
         """Call ``action`` as soon as ``count`` frames have come (now if they have), from
         inside the receive loop: a kill lands right there, not a scheduling delay later."""
+        if self.at_kill is not None:
+            return
         if self.received >= count or self.finished:
             self.at_kill = self.received
             action()
@@ -276,6 +278,9 @@ class _Storm:
         self.size = SCENARIOS["burst"]
         #: Links by the app name of their peer (each child announces its pid).
         self.links: dict[str, _Link] = {}
+        #: Kills to make from inside a link's receive loop, by the child's app name: after
+        #: how many frames, and the kill.
+        self.armed: dict[str, tuple[int, Callable[[], None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
         self.server: Server | None = None
@@ -285,6 +290,9 @@ class _Storm:
     def _start_link(self, conn: Connection) -> asyncio.Task[None]:
         link = _Link(conn, self.size, asyncio.get_running_loop().time())
         self.links[conn.peer_app_name] = link
+        armed = self.armed.pop(conn.peer_app_name, None)
+        if armed is not None:  # before the first frame: the count is exact
+            link.at_count(*armed)
         task = asyncio.get_running_loop().create_task(link.run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -311,26 +319,29 @@ class _Storm:
         self.size = SCENARIOS.get(point, SCENARIOS["burst"])
         peer_role = "client" if self.role == "server" else "server"
         loop = asyncio.get_running_loop()
+        target = self.rng.randrange(_KILL_WITHIN[point]) if point in _KILL_WITHIN else 0
         async with await PeerChild.start(peer_role, self.address, point) as child:
-            ready = loop.time()
-            if peer_role == "server":
-                await child.expect("listening", _WAIT)
+            if target:
+                self.armed[child.app_name] = (target, child.kill)
+            try:
+                if peer_role == "server":
+                    await child.expect("listening", _WAIT)
                 ready = loop.time()
-            if point.startswith("step:"):
-                await child.expect(f"paused {point[5:]} ", _WAIT)
-                if peer_role == "server":
-                    self.report.reached.append(loop.time() - ready)
-            else:
-                await child.expect("up", _WAIT)
-                link = await self._link_with(child, self.reconnect_limit + _WAIT)
-                if peer_role == "server":
-                    took = link.started - ready
-                    self.report.reconnects.append(took)
-                    if took > self.reconnect_limit:
-                        self._fail(f"{point}: link up {took:.3f} s after the child listened")
-                target = self.rng.randrange(_KILL_WITHIN[point])
-                link.at_count(target, child.kill)
-                await link.wait_received(target)
+                if point.startswith("step:"):
+                    await child.expect(f"paused {point[5:]} ", _WAIT)
+                    if peer_role == "server":
+                        self.report.reached.append(loop.time() - ready)
+                else:
+                    await child.expect("up", _WAIT)
+                    link = await self._link_with(child, self.reconnect_limit + _WAIT)
+                    if peer_role == "server":
+                        took = link.started - ready
+                        self.report.reconnects.append(took)
+                        if took > self.reconnect_limit:
+                            self._fail(f"{point}: link up {took:.3f} s after the child listened")
+                    await link.wait_received(target)
+            finally:
+                self.armed.pop(child.app_name, None)
             child.kill()
             status, lines = await child.reap()
         if status != -9:
@@ -533,12 +544,15 @@ def main(argv: list[str] | None = None) -> int:
     coro = run_storm(
         roles, args.kills, seed, say, policy=policy, reconnect_limit=args.reconnect_limit
     )
-    if args.loop == "uvloop":
-        import uvloop
+    try:
+        if args.loop == "uvloop":
+            import uvloop
 
-        reports = uvloop.run(coro)
-    else:
-        reports = asyncio.run(coro)
+            reports = uvloop.run(coro)
+        else:
+            reports = asyncio.run(coro)
+    except KeyboardInterrupt:
+        return 130
     return 0 if all(r.ok for r in reports) else 1
 
 
