@@ -334,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         rss_limit=int(args.rss_limit * _MIB),
         say=say,
     )
-    if args.loop == "uvloop":
-        import uvloop
+    try:
+        if args.loop == "uvloop":
+            import uvloop
 
-        ok, _ = uvloop.run(coro)
-    else:
-        ok, _ = asyncio.run(coro)
+            ok, _ = uvloop.run(coro)
+        else:
+            ok, _ = asyncio.run(coro)
+    except KeyboardInterrupt:
+        return 130
     return 0 if ok else 1
 
 
