@@ -8,7 +8,7 @@ in two rings at once).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -71,6 +71,11 @@ class ClientTx(TxEndpoint):
         #: Where copies go: the region's mmap if the OS layer gave it (faster), else the view.
         self.sink: ByteSink = region if sink is None else sink
         self._plain_limit = self.capacity
+
+    def drop_sinks(self) -> None:
+        """The link is down: stop referring to the region's mmap, so that a mapping a
+        user's view still pins is freed together with that view."""
+        self.sink = self.region
 
     def free(self) -> int:
         """Slots free for new packets.
@@ -268,18 +273,25 @@ class ClientTx(TxEndpoint):
         return res
 
     # -- zero-copy forwarding --------------------------------------------------------
-    def forward_from(self, rx: ClientRx, packets: Sequence[tuple[int, int, int]]) -> list[int]:
+    def forward_from(
+        self,
+        rx: ClientRx,
+        packets: Sequence[tuple[int, int, int]],
+        claim: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
         """Send received packets of ``rx`` by swapping buffers between the two rings.
 
         ``packets`` lists ``(index, first slot, buffers)`` of each candidate, in order (see
         ``Batch``). Each packet's descriptors are read again and must lie inside the buffers
         of their own slots (:meth:`ClientRx.owned_segments`); one that does not is skipped
         and counted as a bad descriptor. Stops at the first packet that does not fit whole.
-        Returns the indexes of the packets sent; their buffers now belong to this ring and
-        this ring's free buffers to theirs.
+        ``claim`` is called with the indexes about to be sent before anything changes; if
+        it raises, nothing is sent. Returns the indexes of the packets sent; their buffers
+        now belong to this ring and this ring's free buffers to theirs.
 
         Raises:
             RemoteProtocolError: see :meth:`free`.
+            Whatever ``claim`` raises.
         """
         room = self.free()
         segments: list[tuple[int, int, int]] = []
@@ -298,6 +310,8 @@ class ClientTx(TxEndpoint):
             nbytes += sum(length for _, length, _ in segs)
             chained += nseg > 1
             moved.append(index)
+        if moved and claim is not None:
+            claim(moved)
         if segments:
             self._swap_in(segments, rx.buffers, flags)
             rx.retable([slot for _, _, slot in segments])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigurationError, EmptyPacketError, LocalProtocolError, PacketTooLargeError
 from . import wire as w
+from .buffers import exported_error, release_views
 from .ring import QueueCounters, Ring
 
 if TYPE_CHECKING:
@@ -63,12 +64,11 @@ class TxReservation:
             return [[v] for v in self.views]
         return self.segments
 
-    def release_views(self) -> None:
-        for v in self.views or ():
-            v.release()
-        for segs in self.segments:
-            for v in segs:
-                v.release()
+    def release_views(self) -> tuple[int, ...]:
+        """Release every view; return the packets whose views are still exported."""
+        if self.views is not None:
+            return release_views(self.views)
+        return tuple(i for i, segs in enumerate(self.segments) if release_views(segs))
 
 
 class ByteSink(Protocol):
@@ -310,6 +310,9 @@ class TxEndpoint:
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
         lens, flags = _segment_lengths(res, lengths)
+        exported = res.release_views()  # the user's views die before the peer may read
+        if exported:
+            raise exported_error("buffer", exported, "nothing was sent")
         nbytes = sum(lens)
         if res.empty:  # slots the peer offered unusably go out empty, in their places
             lens, flags = _with_empty_slots(res, lens, flags)
@@ -329,11 +332,19 @@ class TxEndpoint:
             c.chained += sum(1 for s in res.segments if len(s) > 1)
         return n
 
-    def cancel(self, res: TxReservation) -> None:
-        """Drop a reservation without publishing anything."""
+    def cancel(self, res: TxReservation, force: bool = False) -> None:
+        """Drop a reservation without publishing anything. With ``force`` (the link is
+        down) also when a view is still exported.
+
+        Raises:
+            ExportedBufferError: a view is still exported (the reservation stays open:
+                its buffers would be reused while another object can still write them).
+        """
         if res is self.reservation:
+            exported = res.release_views()
+            if exported and not force:
+                raise exported_error("buffer", exported, "the buffers stay reserved")
             self.reservation = None
-            res.release_views()
 
 
 def _with_empty_slots(
