@@ -1,7 +1,7 @@
 """Fuzz target: the receive path of both roles over a region image the peer controls.
 
 Input: a few configuration bytes (which receiver: the server's ``ServerRx`` on an S2M
-ring or the client's ``ClientRx`` on an M2S ring; cacheline; ring size, up to 64; the
+ring or the client's ``ClientRx`` on an M2S ring; cacheline; ring size, up to 32; the
 start index, so that the u16 cursors wrap; the frame limit; regions and, for the client,
 the buffers it offers), an initial image of the ring's descriptors, then a script of peer writes and
 receiver calls: raw descriptors, honest runs and chains, the peer's index moved, set to
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:  # run as a script: import from the checkout
@@ -74,7 +75,7 @@ class Session:
         cl = 128 if b0 & 2 else 64
         aiomemif._core.descriptors.UNIFORM_RUN = 2 if b0 & 4 else 64
         extra = (b0 >> 3) & 3
-        log2 = r.byte() % 7  # up to 64 slots: every packet handed out is checked
+        log2 = r.byte() % 6  # up to 32 slots: every packet handed out is checked
         self.n = n = 1 << log2
         self.mask = n - 1
         start = r.u16()
@@ -214,11 +215,9 @@ class Session:
             if not end <= rel or rel + len(segs) > used:
                 raise Finding(f"a packet in slots {rel}+{len(segs)}, outside the {used} taken")
             if full:
-                last = len(segs) - 1
-                spans = tuple(self.check_segment(rx, seg, first + k, k == last)
-                              for k, seg in enumerate(segs))  # fmt: skip
+                spans = self.check_segments(rx, segs, first)
             else:
-                spans = tuple((*locate(seg), len(seg)) for seg in segs)
+                spans = tuple([(*locate(seg), len(seg)) for seg in segs])
             total = sum(n for _r, _o, n in spans)
             if len(pkt) != total or total > self.max_frame:
                 raise Finding(f"a packet of {total} bytes (len {len(pkt)})")
@@ -230,25 +229,32 @@ class Session:
         check(after[1] - before[1] == nbytes, "bytes counted")
         return out
 
-    def check_segment(
-        self, rx: ServerRx | ClientRx, seg: memoryview, slot: int, last: bool
-    ) -> tuple[int, int, int]:
-        s = slot & self.mask
-        flags, region, length, offset, _meta = DESC.unpack_from(self.ring.desc, 16 * s)
-        # (hot: messages are formatted only on failure)
-        if bool(flags & NEXT) == last:
-            raise Finding(f"slot {s}: NEXT {flags:#x}, last segment {last}")
-        where, at = self.mem.locate(seg)
-        if where != region or at < offset or at + len(seg) > offset + length:
-            raise Finding(
-                f"slot {s}: a view of {len(seg)} at {where}:{at} outside its descriptor"
-                f" {region}:{offset}+{length}"
-            )
-        if isinstance(rx, ClientRx):
-            base = rx.buffers[s]
-            if where != self.breg or at < base or at + len(seg) > base + rx.buffer_size:
-                raise Finding(f"slot {s}: a view at {where}:{at} outside the buffer at {base}")
-        return where, at, len(seg)
+    def check_segments(
+        self, rx: ServerRx | ClientRx, segs: Sequence[memoryview], first: int
+    ) -> tuple[tuple[int, int, int], ...]:
+        """Where the segments of one packet from slot ``first`` are: (region, offset,
+        length) each, checked against the descriptors and (client) the offered buffers."""
+        out = []
+        last = len(segs) - 1
+        desc, locate, client = self.ring.desc, self.mem.locate, isinstance(rx, ClientRx)
+        for k, seg in enumerate(segs):  # (hot: messages are formatted only on failure)
+            s = (first + k) & self.mask
+            flags, region, length, offset, _meta = DESC.unpack_from(desc, 16 * s)
+            if bool(flags & NEXT) == (k == last):
+                raise Finding(f"slot {s}: NEXT {flags:#x}, segment {k} of {last + 1}")
+            where, at = locate(seg)
+            if where != region or at < offset or at + len(seg) > offset + length:
+                raise Finding(
+                    f"slot {s}: a view of {len(seg)} at {where}:{at} outside its descriptor"
+                    f" {region}:{offset}+{length}"
+                )
+            if client:
+                assert isinstance(rx, ClientRx)
+                base = rx.buffers[s]
+                if where != self.breg or at < base or at + len(seg) > base + rx.buffer_size:
+                    raise Finding(f"slot {s}: a view at {where}:{at} outside the buffer at {base}")
+            out.append((where, at, len(seg)))
+        return tuple(out)
 
     def release(self) -> None:
         for i, rx in enumerate(self.rx):

@@ -1,7 +1,7 @@
 """Fuzz target: the server's transmit path into the buffers a client offers.
 
-Input: configuration bytes (cacheline, ring size up to 64, start index so that the u16 cursors
-wrap, the client's buffer size, extra regions), then a script: the client offers slots
+Input: configuration bytes (cacheline, ring size up to 32, start index so that the u16
+cursors wrap, the client's buffer size, extra regions), then a script: the client offers slots
 (raw descriptors, runs of buffers of any capacity, region and offset, the last offers
 again lap after lap so that the memo of checked runs is reached, head set to anything),
 and the server sends: ``write`` of packets of fuzzed sizes (equal ones, for the bulk and
@@ -76,11 +76,11 @@ class Session:
         b0 = r.byte()
         self.cl = cl = 128 if b0 & 1 else 64
         extra = (b0 >> 1) & 3
-        log2 = r.byte() % 7  # up to 64 slots: the checks read every offered slot
+        log2 = r.byte() % 6  # up to 32 slots: the checks read every offered slot
         self.n = n = 1 << log2
         self.mask = n - 1
         start = r.u16()
-        self.bsize = bsize = 1 + r.u16() % 1024
+        self.bsize = bsize = 1 + r.u16() % 512
         self.ring_len = ring_len = ring_bytes(log2, cl)
         sizes = [ring_len + n * bsize + r.byte()] + [1 + r.u16() for _ in range(extra)]
         self.mem = mem = Regions(sizes)
@@ -174,12 +174,19 @@ class Session:
             for _f, reg, cap, off, _m in (offers[(tail + j) & mask] for j in range(free))
             if reg < nreg and cap > 0 and off + cap <= sizes[reg]
         ]
-        for reg, off, cap in offered:
-            allowed[reg].append((off, off + cap))
-        desc = 2 * self.cl
-        for j in range(published):
-            d = desc + 16 * ((tail + j) & mask)
-            allowed[0] += ((d, d + 2), (d + 4, d + 8))
+        for reg, off, cap in offered:  # (buffers next to each other as one span)
+            spans = allowed[reg]
+            if spans and spans[-1][1] == off:
+                spans[-1] = (spans[-1][0], off + cap)
+            else:
+                spans.append((off, off + cap))
+        # The published descriptors (that only their length and flags changed is checked
+        # below, where no offered buffer overlaps the ring).
+        desc, s0 = 2 * self.cl, tail & mask
+        first = min(published, self.n - s0)
+        allowed[0].append((desc + 16 * s0, desc + 16 * (s0 + first)))
+        if published > first:
+            allowed[0].append((desc, desc + 16 * (published - first)))
         for i in changed:
             img = bytearray(before[i])
             now = memoryview(after[i])

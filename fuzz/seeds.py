@@ -150,8 +150,8 @@ def receive_seeds() -> dict[str, bytes]:
     for name, b0, log2, start in (
         ("server-8-wrap", 0x00, 3, 0xFFFE),
         ("server-8-bytes-cl128", 0x06, 3, 0xFFFA),
-        ("server-64-two-regions", 0x08, 6, 0x0000),
-        ("server-64-bytes", 0x04, 6, 0xFF00),
+        ("server-32-two-regions", 0x08, 5, 0x0000),
+        ("server-32-bytes", 0x04, 5, 0xFF00),
     ):
         cl = 128 if b0 & 2 else 64
         ring_len = 2 * cl + 16 * (1 << log2)
@@ -170,8 +170,8 @@ def receive_seeds() -> dict[str, bytes]:
     for name, b0, log2, start in (
         ("client-8-wrap", 0x01, 3, 0xFFFD),
         ("client-8-bytes-split", 0x25, 3, 0x0000),
-        ("client-64-frame-limit", 0x01, 6, 0x8000),
-        ("client-64-cl128", 0x03, 6, 0xFFF0),
+        ("client-32-frame-limit", 0x01, 5, 0x8000),
+        ("client-32-cl128", 0x03, 5, 0xFFF0),
     ):
         frame = 3 if "limit" in name else 0  # 64-byte frames only
         head = bytes([b0, log2]) + struct.pack("<HBHBBBB", start, frame, 127, 16, 5, 3, 0)
@@ -205,8 +205,8 @@ def server_tx_seeds() -> dict[str, bytes]:
     seeds: dict[str, bytes] = {}
     for name, b0, log2, start, bsize in (
         ("tx-8-wrap", 0x00, 3, 0xFFFA, 64),
-        ("tx-64-cl128", 0x01, 6, 0x0000, 128),
-        ("tx-64-extra-region", 0x02, 6, 0xFF80, 256),
+        ("tx-32-cl128", 0x01, 5, 0x0000, 128),
+        ("tx-32-extra-region", 0x02, 5, 0xFF80, 256),
         ("tx-16-tiny-buffers", 0x00, 4, 0x7FFF, 16),
     ):
         n = 1 << log2
