@@ -291,11 +291,15 @@ def _counts(c: QueueCounters) -> list[int]:
 
 def one_input(data: bytes) -> None:
     r = Reader(data)
-    session = Session(r)
+    shipped = aiomemif._core.descriptors.UNIFORM_RUN  # an input may lower it
     try:
-        run(session, r)
+        session = Session(r)
+        try:
+            run(session, r)
+        finally:
+            session.close()
     finally:
-        session.close()
+        aiomemif._core.descriptors.UNIFORM_RUN = shipped
 
 
 def run(session: Session, r: Reader) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import aiomemif._core.descriptors
 import aiomemif._core.handshake as handshake
 import aiomemif._core.rx as rx
 import aiomemif._core.server_tx as server_tx
@@ -48,6 +49,15 @@ def test_every_target_has_seeds() -> None:
 )
 def test_kept_input(target: str, path: Path) -> None:
     TARGETS[target](path.read_bytes())
+
+
+def test_receive_leaves_the_bulk_threshold_as_shipped() -> None:
+    shipped = aiomemif._core.descriptors.UNIFORM_RUN
+    lowered = seed("receive", "server-32-bytes")  # its first byte lowers the threshold
+    assert lowered[0] & 4
+    fuzz_receive.one_input(lowered)
+    after = aiomemif._core.descriptors.UNIFORM_RUN
+    assert after == shipped
 
 
 def test_truncated_inputs_are_inputs_too() -> None:
