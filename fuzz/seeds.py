@@ -75,6 +75,9 @@ def control_seeds() -> dict[str, bytes]:
     seeds["server-semaphore-ring"] = secret_cfg + b"".join(
         [dpdk[0], dpdk[1], rec(fc.SEMAPHORE, golden("add_ring_s2m_0"))]
     )
+    seeds["server-ack-flood"] = bytes([0, 0, 11]) + b"".join(
+        [rec(0, golden("init_id7_pyprobe")), rec(0, golden("ack")) * 17]
+    )
     seeds["server-wrong-secret"] = bytes([0b0100, 0, 11]) + dpdk[0]
     seeds["server-no-secret-id7"] = bytes([0, 0, 11]) + rec(0, golden("init_id7_pyprobe"))
     seeds["server-short-message"] = bytes([0, 0, 11]) + rec(0, golden("init_id7_pyprobe")[:64])
