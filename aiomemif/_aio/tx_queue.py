@@ -294,7 +294,8 @@ class TxQueue(QueueBase):
 
         Raises:
             WouldBlockError: they do not all fit now.
-            PacketTooLargeError: ``size`` is 0, over 65535 or needs more than the ring.
+            EmptyPacketError: ``size`` is 0.
+            PacketTooLargeError: ``size`` is over 65535 or needs more than the ring.
             ConfigurationError: ``count`` is below 1, or the packets together need more
                 buffers than the ring has (they could never fit).
             BusyResourceError: an earlier allocation is not committed or cancelled.

@@ -231,9 +231,11 @@ class ClientTx(TxEndpoint):
         :meth:`commit`.
 
         Raises:
-            PacketTooLargeError: ``size`` is 0, over 65535, or needs more slots than the ring.
+            EmptyPacketError: ``size`` is 0.
+            PacketTooLargeError: ``size`` is over 65535, or needs more slots than the ring.
             ConfigurationError: the packets together need more slots than the ring has.
             LocalProtocolError: a reservation is already open on this ring.
+            RemoteProtocolError: the peer's tail is out of range (see :meth:`free`).
         """
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")

@@ -288,10 +288,12 @@ class ServerTx(TxEndpoint):
         """Reserve ``count`` packets of ``size`` bytes in offered buffers (see ClientTx).
 
         Raises:
-            PacketTooLargeError: ``size`` is 0 or over 65535, or one packet does not fit in
+            EmptyPacketError: ``size`` is 0.
+            PacketTooLargeError: ``size`` is over 65535, or one packet does not fit in
                 all the buffers the client offers in the whole ring.
             ConfigurationError: the packets together never fit in the offered ring.
             LocalProtocolError: a reservation is already open on this ring.
+            RemoteProtocolError: the client's head is out of range (see :meth:`free`).
         """
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")

@@ -259,8 +259,9 @@ class TxEndpoint:
         """Copy as many whole packets of ``packets[start:]`` as fit; publish; return how many.
 
         Raises:
-            PacketTooLargeError: a packet is empty, over 65535 bytes, or can never fit the
-                ring (nothing of this call is published).
+            EmptyPacketError: a packet is empty (nothing of this call is published).
+            PacketTooLargeError: a packet is over 65535 bytes, or can never fit the ring
+                (nothing of this call is published).
             TypeError: a packet is not bytes-like.
             RemoteProtocolError: the peer's ring index is out of range.
         """
