@@ -16,6 +16,7 @@ from . import wire as w
 from .buffers import as_wire_buffer
 from .ring import QueueCounters, Ring
 from .rx import ClientRx
+from .slices import SliceTable
 from .tx import (
     MAX_PACKET,
     ByteSink,
@@ -64,6 +65,10 @@ class ClientTx(TxEndpoint):
         #: Where each slot's data starts (its buffer + headroom): the offset its descriptor
         #: carries for a copied packet.
         self.data = array("I", (b + headroom for b in buffers))
+        #: The same offsets as a list (its ints compare by identity in :attr:`cuts`).
+        self.data_list = self.data.tolist()
+        #: Slices that cut the views of zero-copy reservations.
+        self.cuts = SliceTable(ring.size)
         #: Slots still to be written in full (flags, offset) before every descriptor is
         #: known to hold flags 0 and its slot's data offset; until then the bulk path
         #: rewrites those words too. Chains and forwarding make the ring dirty again.
@@ -232,40 +237,49 @@ class ClientTx(TxEndpoint):
         """
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")
-        if not 0 < size <= MAX_PACKET:
-            raise _bad_size(size)
+        ring_size = self.ring.size
         cap = self.capacity
-        nseg = -(-size // cap)
-        if nseg > self.ring.size:
-            raise _too_large(size, f"needs {nseg} buffers; the ring has {self.ring.size}")
-        if count * nseg > self.ring.size:
-            raise _never_fits(count, size, count * nseg, self.ring.size)
-        if count * nseg > self.free():
-            return None
-        res = TxReservation(self.head)
-        if nseg == 1:  # one buffer each: views straight from the data offsets
-            region = self.region
-            res.views = [region[o : o + size] for o in self._data_run(self.head, count)]
-            res.lengths = [size] * count
+        if 0 < size <= cap:  # one buffer each: views straight from the data offsets
+            if count > ring_size:
+                raise _never_fits(count, size, count, ring_size)
+            if count > self.free():
+                return None
+            res = TxReservation(self.head, size)
+            res.views = self._views(count, [size] * count)
             res.used = count
             self.reservation = res
             return res
-        mask, bufs, room = self.ring.mask, self.buffers, self.headroom
-        slot = self.head
-        for _ in range(count):
-            segs = []
-            left = size
-            for _k in range(nseg):
-                o = bufs[slot & mask] + room
-                take = min(cap, left)
-                segs.append(self.region[o : o + take])
-                left -= take
-                slot += 1
-            res.segments.append(segs)
-            res.lengths.append(size)
-        res.used = count * nseg
+        if not 0 < size <= MAX_PACKET:
+            raise _bad_size(size)
+        nseg = -(-size // cap)
+        if nseg > ring_size:
+            raise _too_large(size, f"needs {nseg} buffers; the ring has {ring_size}")
+        used = count * nseg
+        if used > ring_size:
+            raise _never_fits(count, size, used, ring_size)
+        if used > self.free():
+            return None
+        res = TxReservation(self.head, size)
+        views = self._views(used, ([cap] * (nseg - 1) + [size - cap * (nseg - 1)]) * count)
+        res.segments = list(map(list, zip(*[iter(views)] * nseg, strict=True)))
+        res.used = used
         self.reservation = res
         return res
+
+    def _views(self, count: int, lengths: list[int]) -> tuple[memoryview, ...]:
+        """Views of ``lengths[k]`` bytes at the data offsets of ``count`` slots from head."""
+        s, ring_size, data, region = (
+            self.head & self.ring.mask,
+            self.ring.size,
+            self.data_list,
+            self.region,
+        )
+        if s + count <= ring_size:
+            return self.cuts.cut(region, s, data[s : s + count], lengths)
+        first = ring_size - s
+        return self.cuts.cut(region, s, data[s:], lengths[:first]) + self.cuts.cut(
+            region, 0, data[: count - first], lengths[first:]
+        )
 
     # -- zero-copy forwarding --------------------------------------------------------
     def forward_from(self, rx: ClientRx, packets: Sequence[tuple[int, int, int]]) -> list[int]:
@@ -324,7 +338,7 @@ class ClientTx(TxEndpoint):
             s = (self.head + k) & mask
             r = rx_slot & rx_mask
             bufs[s], rx_buffers[r] = rx_buffers[r], bufs[s]
-            self.data[s] = bufs[s] + self.headroom
+            self.data[s] = self.data_list[s] = bufs[s] + self.headroom
             lens.append(length)
             offs.append(off)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start

@@ -16,6 +16,7 @@ from . import wire as w
 from .buffers import as_wire_buffer
 from .descriptors import CheckedRuns, check_run, descriptor_ok, each_ok
 from .ring import QueueCounters, Ring
+from .slices import SliceTable
 from .tx import (
     MAX_PACKET,
     ByteSink,
@@ -69,6 +70,8 @@ class ServerTx(TxEndpoint):
         self.reservation: TxReservation | None = None
         #: Offered runs that passed the checks, with their offsets and capacities.
         self.checked = CheckedRuns(ring.size)
+        #: Slices that cut the views of zero-copy reservations, per region.
+        self.cuts = [SliceTable(ring.size) for _ in self.regions]
 
     def reset(self) -> None:
         """At CONNECT: tail = 0, memo cleared."""
@@ -165,6 +168,23 @@ class ServerTx(TxEndpoint):
         if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
             count += self._write_each(seq, count, avail - count * k)
         return count
+
+    def _views(self, region: int, offsets: list[int], size: int) -> tuple[memoryview, ...]:
+        """Views of ``size`` bytes at ``offsets`` in ``region``, the checked offered run
+        from tail."""
+        s, ring_size, cut, view = (
+            self.tail & self.ring.mask,
+            self.ring.size,
+            self.cuts[region],
+            self.regions[region],
+        )
+        count = len(offsets)
+        if s + count <= ring_size:
+            return cut.cut_equal(view, s, offsets, size)
+        first = ring_size - s
+        return cut.cut_equal(view, s, offsets[:first], size) + cut.cut_equal(
+            view, 0, offsets[first:], size
+        )
 
     def _offered_run(self, n: int) -> tuple[int, list[int], list[int]] | None:
         """The ``n`` offered slots from tail as (region, offsets, capacities), read from one
@@ -293,12 +313,10 @@ class ServerTx(TxEndpoint):
         if not 0 < size <= MAX_PACKET:
             raise _bad_size(size)
         avail = self.free()
-        res = TxReservation(self.tail)
+        res = TxReservation(self.tail, size)
         run = self._offered_run(count) if count <= avail else None
         if run is not None and size <= min(run[2]):  # one usable buffer each, in bulk
-            region = self.regions[run[0]]
-            res.views = [region[o : o + size] for o in run[1]]
-            res.lengths = [size] * count
+            res.views = self._views(run[0], run[1], size)
             res.used = count
             self.reservation = res
             return res
@@ -317,7 +335,6 @@ class ServerTx(TxEndpoint):
             first, segs, _bad = plan
             res.empty.extend(range(pos, first))  # unusable slots, published empty
             res.segments.append([self.regions[r][o : o + t] for r, o, t in segs])
-            res.lengths.append(size)
             pos = first + len(segs)
         res.used = pos
         self.reservation = res

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import ConfigurationError, EmptyPacketError, LocalProtocolError, PacketTooLargeError
 from . import wire as w
 from .ring import QueueCounters, Ring
+from .slices import release_all
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -28,16 +29,16 @@ MAX_PACKET = 65535
 class TxReservation:
     """Slots reserved for zero-copy transmit: writable views, published by ``commit``."""
 
-    __slots__ = ("empty", "lengths", "segments", "start", "used", "views")
+    __slots__ = ("empty", "segments", "size", "start", "used", "views")
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, size: int) -> None:
         self.start = start
+        #: The reserved size of every packet.
+        self.size = size
         #: One buffer per packet: the packets' writable views (then ``segments`` is empty).
-        self.views: list[memoryview] | None = None
+        self.views: tuple[memoryview, ...] | None = None
         #: Otherwise, per packet, the writable segment views (several for a chain).
         self.segments: list[list[memoryview]] = []
-        #: Per packet, the requested length.
-        self.lengths: list[int] = []
         #: Slots (relative to ``start``) the peer offered unusably: published empty.
         self.empty: list[int] = []
         self.used = 0
@@ -47,7 +48,7 @@ class TxReservation:
         """Packets reserved."""
         return len(self.views) if self.views is not None else len(self.segments)
 
-    def one_view_each(self) -> list[memoryview] | None:
+    def one_view_each(self) -> Sequence[memoryview] | None:
         """Every packet's only view if none is chained (also when the reservation was made
         packet by packet, around unusable offers), else None."""
         if self.views is not None:
@@ -64,11 +65,10 @@ class TxReservation:
         return self.segments
 
     def release_views(self) -> None:
-        for v in self.views or ():
-            v.release()
+        if self.views is not None:
+            release_all(self.views)
         for segs in self.segments:
-            for v in segs:
-                v.release()
+            release_all(segs)
 
 
 class ByteSink(Protocol):
@@ -309,6 +309,16 @@ class TxEndpoint:
         """
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
+        views = res.views
+        if views is not None and lengths is None:  # one buffer each, all of the reserved size
+            n = len(views)
+            self._publish(_uniform_column(res.size, n), None)
+            self.reservation = None
+            c = self.counters
+            c.packets += n
+            c.bytes += res.size * n
+            release_all(views)  # a late write through one of them raises
+            return n
         lens, flags = _segment_lengths(res, lengths)
         nbytes = sum(lens)
         if res.empty:  # slots the peer offered unusably go out empty, in their places
@@ -319,7 +329,6 @@ class TxEndpoint:
     def _close(self, res: TxReservation, nbytes: int, bad: int = 0) -> int:
         """Close a committed reservation: views released, counters updated."""
         self.reservation = None
-        res.release_views()
         c = self.counters
         n = res.count
         c.packets += n
@@ -327,6 +336,7 @@ class TxEndpoint:
         c.bad_descriptors += bad
         if res.used != n:  # some packet took more than one buffer
             c.chained += sum(1 for s in res.segments if len(s) > 1)
+        res.release_views()
         return n
 
     def cancel(self, res: TxReservation) -> None:
@@ -363,19 +373,20 @@ def _segment_lengths(
     flags: array[int] | None = None
     if lengths is not None and len(lengths) != res.count:
         raise LocalProtocolError("one length per reserved packet is required")
+    size = res.size
     if res.views is not None:  # one buffer per packet, all reserved with the same size
         if lengths is None:
-            return _uniform_column(res.lengths[0], len(res.views)), None
+            return _uniform_column(size, len(res.views)), None
         wanted = list(lengths)
-        if min(wanted) > 0 and max(wanted) <= res.lengths[0]:
+        if min(wanted) > 0 and max(wanted) <= size:
             return array("I", wanted), None
     for p, segs in enumerate(res.per_packet()):
-        want = res.lengths[p] if lengths is None else lengths[p]
-        full = res.lengths[p] - len(segs[-1])
-        if not full < want <= res.lengths[p]:
+        want = size if lengths is None else lengths[p]
+        full = size - len(segs[-1])
+        if not full < want <= size:
             raise LocalProtocolError(
-                f"packet {p} was reserved as {res.lengths[p]} bytes in {len(segs)} buffers; "
-                f"its length must stay in {full + 1}..{res.lengths[p]}"
+                f"packet {p} was reserved as {size} bytes in {len(segs)} buffers; "
+                f"its length must stay in {full + 1}..{size}"
             )
         for k, v in enumerate(segs):
             lens.append(len(v) if k < len(segs) - 1 else want - full)
