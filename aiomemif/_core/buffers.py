@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import final
 
+from .slices import release_all
+
 __all__ = ["ChainedPacket", "Packet", "as_wire_buffer"]
 
 
@@ -83,8 +85,12 @@ class ChainedPacket:
         return self._length
 
     def release(self) -> None:
-        for seg in self.segments:
-            seg.release()
+        """Release every segment view.
+
+        Raises:
+            BufferError: a segment was exported further (the ones before it are released).
+        """
+        release_all(self.segments)
 
     def __repr__(self) -> str:
         return f"<ChainedPacket {self._length} bytes in {len(self.segments)} buffers>"

@@ -8,7 +8,9 @@ in two rings at once).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -25,9 +27,14 @@ from .tx import (
     _bad_size,
     _chain_columns,
     _copy_chains,
+    _copy_run,
     _count_sent,
+    _mixed_columns,
     _never_fits,
+    _run_of,
+    _segment_counts,
     _too_large,
+    _whole,
 )
 
 __all__ = ["ClientTx"]
@@ -69,13 +76,17 @@ class ClientTx(TxEndpoint):
         self.data_list = self.data.tolist()
         #: Slices that cut the views of zero-copy reservations.
         self.cuts = SliceTable(ring.size)
+        #: Per slot, 1 if the next slot's data starts where this slot's capacity ends (a
+        #: chain over them is then one piece of memory, copied in one go).
+        self.follows = bytearray(ring.size)
+        self._set_follows(range(ring.size))
         #: Slots still to be written in full (flags, offset) before every descriptor is
         #: known to hold flags 0 and its slot's data offset; until then the bulk path
         #: rewrites those words too. Chains and forwarding make the ring dirty again.
         self.dirty = ring.size
         #: Where copies go: the region's mmap if the OS layer gave it (faster), else the view.
         self.sink: ByteSink = region if sink is None else sink
-        self._plain_limit = self.capacity
+        self._plain_limit = min(MAX_PACKET, self.capacity * ring.size)
 
     def free(self) -> int:
         """Slots free for new packets.
@@ -123,19 +134,59 @@ class ClientTx(TxEndpoint):
 
     def _write_chains(self, seq: Sequence[Any], size: int, free: int, cap: int) -> int:
         """:meth:`write` of packets that all have the same size, over one buffer: each is
-        a chain of ``k`` buffers; as many whole chains as fit."""
+        a chain of ``k`` buffers; as many whole chains as fit. Where each chain's buffers
+        follow each other in memory, a packet is one copy."""
         head = self.head
         k = -(-size // cap)
         count = min(len(seq), free // k)
         if not count:
             return 0
         offsets = self._data_run(head, count * k)
-        if not _copy_chains(self.sink, offsets, seq[:count], size, cap):
+        gaps = self._gaps(head, count * k)
+        if gaps.count(0) == gaps[k - 1 :: k].count(0):  # no gap inside a chain
+            copied = _copy_run(self.sink, offsets[::k], seq[:count], (), size)
+        else:
+            copied = _copy_chains(self.sink, offsets, seq[:count], size, cap)
+        if not copied:
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
         self._publish_at(lengths, offsets, flags)  # (the offsets the copy just used)
         self.counters.chained += count
         return _count_sent(self.counters, count, size * count)
+
+    def _write_mixed(self, seq: Sequence[Any], lengths: list[int], free: int, cap: int) -> int:
+        ks = _segment_counts(lengths, cap)
+        if max(ks) > self.ring.size:
+            return self._write_each(seq, 0, free)  # it reports the packet
+        ends = list(accumulate(ks))
+        count = bisect_right(ends, free)  # whole packets that fit
+        if not count:
+            return 0
+        ends = ends[:count]
+        used = ends[-1]
+        lens, flags, bounds = _mixed_columns(lengths, ends, cap)
+        if not _whole(self._gaps(self.head, used), bounds):
+            return self._write_each(seq, 0, free)
+        offsets = self._data_run(self.head, used)
+        firsts = [offsets[0], *map(offsets.__getitem__, ends[:-1])]
+        if not _copy_run(self.sink, firsts, _run_of(seq, 0, count), lengths, 0):
+            return self._write_each(seq, 0, free)
+        self._publish_at(lens, offsets, flags)
+        self.counters.chained += count - ks[:count].count(1)
+        return _count_sent(self.counters, count, sum(lengths[:count]))
+
+    def _gaps(self, start: int, count: int) -> bytes:
+        """:attr:`follows` of ``count`` slots from free-running index ``start`` (wrapping)."""
+        s, size, follows = start & self.ring.mask, self.ring.size, self.follows
+        if s + count <= size:
+            return bytes(follows[s : s + count])
+        return bytes(follows[s:] + follows[: s + count - size])
+
+    def _set_follows(self, slots: Iterable[int]) -> None:
+        """Recompute :attr:`follows` of these slots (their data offsets are current)."""
+        data, mask, cap = self.data, self.ring.mask, self.capacity
+        for s in slots:
+            self.follows[s & mask] = data[(s + 1) & mask] == data[s & mask] + cap
 
     def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:
         """:meth:`write` of one packet that fits one buffer (else the general path)."""
@@ -339,6 +390,7 @@ class ClientTx(TxEndpoint):
             r = rx_slot & rx_mask
             bufs[s], rx_buffers[r] = rx_buffers[r], bufs[s]
             self.data[s] = self.data_list[s] = bufs[s] + self.headroom
+            self._set_follows((s - 1, s))
             lens.append(length)
             offs.append(off)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start

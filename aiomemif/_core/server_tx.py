@@ -8,7 +8,9 @@ chained over consecutive slots, as in :mod:`aiomemif._core.client_tx`.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -25,9 +27,15 @@ from .tx import (
     _bad_size,
     _chain_columns,
     _copy_chains,
+    _copy_run,
     _count_sent,
+    _mixed_columns,
     _never_fits,
+    _offset_gaps,
+    _run_of,
+    _segment_counts,
     _too_large,
+    _whole,
 )
 
 __all__ = ["ServerTx"]
@@ -160,13 +168,43 @@ class ServerTx(TxEndpoint):
         cap = caps[0]
         if caps.count(cap) != len(caps) or -(-size // cap) != k:  # uneven or smaller offers
             return self._write_each(seq, 0, avail)  # fit each packet on its own
-        if not _copy_chains(self.sinks[region], offsets, seq[:count], size, cap):
+        gaps = _offset_gaps(offsets, cap)
+        if gaps.count(0) == gaps[k - 1 :: k].count(0):  # each chain one piece of memory
+            copied = _copy_run(self.sinks[region], offsets[::k], seq[:count], (), size)
+        else:
+            copied = _copy_chains(self.sinks[region], offsets, seq[:count], size, cap)
+        if not copied:
             return self._write_each(seq, 0, avail)
         self._publish(*_chain_columns(size, cap, count))
         self.counters.chained += count
         _count_sent(self.counters, count, size * count)
-        if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
-            count += self._write_each(seq, count, avail - count * k)
+        return self._and_the_rest(seq, count, avail - count * k)
+
+    def _write_mixed(self, seq: Sequence[Any], lengths: list[int], avail: int, cap: int) -> int:
+        ks = _segment_counts(lengths, cap)
+        ends = list(accumulate(ks))
+        count = bisect_right(ends, avail)  # whole packets that fit, if every offer is cap
+        run = self._offered_run(ends[count - 1]) if count else None
+        if run is None:
+            return self._write_each(seq, 0, avail)
+        ends = ends[:count]
+        region, offsets, caps = run
+        lens, flags, bounds = _mixed_columns(lengths, ends, cap)
+        if caps.count(cap) != len(caps) or not _whole(_offset_gaps(offsets, cap), bounds):
+            return self._write_each(seq, 0, avail)  # uneven offers, or apart in memory
+        firsts = [offsets[0], *map(offsets.__getitem__, ends[:-1])]
+        if not _copy_run(self.sinks[region], firsts, _run_of(seq, 0, count), lengths, 0):
+            return self._write_each(seq, 0, avail)
+        self._publish(lens, flags)
+        self.counters.chained += count - ks[:count].count(1)
+        _count_sent(self.counters, count, sum(lengths[:count]))
+        return self._and_the_rest(seq, count, avail - ends[-1])
+
+    def _and_the_rest(self, seq: Sequence[Any], count: int, avail: int) -> int:
+        """After ``count`` packets of ``seq`` went in bulk: offers left over may still take
+        more (a larger one); the per-packet path decides. Returns the packets sent."""
+        if count < len(seq) and avail > 0:
+            count += self._write_each(seq, count, avail)
         return count
 
     def _views(self, region: int, offsets: list[int], size: int) -> tuple[memoryview, ...]:

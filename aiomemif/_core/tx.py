@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
+from itertools import repeat
+from operator import eq, sub
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigurationError, EmptyPacketError, LocalProtocolError, PacketTooLargeError
@@ -187,6 +189,39 @@ def _copy_chains(
     return True
 
 
+def _whole(gaps: bytes, bounds: Sequence[int]) -> bool:
+    """True if each packet of a run lies in one piece of memory: ``gaps[j]`` is 0 where
+    the buffer of slot ``j`` of the run is not followed by the next slot's, and every such
+    gap falls on a packet's last slot (``bounds``)."""
+    zeros = gaps.count(0)
+    return not zeros or zeros == bytes(map(gaps.__getitem__, bounds)).count(0)
+
+
+def _offset_gaps(offsets: list[int], cap: int) -> bytes:
+    """The ``gaps`` of :func:`_whole` for buffers of ``cap`` bytes at ``offsets``."""
+    return bytes(map(eq, map(sub, offsets[1:], offsets), repeat(cap))) + b"\x00"
+
+
+def _segment_counts(lengths: Sequence[int], cap: int) -> list[int]:
+    """Buffers of ``cap`` bytes that each packet of ``lengths`` needs."""
+    return [-(-n // cap) for n in lengths]
+
+
+def _mixed_columns(
+    lengths: Sequence[int], ends: Sequence[int], cap: int
+) -> tuple[array[int], array[int], list[int]]:
+    """Lengths and flags of chains (or single buffers) of ``lengths`` bytes in ``cap``-byte
+    pieces, where packet ``j`` ends before slot ``ends[j]``; and each packet's last slot."""
+    used = ends[-1]
+    lens = array("I", (cap,)) * used
+    flags = array("H", (_NEXT,)) * used
+    bounds = [e - 1 for e in ends]
+    for b, n, e0 in zip(bounds, lengths, [0, *ends], strict=False):
+        lens[b] = n - cap * (b - e0)
+        flags[b] = 0
+    return lens, flags, bounds
+
+
 def _chain_columns(size: int, seg: int, count: int) -> tuple[array[int], array[int]]:
     """Lengths and flags of ``count`` chains of ``size`` bytes in ``seg``-byte pieces."""
     k = -(-size // seg)
@@ -227,7 +262,8 @@ class TxEndpoint:
     ring: Ring
     counters: QueueCounters
     reservation: TxReservation | None
-    #: The largest packet that certainly needs no chain, for the packet after a run.
+    #: The largest packet that can certainly be sent (alone, into an empty ring), for the
+    #: packet after a run: one that is not is reported by the per-packet path.
     _plain_limit: int
 
     # -- role hooks -------------------------------------------------------------------
@@ -252,6 +288,12 @@ class TxEndpoint:
         raise NotImplementedError
 
     def _write_chains(self, seq: Sequence[Any], size: int, free: int, cap: int) -> int:
+        raise NotImplementedError
+
+    def _write_mixed(self, seq: Sequence[Any], lengths: list[int], free: int, cap: int) -> int:
+        """:meth:`write` of packets of 1..65535 bytes, some over one buffer (``cap``: the
+        smallest capacity of the first slots), as whole packets in bulk where the
+        buffers allow it; else the per-packet path."""
         raise NotImplementedError
 
     # -- the template -----------------------------------------------------------------
@@ -290,6 +332,8 @@ class TxEndpoint:
         if same and cap < size <= MAX_PACKET and -(-size // cap) <= self.ring.size:
             return self._write_chains(seq, size, free, cap)
         if not _all_fit(lengths, same, limit):
+            if not same and min(lengths) > 0 and max(lengths) <= MAX_PACKET:
+                return self._write_mixed(seq, lengths, free, cap)  # chains of many sizes
             return self._write_each(packets, start, free)
         # Every packet fits one buffer. Nothing is visible to the peer until the ring
         # moves, so a packet that turns out not to be plain bytes just sends the whole
