@@ -228,7 +228,10 @@ def test_mixed_run_sends_the_whole_packets_that_fit(
     sizes = [3 * cap, 10, 4 * cap, 2 * cap, 5 * cap, 5 * cap]  # 3+1+4+2+5 = 15 of 16
     packets = [payload(j, n) for j, n in enumerate(sizes)]
     assert tx.write(packets) == 5
-    assert [call[1:] for call in each] == ([] if side == "client" else [(5, 1)])
+    assert [call[1:] for call in each if isinstance(call, tuple)] == (
+        [] if side == "client" else [(5, 1)]
+    )
+    assert len(each) == (side == "server")
     monkeypatch.undo()  # (a single chain takes the per-packet path)
     assert take(rx.poll(64).packets) == packets[:5]
     rx.release()
