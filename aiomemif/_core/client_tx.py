@@ -10,12 +10,14 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import sub
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
+from .chains import ChainShapes, columns, pick, whole
 from .ring import QueueCounters, Ring
 from .rx import ClientRx
 from .slices import SliceTable
@@ -29,12 +31,9 @@ from .tx import (
     _copy_chains,
     _copy_run,
     _count_sent,
-    _mixed_columns,
     _never_fits,
     _run_of,
-    _segment_counts,
     _too_large,
-    _whole,
 )
 
 __all__ = ["ClientTx"]
@@ -76,6 +75,8 @@ class ClientTx(TxEndpoint):
         self.data_list = self.data.tolist()
         #: Slices that cut the views of zero-copy reservations.
         self.cuts = SliceTable(ring.size)
+        #: The descriptors of packets of each size, for runs of chains of many sizes.
+        self.shapes = ChainShapes(self.capacity)
         #: Per slot, 1 if the next slot's data starts where this slot's capacity ends (a
         #: chain over them is then one piece of memory, copied in one go).
         self.follows = bytearray(ring.size)
@@ -155,7 +156,7 @@ class ClientTx(TxEndpoint):
         return _count_sent(self.counters, count, size * count)
 
     def _write_mixed(self, seq: Sequence[Any], lengths: list[int], free: int, cap: int) -> int:
-        ks = _segment_counts(lengths, cap)
+        lens, flags, ks = self.shapes.of(lengths)
         if max(ks) > self.ring.size:
             return self._write_each(seq, 0, free)  # it reports the packet
         ends = list(accumulate(ks))
@@ -164,14 +165,14 @@ class ClientTx(TxEndpoint):
             return 0
         ends = ends[:count]
         used = ends[-1]
-        lens, flags, bounds = _mixed_columns(lengths, ends, cap)
-        if not _whole(self._gaps(self.head, used), bounds):
+        if not whole(self._gaps(self.head, used), list(map(sub, ends, repeat(1)))):
             return self._write_each(seq, 0, free)
         offsets = self._data_run(self.head, used)
-        firsts = [offsets[0], *map(offsets.__getitem__, ends[:-1])]
+        firsts = pick(offsets, [0, *ends[:-1]])
         if not _copy_run(self.sink, firsts, _run_of(seq, 0, count), lengths, 0):
             return self._write_each(seq, 0, free)
-        self._publish_at(lens, offsets, flags)
+        lengths_column, flags_column = columns(lens, flags, count)
+        self._publish_at(lengths_column, offsets, flags_column)
         self.counters.chained += count - ks[:count].count(1)
         return _count_sent(self.counters, count, sum(lengths[:count]))
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import accumulate, cycle, islice, repeat
-from operator import add, sub
+from itertools import accumulate, islice, repeat
+from operator import add, itemgetter, sub
+from typing import cast
 
 from ..errors import RemoteProtocolError
 from . import wire as w
-from .buffers import ChainedPacket, Packet
+from .buffers import ChainedPacket, ChainRun, Packet
 from .descriptors import (
     CheckedRuns,
     OfferedBuffers,
@@ -41,6 +42,11 @@ _NEXT = w.DESC_FLAG_NEXT
 _DESC = w.DESC
 _HEAD = w.RING_HEAD_OFF // 2
 _MAX_FRAME = w.DEFAULT_MAX_FRAME_BYTES
+
+
+def _at(values: list[int], *indexes: list[int]) -> list[tuple[int, ...]]:
+    """``values`` at each list of (two or more) ``indexes``, one C call per list."""
+    return [itemgetter(*i)(values) for i in indexes]
 
 
 class RxRun:
@@ -154,13 +160,19 @@ class RxEndpoint:
         # The low flag bytes: 1 (NEXT) inside a chain, 0 at the end of each packet. What
         # they say is trusted only once the whole flags/region column agrees below.
         flags = raw[0::16]
-        parts = flags.split(b"\x00", limit)
-        m = len(parts) - 1  # packets that end inside what was published (up to limit)
-        ks = list(map(len, parts[:m]))  # per packet, its buffers but one
+        k = flags.find(0) + 1  # the first packet's buffers
+        m = min(count // k, limit) if k else 0
+        same = m and flags[: m * k] == flags[:k] * m and (m == limit or m * k == count)
+        if same:  # packets of k buffers each (jumbo frames of one size)
+            ks = [k - 1] * m
+        else:
+            parts = flags.split(b"\x00", limit)
+            m = len(parts) - 1  # packets that end inside what was published (to limit)
+            ks = list(map(len, parts[:m]))  # per packet, its buffers but one
         used = sum(ks) + m
         if not m or (m < limit and used < count):
             return None  # nothing whole, or something else follows: the general path
-        # Every flags word NEXT (or 0 at a packet's end, as split), one region: compared
+        # Every flags word NEXT (or 0 at a packet's end, as found), one region: compared
         # as byte columns, without making ints.
         end = 16 * used
         high, reg_lo, reg_hi = raw[1:end:16], raw[2:end:16], raw[3:end:16]
@@ -175,19 +187,19 @@ class RxEndpoint:
         words = memoryview(raw)[:end].cast("I")
         offsets = words[2::4].tolist()
         slot = start & ring.mask
-        k = ks[0] + 1
         column = words[1::4]
-        if ks.count(ks[0]) == m and column.tobytes() == column[:k].tobytes() * m:
+        if same and column.tobytes() == column[:k].tobytes() * m:
             # Chains alike in every length (jumbo frames of one size): one chain's lengths
             # stand for the run's in the bulk check, and give every total.
             lengths = column[:k].tolist()
             if not self._run_ok(region, lengths, offsets, slot) or sum(lengths) > self.max_frame:
                 return None
-            views = self._segment_views(region, offsets, cycle(lengths))
-            groups: Iterable[tuple[memoryview, ...]] = zip(*[iter(views)] * k, strict=True)
-            totals: Iterable[int] = repeat(sum(lengths), m)
+            total = sum(lengths)
+            lengths *= m
             firsts: Iterable[int] = range(0, used, k)
-            nbytes = sum(lengths) * m
+            ends: Iterable[int] = range(k, used + k, k)
+            totals: Iterable[int] = repeat(total, m)
+            nbytes = total * m
         else:
             lengths = column.tolist()
             if not self._run_ok(region, lengths, offsets, slot):
@@ -195,29 +207,27 @@ class RxEndpoint:
             ends = list(accumulate(map(add, ks, repeat(1))))
             firsts = [0, *ends[:-1]]
             prefix = [0, *accumulate(lengths)]
-            totals = list(map(sub, map(prefix.__getitem__, ends), map(prefix.__getitem__, firsts)))
+            totals = [prefix[ends[0]]] if m == 1 else list(map(sub, *_at(prefix, ends, firsts)))
             if max(totals) > self.max_frame:
                 return None
-            views = self._segment_views(region, offsets, lengths)
-            groups = [views[a:b] for a, b in zip(firsts, ends, strict=True)]
             nbytes = prefix[-1]
+        mv = self.regions[region]
+        run = ChainRun(mv, offsets, lengths)
+        spans = zip(firsts, ends)  # noqa: B905 (both have one item per packet)
         chained = m - ks.count(0)
         if chained == m:
-            pkts: list[Packet] = list(map(ChainedPacket._of, groups, totals))
+            run.packets = list(map(ChainedPacket._later, repeat(run), spans, totals))
+            pkts: list[Packet] = cast("list[Packet]", run.packets)  # (the same list)
         else:  # one-buffer packets among the chains: plain views, as everywhere
             pkts = [
-                g[0] if len(g) == 1 else ChainedPacket._of(g, t)
-                for g, t in zip(groups, totals, strict=True)
+                ChainedPacket._later(run, (a, b), t)
+                if b - a > 1
+                else mv[offsets[a] : offsets[a] + t]
+                for (a, b), t in zip(spans, totals, strict=True)
             ]
+            run.packets = [p for p in pkts if isinstance(p, ChainedPacket)]
         slots = list(map(add, firsts, repeat(start)))
         return self._took(pkts, start, used, slots, nbytes, chained=chained)
-
-    def _segment_views(
-        self, region: int, offsets: list[int], lengths: Iterable[int]
-    ) -> tuple[memoryview, ...]:
-        """Views of checked descriptors: ``lengths[k]`` bytes at ``offsets[k]``."""
-        mv = self.regions[region]
-        return tuple([mv[o : o + n] for o, n in zip(offsets, lengths)])  # noqa: B905
 
     def _collect_one(self, start: int, count: int, limit: int) -> RxRun:
         """:meth:`_collect` of a single unchained descriptor (else the general path)."""

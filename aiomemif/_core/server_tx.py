@@ -10,12 +10,14 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import sub
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
+from .chains import ChainShapes, columns, offset_gaps, pick, whole
 from .descriptors import CheckedRuns, check_run, descriptor_ok, each_ok
 from .ring import QueueCounters, Ring
 from .slices import SliceTable
@@ -29,13 +31,9 @@ from .tx import (
     _copy_chains,
     _copy_run,
     _count_sent,
-    _mixed_columns,
     _never_fits,
-    _offset_gaps,
     _run_of,
-    _segment_counts,
     _too_large,
-    _whole,
 )
 
 __all__ = ["ServerTx"]
@@ -80,6 +78,8 @@ class ServerTx(TxEndpoint):
         self.checked = CheckedRuns(ring.size)
         #: Slices that cut the views of zero-copy reservations, per region.
         self.cuts = [SliceTable(ring.size) for _ in self.regions]
+        #: Per offered capacity, the descriptors of packets of each size (mixed runs).
+        self.shapes: dict[int, ChainShapes] = {}
 
     def reset(self) -> None:
         """At CONNECT: tail = 0, memo cleared."""
@@ -168,7 +168,7 @@ class ServerTx(TxEndpoint):
         cap = caps[0]
         if caps.count(cap) != len(caps) or -(-size // cap) != k:  # uneven or smaller offers
             return self._write_each(seq, 0, avail)  # fit each packet on its own
-        gaps = _offset_gaps(offsets, cap)
+        gaps = offset_gaps(offsets, cap)
         if gaps.count(0) == gaps[k - 1 :: k].count(0):  # each chain one piece of memory
             copied = _copy_run(self.sinks[region], offsets[::k], seq[:count], (), size)
         else:
@@ -181,7 +181,10 @@ class ServerTx(TxEndpoint):
         return self._and_the_rest(seq, count, avail - count * k)
 
     def _write_mixed(self, seq: Sequence[Any], lengths: list[int], avail: int, cap: int) -> int:
-        ks = _segment_counts(lengths, cap)
+        shapes = self.shapes.get(cap)
+        if shapes is None:
+            shapes = self.shapes[cap] = ChainShapes(cap)
+        lens, flags, ks = shapes.of(lengths)
         ends = list(accumulate(ks))
         count = bisect_right(ends, avail)  # whole packets that fit, if every offer is cap
         run = self._offered_run(ends[count - 1]) if count else None
@@ -189,13 +192,13 @@ class ServerTx(TxEndpoint):
             return self._write_each(seq, 0, avail)
         ends = ends[:count]
         region, offsets, caps = run
-        lens, flags, bounds = _mixed_columns(lengths, ends, cap)
-        if caps.count(cap) != len(caps) or not _whole(_offset_gaps(offsets, cap), bounds):
+        bounds = list(map(sub, ends, repeat(1)))
+        if caps.count(cap) != len(caps) or not whole(offset_gaps(offsets, cap), bounds):
             return self._write_each(seq, 0, avail)  # uneven offers, or apart in memory
-        firsts = [offsets[0], *map(offsets.__getitem__, ends[:-1])]
+        firsts = pick(offsets, [0, *ends[:-1]])
         if not _copy_run(self.sinks[region], firsts, _run_of(seq, 0, count), lengths, 0):
             return self._write_each(seq, 0, avail)
-        self._publish(lens, flags)
+        self._publish(*columns(lens, flags, count))
         self.counters.chained += count - ks[:count].count(1)
         _count_sent(self.counters, count, sum(lengths[:count]))
         return self._and_the_rest(seq, count, avail - ends[-1])

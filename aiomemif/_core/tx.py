@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from itertools import repeat
-from operator import eq, sub
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigurationError, EmptyPacketError, LocalProtocolError, PacketTooLargeError
@@ -187,39 +185,6 @@ def _copy_chains(
     except (TypeError, ValueError, IndexError, BufferError):
         return False
     return True
-
-
-def _whole(gaps: bytes, bounds: Sequence[int]) -> bool:
-    """True if each packet of a run lies in one piece of memory: ``gaps[j]`` is 0 where
-    the buffer of slot ``j`` of the run is not followed by the next slot's, and every such
-    gap falls on a packet's last slot (``bounds``)."""
-    zeros = gaps.count(0)
-    return not zeros or zeros == bytes(map(gaps.__getitem__, bounds)).count(0)
-
-
-def _offset_gaps(offsets: list[int], cap: int) -> bytes:
-    """The ``gaps`` of :func:`_whole` for buffers of ``cap`` bytes at ``offsets``."""
-    return bytes(map(eq, map(sub, offsets[1:], offsets), repeat(cap))) + b"\x00"
-
-
-def _segment_counts(lengths: Sequence[int], cap: int) -> list[int]:
-    """Buffers of ``cap`` bytes that each packet of ``lengths`` needs."""
-    return [-(-n // cap) for n in lengths]
-
-
-def _mixed_columns(
-    lengths: Sequence[int], ends: Sequence[int], cap: int
-) -> tuple[array[int], array[int], list[int]]:
-    """Lengths and flags of chains (or single buffers) of ``lengths`` bytes in ``cap``-byte
-    pieces, where packet ``j`` ends before slot ``ends[j]``; and each packet's last slot."""
-    used = ends[-1]
-    lens = array("I", (cap,)) * used
-    flags = array("H", (_NEXT,)) * used
-    bounds = [e - 1 for e in ends]
-    for b, n, e0 in zip(bounds, lengths, [0, *ends], strict=False):
-        lens[b] = n - cap * (b - e0)
-        flags[b] = 0
-    return lens, flags, bounds
 
 
 def _chain_columns(size: int, seg: int, count: int) -> tuple[array[int], array[int]]:
