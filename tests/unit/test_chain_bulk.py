@@ -406,3 +406,69 @@ def test_mixed_run_cut_off_by_the_index(
     assert take(rx.poll(64).packets) == packets[:2]
     assert len(fallback) == 1
     assert (rx.counters.packets, rx.counters.bad_descriptors, rx.held) == (2, 1, 5)
+
+
+# -- views made when first read ------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_chain_views_are_made_when_first_read(rigs: Callable[..., MmapRig], direction: str) -> None:
+    """Chains taken in bulk make no view until ``segments`` is read: one packet's read
+    makes its own, a second one's makes the rest of the run's in one go; lengths are
+    known without them; what they show is what was checked at receive, even if the peer
+    rewrote the descriptors since."""
+    r = rigs(log2=LOG2, start=SLOT0)
+    rx = r.receiver(direction)
+    sizes = [2 * r.bsize + 1, 3 * r.bsize, 10, r.bsize + 1]
+    packets = publish_mixed(r, direction, sizes)
+    pkts = rx.poll(64).packets
+    chains = [p for p in pkts if isinstance(p, ChainedPacket)]
+    assert [len(p) for p in pkts] == sizes
+    assert all(p._segments is None for p in chains)
+    ring = r.s2m_client if direction == "s2m" else r.m2s_server
+    for idx in range(SLOT0, SLOT0 + 9):  # the peer points every slot elsewhere now
+        r.put(ring, idx, 0, r.breg, 1, r.own_buffer(direction, SLOT0 + 15))
+    assert [len(s) for s in chains[1].segments] == [r.bsize] * 3
+    assert [p._segments is None for p in chains] == [True, False, True]
+    first = chains[1].segments
+    assert bytes(chains[0]) == packets[0]  # the second read: the whole run
+    assert [p._segments is None for p in chains] == [False] * 3
+    assert chains[1].segments is first
+    assert take(pkts) == packets
+
+
+@pytest.mark.parametrize("reads", [0, 1, 2])
+def test_chain_released_before_its_views_were_made(
+    rigs: Callable[..., MmapRig], reads: int
+) -> None:
+    """Packets released with no views made (or some): reading ``segments`` afterwards
+    gives released views, as many as the chain had, which raise ValueError."""
+    r = rigs(log2=LOG2, start=SLOT0)
+    rx = r.server_rx
+    publish_mixed(r, "s2m", [3 * r.bsize, 2 * r.bsize, 2 * r.bsize])
+    pkts = rx.poll(64).packets
+    for p in pkts[:reads]:
+        assert isinstance(p, ChainedPacket) and p.segments
+    for p in pkts:
+        p.release()
+    for p, n in zip(pkts, [3, 2, 2], strict=True):
+        assert isinstance(p, ChainedPacket)
+        assert len(p.segments) == n
+        for seg in p.segments:
+            with pytest.raises(ValueError, match="released"):
+                seg.tobytes()
+    rx.release()
+
+
+def test_chain_views_after_the_memory_is_gone(rigs: Callable[..., MmapRig]) -> None:
+    """A chain whose views were never made, read after the region's view was released
+    (the link closed): ValueError, not a view of unmapped memory."""
+    r = rigs(log2=LOG2, start=SLOT0)
+    rx = r.server_rx
+    publish_mixed(r, "s2m", [2 * r.bsize, 2 * r.bsize])
+    pkts = rx.poll(64).packets
+    region = rx.regions[r.breg]
+    region.release()
+    with pytest.raises(ValueError, match="released"):
+        pkts[0].segments  # noqa: B018
+    rx.regions[r.breg] = r.server_views[r.breg] = memoryview(r.maps[r.breg])  # for close()
