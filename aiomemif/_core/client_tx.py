@@ -29,6 +29,7 @@ from .tx import (
     _bad_size,
     _chain_columns,
     _copy_chains,
+    _copy_pieces,
     _copy_run,
     _count_sent,
     _never_fits,
@@ -147,7 +148,7 @@ class ClientTx(TxEndpoint):
         if gaps.count(0) == gaps[k - 1 :: k].count(0):  # no gap inside a chain
             copied = _copy_run(self.sink, offsets[::k], seq[:count], (), size)
         else:
-            copied = _copy_chains(self.sink, offsets, seq[:count], size, cap)
+            copied = _copy_chains(self.sink, offsets, seq[:count], size, cap, gaps)
         if not copied:
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
@@ -165,11 +166,14 @@ class ClientTx(TxEndpoint):
             return 0
         ends = ends[:count]
         used = ends[-1]
-        if not whole(self._gaps(self.head, used), list(map(sub, ends, repeat(1)))):
-            return self._write_each(seq, 0, free)
         offsets = self._data_run(self.head, used)
-        firsts = pick(offsets, [0, *ends[:-1]])
-        if not _copy_run(self.sink, firsts, _run_of(seq, 0, count), lengths, 0):
+        gaps = self._gaps(self.head, used)
+        if whole(gaps, list(map(sub, ends, repeat(1)))):  # every packet in one piece
+            firsts = pick(offsets, [0, *ends[:-1]])
+            copied = _copy_run(self.sink, firsts, _run_of(seq, 0, count), lengths, 0)
+        else:
+            copied = _copy_pieces(self.sink, offsets, seq, lengths, ends, cap, gaps)
+        if not copied:
             return self._write_each(seq, 0, free)
         lengths_column, flags_column = columns(lens, flags, count)
         self._publish_at(lengths_column, offsets, flags_column)

@@ -29,6 +29,7 @@ from .tx import (
     _bad_size,
     _chain_columns,
     _copy_chains,
+    _copy_pieces,
     _copy_run,
     _count_sent,
     _never_fits,
@@ -80,6 +81,11 @@ class ServerTx(TxEndpoint):
         self.cuts = [SliceTable(ring.size) for _ in self.regions]
         #: Per offered capacity, the descriptors of packets of each size (mixed runs).
         self.shapes: dict[int, ChainShapes] = {}
+        #: Which offered buffers adjoin the next slot's (:meth:`_gaps`), for the offsets
+        #: and the capacity they were found with.
+        self._adjoin = bytearray(ring.size)
+        self._adjoin_offsets = [-1] * ring.size
+        self._adjoin_cap = -1
 
     def reset(self) -> None:
         """At CONNECT: tail = 0, memo cleared."""
@@ -168,11 +174,11 @@ class ServerTx(TxEndpoint):
         cap = caps[0]
         if caps.count(cap) != len(caps) or -(-size // cap) != k:  # uneven or smaller offers
             return self._write_each(seq, 0, avail)  # fit each packet on its own
-        gaps = offset_gaps(offsets, cap)
+        gaps = self._gaps(offsets, cap)
         if gaps.count(0) == gaps[k - 1 :: k].count(0):  # each chain one piece of memory
             copied = _copy_run(self.sinks[region], offsets[::k], seq[:count], (), size)
         else:
-            copied = _copy_chains(self.sinks[region], offsets, seq[:count], size, cap)
+            copied = _copy_chains(self.sinks[region], offsets, seq[:count], size, cap, gaps)
         if not copied:
             return self._write_each(seq, 0, avail)
         self._publish(*_chain_columns(size, cap, count))
@@ -192,16 +198,38 @@ class ServerTx(TxEndpoint):
             return self._write_each(seq, 0, avail)
         ends = ends[:count]
         region, offsets, caps = run
-        bounds = list(map(sub, ends, repeat(1)))
-        if caps.count(cap) != len(caps) or not whole(offset_gaps(offsets, cap), bounds):
-            return self._write_each(seq, 0, avail)  # uneven offers, or apart in memory
-        firsts = pick(offsets, [0, *ends[:-1]])
-        if not _copy_run(self.sinks[region], firsts, _run_of(seq, 0, count), lengths, 0):
+        if caps.count(cap) != len(caps):
+            return self._write_each(seq, 0, avail)  # uneven offers: fit each packet alone
+        sink = self.sinks[region]
+        gaps = self._gaps(offsets, cap)
+        if whole(gaps, list(map(sub, ends, repeat(1)))):  # every packet in one piece
+            firsts = pick(offsets, [0, *ends[:-1]])
+            copied = _copy_run(sink, firsts, _run_of(seq, 0, count), lengths, 0)
+        else:
+            copied = _copy_pieces(sink, offsets, seq, lengths, ends, cap, gaps)
+        if not copied:
             return self._write_each(seq, 0, avail)
         self._publish(*columns(lens, flags, count))
         self.counters.chained += count - ks[:count].count(1)
         _count_sent(self.counters, count, sum(lengths[:count]))
         return self._and_the_rest(seq, count, avail - ends[-1])
+
+    def _gaps(self, offsets: list[int], cap: int) -> bytes:
+        """:func:`~aiomemif._core.chains.offset_gaps` of the offered run from tail,
+        remembered per slot: a client offers the same buffers lap after lap."""
+        s = self.tail & self.ring.mask
+        e = s + len(offsets)
+        if e > self.ring.size:  # (a run across the ring's end: afresh)
+            return offset_gaps(offsets, cap)
+        if cap == self._adjoin_cap and self._adjoin_offsets[s:e] == offsets:
+            return bytes(self._adjoin[s : e - 1]) + b"\x00"  # (the last: not this run's)
+        gaps = offset_gaps(offsets, cap)
+        if cap != self._adjoin_cap:
+            self._adjoin_offsets = [-1] * self.ring.size
+            self._adjoin_cap = cap
+        self._adjoin_offsets[s:e] = offsets
+        self._adjoin[s:e] = gaps
+        return gaps
 
     def _and_the_rest(self, seq: Sequence[Any], count: int, avail: int) -> int:
         """After ``count`` packets of ``seq`` went in bulk: offers left over may still take

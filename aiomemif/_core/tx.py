@@ -167,21 +167,65 @@ def _length_column(lengths: list[int], same: bool) -> array[int]:
 
 
 def _copy_chains(
-    sink: ByteSink, offsets: Sequence[int], seq: Sequence[Any], size: int, seg: int
+    sink: ByteSink,
+    offsets: Sequence[int],
+    seq: Sequence[Any],
+    size: int,
+    seg: int,
+    gaps: bytes = b"",
 ) -> bool:
     """Copy each ``size``-byte packet of ``seq`` in ``seg``-byte pieces to consecutive
-    ``offsets``. False as :func:`_copy_run`."""
+    ``offsets`` (with ``gaps``, as for :func:`~aiomemif._core.chains.whole`: in one piece
+    where no gap falls inside the packet's buffers). False as :func:`_copy_run`."""
     k = -(-size // seg)
     cuts = [(j * seg, min(seg, size - j * seg)) for j in range(k)]
-    slot = iter(offsets)
     try:
-        for p in seq:
+        for i, p in enumerate(seq):
+            first = i * k
+            if gaps and gaps.find(0, first, first + k - 1) < 0:
+                o = offsets[first]
+                sink[o : o + size] = p
+                continue
             view = memoryview(p)
             if view.format != "B" or view.ndim != 1:
                 return False
-            for at, n in cuts:
-                o = next(slot)
+            for j, (at, n) in enumerate(cuts):
+                o = offsets[first + j]
                 sink[o : o + n] = view[at : at + n]
+    except (TypeError, ValueError, IndexError, BufferError):
+        return False
+    return True
+
+
+def _copy_pieces(
+    sink: ByteSink,
+    offsets: Sequence[int],
+    seq: Sequence[Any],
+    lengths: Sequence[int],
+    ends: Sequence[int],
+    cap: int,
+    gaps: bytes,
+) -> bool:
+    """Copy packet ``i`` of ``seq`` (``lengths[i]`` bytes) into the ``cap``-byte buffers
+    at ``offsets`` up to index ``ends[i]``: in one piece where no gap (as for
+    :func:`~aiomemif._core.chains.whole`) falls inside it, else buffer by buffer. False as
+    :func:`_copy_run`."""
+    first = 0
+    try:
+        for p, n, end in zip(seq, lengths, ends):  # noqa: B905 (ends: one per packet)
+            if gaps.find(0, first, end - 1) < 0:
+                o = offsets[first]
+                sink[o : o + n] = p
+            else:
+                view = memoryview(p)
+                if view.format != "B" or view.ndim != 1 or view.nbytes != n:
+                    return False
+                for j in range(first, end):
+                    at = (j - first) * cap
+                    o = offsets[j]
+                    take = min(cap, n - at)
+                    sink[o : o + take] = view[at : at + take]
+            first = end
     except (TypeError, ValueError, IndexError, BufferError):
         return False
     return True

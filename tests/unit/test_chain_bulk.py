@@ -152,46 +152,50 @@ def test_mixed_chains_in_bulk_both_ways(
 def test_mixed_chains_over_the_ring_end(
     rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch, side: str
 ) -> None:
-    """Laps of mixed chains that cross the ring's end (and the u16 wrap): a run with a
-    chain split by the ring's end goes packet by packet on transmit; receive takes every
-    run in bulk; all of it byte-exact."""
+    """Laps of mixed chains that cross the ring's end (and the u16 wrap), in bulk both
+    ways: a chain split by the ring's end is copied buffer by buffer, the others in one
+    piece; all of it byte-exact."""
     r = rigs(log2=LOG2, start=SLOT0 + 9)
     tx, rx, _ring = tx_pair(r, side)
-    fallback = spy(monkeypatch, tx, "_write_each")
+    module = aiomemif._core.client_tx if side == "client" else aiomemif._core.server_tx
+    pieces = spy(monkeypatch, module, "_copy_pieces")
+    forbid(monkeypatch, tx, "_write_each")
     forbid(monkeypatch, rx, "_collect_each")
     cap = r.bsize
     for lap in range(5):
         first = cursor(tx)
         sizes = mixed_sizes(cap)[lap % 3 :]
-        before = len(fallback)
+        before = len(pieces)
         check_lap(r, side, [payload(100 * lap + j, n) for j, n in enumerate(sizes)], cap)
         split, at = False, first
         for n in sizes:
             k = -(-n // cap)
             split |= (at & 15) + k > 16
             at += k
-        assert (len(fallback) > before) == split, f"lap {lap}"
+        assert (len(pieces) > before) == split, f"lap {lap}"
     assert rx.counters.bad_descriptors == 0
 
 
-def test_mixed_chains_with_headroom_go_packet_by_packet(
+def test_mixed_chains_with_headroom_copied_buffer_by_buffer(
     rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Client transmit with headroom: buffers do not adjoin, so a mixed run takes the
-    per-packet path, with the same descriptors and bytes."""
+    """Client transmit with headroom: buffers do not adjoin, so a mixed run still goes in
+    bulk but each chain is copied buffer by buffer, with the same descriptors and bytes."""
     r = rigs(log2=LOG2, start=SLOT0, tx_headroom=8)
-    fallback = spy(monkeypatch, r.client_tx, "_write_each")
+    forbid(monkeypatch, r.client_tx, "_write_each")
+    pieces = spy(monkeypatch, aiomemif._core.client_tx, "_copy_pieces")
     cap = r.bsize - 8
     packets = [payload(j, n) for j, n in enumerate(mixed_sizes(cap))]
     check_lap(r, "client", packets, cap, headroom=8)
-    assert len(fallback) == 1
+    assert len(pieces) == 1
 
 
 def test_server_mixed_chains_into_uneven_or_scattered_offers(
     rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Server transmit of a mixed run: offers of unequal capacity, or of buffers that do
-    not follow each other, send the run packet by packet, into exactly the offers."""
+    """Server transmit of a mixed run: offers of unequal capacity send the run packet by
+    packet; offers of buffers that do not follow each other still go in bulk, buffer by
+    buffer; either way into exactly the offers."""
     r = rigs(log2=LOG2, start=SLOT0)
     tx, rx = r.server_tx, r.client_rx
     fallback = spy(monkeypatch, tx, "_write_each")
@@ -207,11 +211,14 @@ def test_server_mixed_chains_into_uneven_or_scattered_offers(
     swapped = [r.rx_table[(first + 1) & r.mask], r.rx_table[first & r.mask]]
     for j, base in enumerate(swapped):  # the same buffers, offered in the other order
         r.put(r.m2s_client, first + j, 0, r.breg, r.bsize, base)
+    pieces = spy(monkeypatch, aiomemif._core.server_tx, "_copy_pieces")
     assert tx.write(packets) == 2
     got = descriptors(r.m2s_server, first, 3)
     assert [(d[0], d[2], d[3]) for d in got[:2]] == [(NEXT, 64, swapped[0]), (0, 64, swapped[1])]
+    assert got[2][2] == 10
     assert r.read(r.breg, swapped[0], 64) + r.read(r.breg, swapped[1], 64) == packets[0]
-    assert len(fallback) == 2
+    assert r.read(r.breg, got[2][3], 10) == packets[1]
+    assert (len(fallback), len(pieces)) == (1, 1)
 
 
 @pytest.mark.parametrize("side", ROLES)
@@ -467,8 +474,9 @@ def test_chain_views_after_the_memory_is_gone(rigs: Callable[..., MmapRig]) -> N
     rx = r.server_rx
     publish_mixed(r, "s2m", [2 * r.bsize, 2 * r.bsize])
     pkts = rx.poll(64).packets
-    region = rx.regions[r.breg]
-    region.release()
+    chain = pkts[0]
+    assert isinstance(chain, ChainedPacket)
+    rx.regions[r.breg].release()
     with pytest.raises(ValueError, match="released"):
-        pkts[0].segments  # noqa: B018
+        chain.segments  # noqa: B018
     rx.regions[r.breg] = r.server_views[r.breg] = memoryview(r.maps[r.breg])  # for close()
