@@ -15,12 +15,13 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate, islice, repeat
-from operator import add, itemgetter, sub
+from operator import add, sub
 from typing import cast
 
 from ..errors import RemoteProtocolError
 from . import wire as w
 from .buffers import ChainedPacket, ChainRun, Packet
+from .chains import pick
 from .descriptors import (
     CheckedRuns,
     OfferedBuffers,
@@ -42,11 +43,6 @@ _NEXT = w.DESC_FLAG_NEXT
 _DESC = w.DESC
 _HEAD = w.RING_HEAD_OFF // 2
 _MAX_FRAME = w.DEFAULT_MAX_FRAME_BYTES
-
-
-def _at(values: list[int], *indexes: list[int]) -> list[tuple[int, ...]]:
-    """``values`` at each list of (two or more) ``indexes``, one C call per list."""
-    return [itemgetter(*i)(values) for i in indexes]
 
 
 class RxRun:
@@ -207,7 +203,7 @@ class RxEndpoint:
             ends = list(accumulate(map(add, ks, repeat(1))))
             firsts = [0, *ends[:-1]]
             prefix = [0, *accumulate(lengths)]
-            totals = [prefix[ends[0]]] if m == 1 else list(map(sub, *_at(prefix, ends, firsts)))
+            totals = list(map(sub, pick(prefix, ends), pick(prefix, firsts)))
             if max(totals) > self.max_frame:
                 return None
             nbytes = prefix[-1]
