@@ -47,6 +47,7 @@ from .errors import ConfigurationError as ConfigurationError
 from .errors import ConnectionLostError as ConnectionLostError
 from .errors import DisconnectedError as DisconnectedError
 from .errors import EmptyPacketError as EmptyPacketError
+from .errors import ExportedBufferError as ExportedBufferError
 from .errors import HandshakeRefusedError as HandshakeRefusedError
 from .errors import HandshakeTimeoutError as HandshakeTimeoutError
 from .errors import LocalProtocolError as LocalProtocolError
@@ -97,6 +98,7 @@ __all__ = [
     "ConnectionLostError",
     "DisconnectedError",
     "EmptyPacketError",
+    "ExportedBufferError",
     "HandshakeRefusedError",
     "HandshakeTimeoutError",
     "LocalProtocolError",

@@ -19,6 +19,7 @@
     ├── BusyResourceError                         two consumers on one queue
     ├── WouldBlockError                           a non-waiting call found no room / no data
     ├── StaleBatchError                           a released batch was used
+    ├── ExportedBufferError (also BufferError)    a view is still exported: not given up
     ├── HandshakeTimeoutError (also TimeoutError) the peer stopped answering mid-handshake
     └── MemifOSError (also OSError)               a system call failed (has .errno)
         └── AddressInUseError                     a live listener or a non-socket at the path
@@ -34,6 +35,7 @@ __all__ = [
     "ConnectionLostError",
     "DisconnectedError",
     "EmptyPacketError",
+    "ExportedBufferError",
     "HandshakeRefusedError",
     "HandshakeTimeoutError",
     "LocalProtocolError",
@@ -125,6 +127,23 @@ class WouldBlockError(MemifError):
 
 class StaleBatchError(MemifError):
     """A received batch was used after it was released and its buffers returned to the ring."""
+
+
+class ExportedBufferError(MemifError, BufferError):
+    """A view was still exported when its buffer was to be given up.
+
+    Raised by ``Batch.release`` (and the receive that releases the previous batch),
+    ``TxQueue.commit``, ``cancel`` and ``forward`` when a packet's view is held through the
+    buffer protocol by another object (``numpy.frombuffer(view)``, a ``ctypes``
+    ``from_buffer``, a ``pickle.PickleBuffer``...). Python cannot revoke such an export:
+    the memory would stay readable and writable while the peer reuses the buffer. So
+    nothing is given up; drop those objects and call again. ``indices`` are the packets
+    (batch or reservation positions) whose views are still exported.
+    """
+
+    def __init__(self, message: str, indices: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.indices = indices
 
 
 class HandshakeTimeoutError(MemifError, TimeoutError):

@@ -186,6 +186,7 @@ GROUPS = (
     "one-way",
     "zero-copy",
     "validation",
+    "cli",
     "shared-core",
     "queues",
     "rtt",
@@ -302,6 +303,11 @@ def ratios(res: Results) -> None:
             on = get(rec.id.replace("/off/", "/on/"))
             if on is not None and rec.good and rec.pps:
                 rec.ratios["on/off"] = on.pps / rec.pps
+            continue
+        elif p[0] == "cli" and p[3] == "verify":
+            plain = get(rec.id.replace("/verify/", "/plain/"))
+            if plain is not None and plain.good and plain.pps and rec.good:
+                rec.ratios["verify/plain"] = rec.pps / plain.pps
             continue
         elif p[0] == "rtt" and p[1] == "memif":
             floor = "eventfd" if p[3] == "interrupt" else "busypoll"
@@ -452,6 +458,11 @@ def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list
         elif off is not None or size == 64:
             on_off = off.ratios.get("on/off") if off is not None else None
             out.append(T(f"validation on / off, {size}B", ">= 0.85", on_off, 0.85))
+    for loop in loops:
+        verify = res.records.get(f"cli/gen-sink/64B/verify/{loop}")
+        if verify is not None or loop == loops[0]:
+            kept = verify.ratios.get("verify/plain") if verify is not None else None
+            out.append(T(f"sink --verify keeps up with gen, 64B [{loop}]", ">= 0.9", kept, 0.9))
     return out
 
 

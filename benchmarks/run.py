@@ -21,7 +21,9 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
 - testpmd: aiomemif <-> dpdk-testpmd macswap round trips (both roles);
 - vpp: aiomemif -> VPP L2 cross-connect -> aiomemif round trips, 64 and 1500 B, and the
   64 B RTT per receive mode (both roles);
-- c-baseline: testpmd txonly -> testpmd rxonly over memif, on two cores and on one.
+- c-baseline: testpmd txonly -> testpmd rxonly over memif, on two cores and on one;
+- cli: the ``aiomemif gen`` command into ``aiomemif sink``, 64 B, with and without
+  ``--verify`` (each command a process pinned to its cpu).
 
 Usage::
 
@@ -49,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_cli as bc
 import bench_rtt as br
 import bench_scale as bs
 import bench_testpmd as bt
@@ -315,6 +318,7 @@ class Suite(PeerSteps):
         if not q:
             self.c_sessions()
         self.plan_validation()
+        self.plan_cli()
         shared = (self.b, self.b)
         loop = loops[0]
         for mode in ("interrupt", "adaptive"):
@@ -380,6 +384,35 @@ class Suite(PeerSteps):
                         no_validation=off,
                         size=size,
                     )
+
+    def plan_cli(self) -> None:
+        q = self.args.quick
+        count = int((400_000 if q else 1_000_000) * self.args.scale)
+        for loop in self.args.loops[:1] if q else self.args.loops:
+            for _ in range(1 if q else 2):  # interleaved: the pair's rate drifts on a VM
+                for verify in (False, True):
+                    self.gen_sink(loop, verify, count)
+
+    def gen_sink(self, loop: str, verify: bool, count: int) -> None:
+        kind = "verify" if verify else "plain"
+        rid = f"cli/gen-sink/64B/{kind}/{loop}"
+
+        def run() -> None:
+            t0 = time.monotonic()
+            res = bc.run_gen_sink(
+                self.path("cli"),
+                verify=verify,
+                size=64,
+                count=count,
+                loop=loop,
+                pins=(self.a, self.b),
+                timeout=self.timeout + 60,
+            )
+            label = f"aiomemif gen -> sink{' --verify' if verify else ''} 64B"
+            rec = Record(rid, "cli", label, loop, f"sink{self.a} gen{self.b}", "rate", size=64)
+            self.progress(self.results.add(rec, res), t0, f"ring full {res.get('ring_full_waits')}")
+
+        self.add([rid], run)
 
     def plan_rtt(self) -> None:
         for kind in ("eventfd", "busypoll"):

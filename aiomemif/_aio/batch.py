@@ -2,6 +2,11 @@
 
 A :class:`Batch` is what a receive queue hands out; it is valid until the next receive on
 the same queue or until released, which is exactly when its buffers go back to the ring.
+
+A released batch invalidates its views; a view that another object still holds through
+the buffer protocol (a numpy array made from it, say) cannot be invalidated, so its
+buffer is not given back: the release raises :class:`~aiomemif.errors.ExportedBufferError`
+and the batch stays as it was until a later release succeeds.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, final, overload
 
-from .._core.buffers import ChainedPacket, Packet
+from .._core.buffers import ChainedPacket, Packet, exported_error, release_views
 from .._core.rx import RxRun
 from ..errors import StaleBatchError
 
@@ -35,6 +40,14 @@ class Batch(Sequence[Packet]):
     ``with batch:``), or by the next receive on the same queue. Releasing gives the buffers
     back to the ring; afterwards the batch raises :class:`StaleBatchError` and the views
     raise ``ValueError``. Keep a packet with :meth:`keep`, :meth:`copy_into` or ``bytes()``.
+
+    A view still exported to another object (``numpy.frombuffer(pkt)``, ``ctypes``
+    ``from_buffer``, ``pickle.PickleBuffer``) cannot be invalidated: Python has no way to
+    revoke an export, and the memory would stay readable and writable while the peer
+    reuses the buffer. Releasing then gives nothing back and raises
+    :class:`~aiomemif.errors.ExportedBufferError`; see :meth:`release`. Views made by
+    slicing a packet or by ``memoryview(pkt)`` are not exports and are not tracked: they
+    outlive the release, so copy what you keep.
     """
 
     __slots__ = ("_forwarded", "_packets", "_released", "_slots", "_source", "_start")
@@ -144,22 +157,51 @@ class Batch(Sequence[Packet]):
         if self._forwarded is None:
             self._forwarded = set()
         self._forwarded.update(indices)
-        for i in indices:
-            self._packets[i].release()
+        release_views(self._packets, indices)
 
     def release(self) -> None:
-        """Invalidate every packet and return the buffers to the ring (idempotent)."""
+        """Invalidate every packet and return the buffers to the ring (idempotent).
+
+        If a packet's view is still exported to another object, nothing is returned: the
+        batch stays unreleased and keeps its buffers (the ring does not get them back, so
+        a peer keeps sending only while the ring has room), every other view is already
+        invalid, and a later ``release()`` (or the next receive) tries again. When the
+        link goes down the batch is released regardless; an exported view then keeps its
+        region mapped (readable, and writable by the peer) until it goes away.
+
+        Raises:
+            ExportedBufferError: a packet's view is still exported (``indices`` says
+                which); drop those objects and release again.
+        """
         if self._released:
             return
+        exported = release_views(self._packets)
+        if exported:
+            raise exported_error("packet", exported, "the batch keeps its buffers")
+        self._end()
+
+    def _drop(self) -> None:
+        """The link is down: invalidate what can be, and release (never raises)."""
+        if not self._released:
+            release_views(self._packets)
+            self._end()
+
+    def _end(self) -> None:
         self._released = True
-        for packet in self._packets:
-            try:
-                packet.release()
-            except BufferError:
-                pass  # the caller exported it further (e.g. to numpy); it stays readable
         source, self._source = self._source, None
         if source is not None:
             source._batch_released(self)
+
+    def _claim(self, indices: Sequence[int]) -> None:
+        """Invalidate the views of the packets at ``indices`` (about to be forwarded).
+
+        Raises:
+            ExportedBufferError: one of them is still exported (the others' views are
+                invalid now); none may leave the batch.
+        """
+        exported = release_views(self._packets, indices)
+        if exported:
+            raise exported_error("packet", exported, "nothing was forwarded")
 
     def __enter__(self) -> Batch:
         return self

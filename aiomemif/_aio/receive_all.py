@@ -67,6 +67,8 @@ class ReceiveAll:
             ConnectionLostError, RemoteProtocolError: the link ended abnormally (after
                 every queue handed out what it still had).
             BusyResourceError: another task receives on one of the queues.
+            ExportedBufferError: the batch handed out last has a view still exported
+                (see ``Batch.release``); it stays held and the next call tries again.
         """
         if self._held is not None:
             self._held.release()  # its buffers go back to their ring now

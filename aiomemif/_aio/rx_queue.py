@@ -347,6 +347,8 @@ class RxQueue(QueueBase):
         """Wait for packets and return them as a batch (releasing the previous batch).
 
         Raises:
+            ExportedBufferError: the previous batch could not be released, a view of it
+                being still exported (see ``Batch.release``); nothing was received.
             ClosedResourceError: the connection was closed by this side.
             DisconnectedError: the link went down from the peer's side
                 (``PeerDisconnectedError`` with the peer's reason, ``ConnectionLostError``).
@@ -464,6 +466,7 @@ class RxQueue(QueueBase):
             ConnectionLostError: the socket closed without DISCONNECT.
             RemoteProtocolError: the peer broke the protocol (we sent DISCONNECT).
             BusyResourceError: another task is receiving on this queue.
+            ExportedBufferError: the previous batch has a view still exported.
         """
         try:
             return await self.receive()
@@ -494,7 +497,7 @@ class RxQueue(QueueBase):
         self._error = error
         self._ending = None
         if self._batch is not None:
-            self._batch.release()
+            self._batch._drop()  # (an exported view keeps its region mapped until it goes)
         self._interrupt.fail(fresh(error))
         if self._on_drained is not None:
             on_drained, self._on_drained = self._on_drained, None

@@ -332,6 +332,10 @@ class TxQueue(QueueBase):
             LocalProtocolError: the buffers were already committed or cancelled, ``lengths``
                 does not have one entry per packet, or a length is 0, above the reserved
                 size, or leaves a reserved buffer of a chain empty.
+            ExportedBufferError: a view of these buffers is still exported to another
+                object (a numpy array made from it, say), which could go on writing into
+                a buffer the peer reads. Nothing was sent and the buffers stay reserved
+                (every other view is invalid now); drop those objects and commit again.
             ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
                 down (closed here, by the peer, or over a protocol violation).
         """
@@ -347,11 +351,17 @@ class TxQueue(QueueBase):
         return n
 
     def cancel(self, buffers: TxBuffers) -> None:
-        """Give allocated buffers back without sending anything (idempotent)."""
+        """Give allocated buffers back without sending anything (idempotent).
+
+        Raises:
+            ExportedBufferError: a view of these buffers is still exported (the buffers
+                stay reserved, since the next send would reuse them); drop those objects
+                and cancel again.
+        """
         res = buffers._reservation
         if res is not None and buffers._queue is self:
-            buffers._reservation = None
             self._endpoint.cancel(res)
+            buffers._reservation = None
 
     # -- zero-copy forwarding --------------------------------------------------------
     def forward(self, batch: Batch, indices: Iterable[int] | None = None) -> int:
@@ -370,6 +380,9 @@ class TxQueue(QueueBase):
             LocalProtocolError: this is a server queue (a server owns no buffers), or the
                 batch comes from another connection.
             StaleBatchError: the batch was released.
+            ExportedBufferError: a view of a packet about to be forwarded is still
+                exported to another object; nothing was forwarded (the views of those
+                packets are invalid now), drop those objects and forward again.
             BusyResourceError: ``alloc()`` buffers are waiting for ``commit()``.
             ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
                 down (closed here, by the peer, or over a protocol violation).
@@ -390,7 +403,7 @@ class TxQueue(QueueBase):
         assert isinstance(rx, ClientRx)
         wanted = batch._forwardable(indices)
         try:
-            moved = ep.forward_from(rx, wanted)
+            moved = ep.forward_from(rx, wanted, batch._claim)
         except RemoteProtocolError as exc:
             raise self._protocol_failure(exc) from exc
         if moved:
@@ -405,4 +418,5 @@ class TxQueue(QueueBase):
         self._error = error
         res = self._endpoint.reservation
         if res is not None:  # its views must go before the region is unmapped
-            self._endpoint.cancel(res)
+            self._endpoint.cancel(res, force=True)  # (an exported one keeps it mapped)
+        self._endpoint.drop_sinks()

@@ -2,15 +2,26 @@
 
 :class:`ChainedPacket` is how a packet that arrived in several buffers is handed out (views
 into shared memory, no copy); ``Packet`` is one received packet; :func:`as_wire_buffer`
-turns whatever a user sends into something a byte slice of shared memory accepts.
+turns whatever a user sends into something a byte slice of shared memory accepts;
+:func:`release_views` invalidates the views handed out, telling which ones another object
+still holds (an export Python cannot revoke).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import final
 
-__all__ = ["ChainRun", "ChainedPacket", "Packet", "as_wire_buffer"]
+from ..errors import ExportedBufferError
+
+__all__ = [
+    "ChainRun",
+    "ChainedPacket",
+    "Packet",
+    "as_wire_buffer",
+    "exported_error",
+    "release_views",
+]
 
 
 def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
@@ -177,12 +188,20 @@ class ChainedPacket:
         """Release every segment view (their use raises ValueError from now on).
 
         Raises:
-            BufferError: a segment was exported further (the ones before it are released).
+            BufferError: a segment is still exported (the others are released).
         """
         self._live = False
-        if self._segments is not None:
-            for seg in self._segments:
+        segments = self._segments
+        if segments is None:  # no view was made: none to release
+            return
+        held = False
+        for seg in segments:
+            try:
                 seg.release()
+            except BufferError:
+                held = True
+        if held:
+            raise BufferError("a segment of this packet is still exported")
 
     def __repr__(self) -> str:
         return f"<ChainedPacket {self._length} bytes in {len(self.segments)} buffers>"
@@ -190,3 +209,36 @@ class ChainedPacket:
 
 #: One received packet: a view of one buffer, or a chain of them.
 Packet = memoryview | ChainedPacket
+
+
+def release_views(
+    views: Sequence[memoryview | ChainedPacket], indices: Iterable[int] | None = None
+) -> tuple[int, ...]:
+    """Release ``views[i]`` for every ``i`` in ``indices`` (all by default), whatever
+    fails; return the indexes of those still exported (not released)."""
+    if indices is None:  # first a plain pass (the usual case: nothing is exported)
+        try:
+            for view in views:
+                view.release()
+            return ()
+        except BufferError:
+            pass  # then one by one (releasing a view again does nothing)
+    exported: list[int] = []
+    for i in range(len(views)) if indices is None else indices:
+        try:
+            views[i].release()
+        except BufferError:
+            exported.append(i)
+    return tuple(exported)
+
+
+def exported_error(what: str, exported: tuple[int, ...], consequence: str) -> ExportedBufferError:
+    """The error for ``what`` (e.g. "packet") at ``exported`` still being exported."""
+    names = ", ".join(map(str, exported[:8])) + (", ..." if len(exported) > 8 else "")
+    plural = "s" if len(exported) > 1 else ""
+    return ExportedBufferError(
+        f"{what}{plural} {names} still exported to another object (a numpy array or other "
+        f"buffer-protocol consumer of the view): {consequence}; drop those objects and "
+        "try again",
+        exported,
+    )

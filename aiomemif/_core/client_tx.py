@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import sub
 from typing import Any
@@ -89,6 +89,11 @@ class ClientTx(TxEndpoint):
         #: Where copies go: the region's mmap if the OS layer gave it (faster), else the view.
         self.sink: ByteSink = region if sink is None else sink
         self._plain_limit = min(MAX_PACKET, self.capacity * ring.size)
+
+    def drop_sinks(self) -> None:
+        """The link is down: stop referring to the region's mmap, so that a mapping a
+        user's view still pins is freed together with that view."""
+        self.sink = self.region
 
     def free(self) -> int:
         """Slots free for new packets.
@@ -338,18 +343,25 @@ class ClientTx(TxEndpoint):
         )
 
     # -- zero-copy forwarding --------------------------------------------------------
-    def forward_from(self, rx: ClientRx, packets: Sequence[tuple[int, int, int]]) -> list[int]:
+    def forward_from(
+        self,
+        rx: ClientRx,
+        packets: Sequence[tuple[int, int, int]],
+        claim: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
         """Send received packets of ``rx`` by swapping buffers between the two rings.
 
         ``packets`` lists ``(index, first slot, buffers)`` of each candidate, in order (see
         ``Batch``). Each packet's descriptors are read again and must lie inside the buffers
         of their own slots (:meth:`ClientRx.owned_segments`); one that does not is skipped
         and counted as a bad descriptor. Stops at the first packet that does not fit whole.
-        Returns the indexes of the packets sent; their buffers now belong to this ring and
-        this ring's free buffers to theirs.
+        ``claim`` is called with the indexes about to be sent before anything changes; if
+        it raises, nothing is sent. Returns the indexes of the packets sent; their buffers
+        now belong to this ring and this ring's free buffers to theirs.
 
         Raises:
             RemoteProtocolError: see :meth:`free`.
+            Whatever ``claim`` raises.
         """
         room = self.free()
         segments: list[tuple[int, int, int]] = []
@@ -368,6 +380,8 @@ class ClientTx(TxEndpoint):
             nbytes += sum(length for _, length, _ in segs)
             chained += nseg > 1
             moved.append(index)
+        if moved and claim is not None:
+            claim(moved)
         if segments:
             self._swap_in(segments, rx.buffers, flags)
             rx.retable([slot for _, _, slot in segments])

@@ -87,6 +87,11 @@ class ServerTx(TxEndpoint):
         self._adjoin_offsets = [-1] * ring.size
         self._adjoin_cap = -1
 
+    def drop_sinks(self) -> None:
+        """The link is down: stop referring to the regions' mmaps, so that a mapping a
+        user's view still pins is freed together with that view."""
+        self.sinks = list(self.regions)
+
     def reset(self) -> None:
         """At CONNECT: tail = 0, memo cleared."""
         self.ring.set_tail(0)

@@ -10,27 +10,16 @@ comparison of the columns and one ``itemgetter`` call that makes only the memory
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from itertools import repeat
 from operator import add, itemgetter
 from typing import Final
 
-__all__ = ["SliceTable", "release_all"]
+__all__ = ["SliceTable"]
 
 _UNUSED: Final = slice(0, 0)
 #: Lengths of equal cuts remembered at a time (more: all are forgotten, then remembered
 #: again as they come).
 _LENGTHS: Final = 8
-
-
-def release_all(views: Iterable[memoryview]) -> None:
-    """Release every view (a plain loop: as fast as ``map`` for a batch, faster for few).
-
-    Raises:
-        BufferError: a view was exported further (the views before it are released).
-    """
-    for view in views:
-        view.release()
 
 
 class SliceTable:

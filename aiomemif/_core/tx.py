@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigurationError, EmptyPacketError, LocalProtocolError, PacketTooLargeError
 from . import wire as w
+from .buffers import exported_error, release_views
 from .ring import QueueCounters, Ring
-from .slices import release_all
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -64,11 +64,11 @@ class TxReservation:
             return [[v] for v in self.views]
         return self.segments
 
-    def release_views(self) -> None:
+    def release_views(self) -> tuple[int, ...]:
+        """Release every view; return the packets whose views are still exported."""
         if self.views is not None:
-            release_all(self.views)
-        for segs in self.segments:
-            release_all(segs)
+            return release_views(self.views)
+        return tuple(i for i, segs in enumerate(self.segments) if release_views(segs))
 
 
 class ByteSink(Protocol):
@@ -359,20 +359,27 @@ class TxEndpoint:
             LocalProtocolError: not this endpoint's open reservation, a wrong number of
                 lengths, or a length that is 0, above the reserved size or would leave a
                 reserved segment empty.
+            ExportedBufferError: a view is still exported to another object (nothing is
+                sent; the reservation stays open).
         """
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
         views = res.views
         if views is not None and lengths is None:  # one buffer each, all of the reserved size
+            exported = release_views(views)  # the user's views die before the peer may read
+            if exported:
+                raise exported_error("buffer", exported, "nothing was sent")
             n = len(views)
             self._publish(_uniform_column(res.size, n), None)
             self.reservation = None
             c = self.counters
             c.packets += n
             c.bytes += res.size * n
-            release_all(views)  # a late write through one of them raises
             return n
         lens, flags = _segment_lengths(res, lengths)
+        exported = res.release_views()  # the user's views die before the peer may read
+        if exported:
+            raise exported_error("buffer", exported, "nothing was sent")
         nbytes = sum(lens)
         if res.empty:  # slots the peer offered unusably go out empty, in their places
             lens, flags = _with_empty_slots(res, lens, flags)
@@ -380,7 +387,7 @@ class TxEndpoint:
         return self._close(res, nbytes, len(res.empty))
 
     def _close(self, res: TxReservation, nbytes: int, bad: int = 0) -> int:
-        """Close a committed reservation: views released, counters updated."""
+        """Close a committed reservation (its views already released): counters updated."""
         self.reservation = None
         c = self.counters
         n = res.count
@@ -389,14 +396,21 @@ class TxEndpoint:
         c.bad_descriptors += bad
         if res.used != n:  # some packet took more than one buffer
             c.chained += sum(1 for s in res.segments if len(s) > 1)
-        res.release_views()
         return n
 
-    def cancel(self, res: TxReservation) -> None:
-        """Drop a reservation without publishing anything."""
+    def cancel(self, res: TxReservation, force: bool = False) -> None:
+        """Drop a reservation without publishing anything. With ``force`` (the link is
+        down) also when a view is still exported.
+
+        Raises:
+            ExportedBufferError: a view is still exported (the reservation stays open:
+                its buffers would be reused while another object can still write them).
+        """
         if res is self.reservation:
+            exported = res.release_views()
+            if exported and not force:
+                raise exported_error("buffer", exported, "the buffers stay reserved")
             self.reservation = None
-            res.release_views()
 
 
 def _with_empty_slots(

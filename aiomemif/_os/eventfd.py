@@ -3,8 +3,9 @@ peer cannot keep blocked, whatever it does to the shared O_NONBLOCK flag.
 
 Synchronous system calls only (no asyncio). An :class:`EventFd` closes its fd exactly once.
 A syscall the peer can make block is bracketed for :mod:`.watchdog`, which frees it within
-about two ticks (20 ms) and marks the fd tampered; the call then raises
-:class:`~aiomemif.errors.RemoteProtocolError`.
+about two ticks (20 ms; longer only while the peer keeps winning races against its
+retries, see there for the measured bound) and marks the fd tampered; the call then
+raises :class:`~aiomemif.errors.RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+from threading import get_native_id
 
 from ..errors import RemoteProtocolError
 from .fds import wrap_os_error
@@ -37,6 +39,8 @@ class EventFd(Guarded):
         self._buf = bytearray(8)
         self._poller = select.poll()
         self._poller.register(fd, select.POLLOUT)
+        self._in_poller = select.poll()  # (only for kernels without RWF_NOWAIT reads)
+        self._in_poller.register(fd, select.POLLIN)
         self.guard()
 
     def signal(self) -> None:
@@ -54,6 +58,7 @@ class EventFd(Guarded):
         if not self._poller.poll(0):
             return
         self.writing = True
+        self.tid = get_native_id()
         self.ops += 1
         try:
             os.eventfd_write(self.fd, 1)
@@ -95,8 +100,9 @@ class EventFd(Guarded):
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             # Kernel without RWF_NOWAIT for eventfd: fall back to a readiness guard.
-            if select.select([self.fd], [], [], 0)[0]:
+            if self._in_poller.poll(0):
                 self.writing = False
+                self.tid = get_native_id()
                 self.ops += 1
                 try:
                     return os.eventfd_read(self.fd)

@@ -50,8 +50,10 @@ class Region:
             self.view.release()
             self.view = None
         if self.mapping is not None:
-            # A view derived from a packet may still be alive somewhere (BufferError); the
-            # mapping is then freed when that view goes away. Memory stays valid.
+            # A view into the region may still be alive somewhere (a packet view a user
+            # kept, or one still exported: BufferError). The mapping (and the fd mmap
+            # holds) is then freed with the last such view, which is why nothing else
+            # may keep a reference to the mmap once the link is down. Memory stays valid.
             with contextlib.suppress(BufferError):
                 self.mapping.close()
             self.mapping = None

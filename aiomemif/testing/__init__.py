@@ -6,6 +6,9 @@
   ``memif_pair`` fixtures), registered as ``aiomemif`` (``pytest -p aiomemif``).
 - :mod:`aiomemif.testing.testpmd`: drive DPDK's ``dpdk-testpmd`` as a real C peer.
 - :mod:`aiomemif.testing.vpp`: start and drive FD.io VPP (its memif plugin) as a peer.
+- :mod:`aiomemif.testing.storm` and :mod:`aiomemif.testing.soak`: the peer-kill storm and
+  the soak (``python -m aiomemif.testing.storm`` / ``.soak``), with their child peer
+  (:mod:`~aiomemif.testing.child_peer`) and its handle (:mod:`~aiomemif.testing.children`).
 """
 
 from .pair import MemifPair as MemifPair

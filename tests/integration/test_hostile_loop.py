@@ -1,4 +1,5 @@
-"""Hostile peers that try to stall or spin the event loop (issue 17, cases 2-4 and 7).
+"""Hostile peers that try to stall or spin the event loop (issue 17, cases 3, 4 and 7;
+case 2, the eventfd races, is in test_hostile_eventfd.py).
 
 Each attack runs against a real server or client while :func:`support.stall.heartbeat`
 records the longest time the loop could not run anything else; it must stay under
@@ -13,120 +14,19 @@ import logging
 import os
 import resource
 import select
-import signal
 import socket
-import threading
 import time
 
 import pytest
-from support.hostile import M2S, RawPeer, raw_message, set_blocking
-from support.hostile_links import fake_client_link
-from support.stall import Shared, forked, heartbeat
+from support.hostile import RawPeer, raw_message
+from support.stall import forked, heartbeat
 
 import aiomemif
 from aiomemif import InterfaceConfig
 from aiomemif._core.messages import Ack, Hello, Init
 from aiomemif._core.wire import MsgType
-from aiomemif._os.eventfd import EventFd
-from aiomemif._os.watchdog import TICK
 
 STALL_LIMIT = 0.05
-EVENTFD_MAX = (1 << 64) - 2  # the largest count an eventfd holds
-ATTACK = 8.0  # seconds an attack may take to stage its race (it ends once staged)
-
-
-def _blocked_in_write(tid: int) -> bool:
-    """Is thread ``tid`` of our parent asleep inside ``write`` (an eventfd wait)?"""
-    base = f"/proc/{os.getppid()}/task/{tid}"
-    try:
-        with open(f"{base}/wchan") as f:
-            if f.read() != "do_wait_intr_irq":
-                return False
-        with open(f"{base}/syscall") as f:
-            return f.read().startswith("1 ")
-    except OSError:
-        return False
-
-
-class _Late(Exception):
-    pass
-
-
-def _late(_sig: int, _frame: object) -> None:
-    raise _Late
-
-
-def _write_within(efd: int, value: int, seconds: float = 0.005) -> None:
-    """Add ``value`` to the blocking eventfd, giving up if that blocks for ``seconds``
-    (the library wrote in between and the counter cannot take it)."""
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        os.eventfd_write(efd, value)
-    except _Late:
-        pass
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _fill_in_the_window(efd: int, loop_tid: int, seconds: float, shared: Shared) -> None:
-    """Child: keep the eventfd one short of full, and fill it at random moments, hoping to
-    land between the library's readiness check and its write. Whenever the loop thread is
-    then found inside ``write`` (an eventfd wait), hold it there for a second."""
-    signal.signal(signal.SIGALRM, _late)
-    buf = bytearray(8)
-    poller = select.poll()
-    poller.register(efd, select.POLLOUT)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and not shared[1]:
-        try:
-            os.preadv(efd, [buf], -1, os.RWF_NOWAIT)  # empty (frees a held writer)
-        except BlockingIOError:
-            pass
-        _write_within(efd, EVENTFD_MAX - 1)  # one short of full: "writable"
-        if poller.poll(0):
-            _write_within(efd, 1)  # full now: a write already past its check blocks
-        for _ in range(2):
-            if _blocked_in_write(loop_tid):
-                shared[0] += 1  # caught the loop in write: hold it
-                time.sleep(1.0)
-                break
-
-
-async def test_server_signal_race_cannot_hold_the_loop(sock_path: str) -> None:
-    """Case 2: the client clears O_NONBLOCK on the M2S eventfd and fills the counter
-    between the server's poll(POLLOUT) and its eventfd write. The loop may be held for a
-    moment (the watchdog empties the counter) and the client is then disconnected."""
-    shared = Shared()
-    try:
-        async with fake_client_link(sock_path) as link:
-            conn, mem = link.conn, link.mem
-            efd = mem.efd(M2S)
-            set_blocking(efd, True)
-            ring = mem.ring(M2S)
-            ring.flags = 0  # "signal me" on every send
-            tid = threading.get_native_id()
-            with forked(lambda: _fill_in_the_window(efd, tid, ATTACK, shared), ATTACK):
-                async with heartbeat() as stalls:
-                    end = time.monotonic() + ATTACK
-                    while time.monotonic() < end and conn.is_up:
-                        ring.head = ring.tail + mem.ring_size  # the fake client keeps up
-                        try:
-                            conn.tx_queues[0].send_nowait(b"x" * 60)
-                        except aiomemif.MemifError:
-                            break
-                        await asyncio.sleep(0)
-                shared[1] = 1  # stop the child
-            caught = shared[0]
-            if not caught:
-                pytest.skip("the child never caught the loop inside write (race not staged)")
-            assert stalls.longest < STALL_LIMIT, f"loop held {stalls.longest:.3f} s"
-            assert not conn.is_up
-            assert isinstance(conn.close_error, aiomemif.RemoteProtocolError)
-            assert "eventfd" in str(conn.close_reason)
-            reason = await link.peer.expect_disconnect()
-            assert "eventfd" in reason
-    finally:
-        shared.close()
 
 
 # ------------------------------------------------------------------ 3. stray ACK flood
@@ -255,22 +155,3 @@ async def test_init_deadline_is_the_shortest_timeout(sock_path: str) -> None:
             with pytest.raises(TimeoutError):  # 0.5 s on, still waiting for us
                 await peer.recv_raw(wait=0.5)
         assert srv.failures[0].reason == "Handshake timeout"
-
-
-# ------------------------------------------------- 2. the watchdog spares honest peers
-def test_watchdog_leaves_a_slow_honest_syscall_alone() -> None:
-    """A loop thread preempted (or waiting for the GIL) inside a signal looks stuck for a
-    while; with O_NONBLOCK set and the counter not full it cannot be blocked in the kernel,
-    so the watchdog must not take the peer for an attacker (that would end honest links)."""
-    efd = EventFd()
-    try:
-        efd.writing = True
-        efd.ops += 1  # "inside the write" for five ticks
-        time.sleep(5 * TICK)
-        assert not efd.tampered
-        set_blocking(efd.fd, True)  # now the peer has made it blockable
-        time.sleep(3 * TICK)
-        assert efd.tampered
-        efd.ops += 1
-    finally:
-        efd.close()

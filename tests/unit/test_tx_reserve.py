@@ -16,7 +16,7 @@ from aiomemif import LocalProtocolError
 from aiomemif._core.client_tx import ClientTx
 from aiomemif._core.rx import ClientRx, ServerRx
 from aiomemif._core.server_tx import ServerTx
-from aiomemif._core.slices import SliceTable, release_all
+from aiomemif._core.slices import SliceTable
 
 
 def test_slice_table_cuts_remembers_and_refreshes() -> None:
@@ -43,7 +43,8 @@ def test_slice_table_cuts_remembers_and_refreshes() -> None:
             buf[4000:4096],
         ]
         assert bytes(table.cut(view, 7, [5], [3])[0]) == buf[5:8]  # one view
-        release_all([*cuts, *again, *moved])
+        for view in (*cuts, *again, *moved):
+            view.release()
         with pytest.raises(ValueError, match="released"):
             cuts[0][0] = 1
     finally:
