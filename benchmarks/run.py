@@ -228,6 +228,7 @@ class Suite(PeerSteps):
         self.add([rid], run)
 
     def oneway(self, loop: str, size: int, batch: int, kinds: Sequence[str]) -> None:
+        """One-way cases of ``kinds`` (and after 9000 B b32 memif ones, the mixed sizes)."""
         pins = (self.a, self.b)
         for kind in kinds:
             if kind == "socket":
@@ -250,10 +251,11 @@ class Suite(PeerSteps):
                 rx_batch=batch,
                 **extra,
             )
+        if (size, batch) == (9000, 32) and "c2s" in kinds:
+            self.mixed(loop, batch)
 
     def mixed(self, loop: str, batch: int) -> None:
-        """memif one way with the sender's batch cycling through MIXED_SIZES (no socket
-        case: compare bytes per second with the 9000 B case of the same batch)."""
+        """memif one way, the batch cycling through MIXED_SIZES (against 9000 B, bytes/s)."""
         for kind in ("c2s", "s2c"):
             self.flow(
                 f"one-way/memif/{MIXED}/b{batch}/{kind}/{loop}",
@@ -297,8 +299,6 @@ class Suite(PeerSteps):
         for _ in range(self.args.repeat):
             for size, batch in key:
                 self.oneway(loops[0], size, batch, ("c2s", "s2c", "socket"))
-                if size == 9000:
-                    self.mixed(loops[0], batch)
         for loop in loops:
             for size in (1500,) if q else SIZES:
                 for batch in (32,) if q else BATCHES:
@@ -306,8 +306,6 @@ class Suite(PeerSteps):
                         self.oneway(
                             loop, size, batch, ("socket",) if q else ("socket", "c2s", "s2c")
                         )
-                    if size == 9000 and batch == 32 and loop != loops[0]:
-                        self.mixed(loop, batch)
         # Zero-copy: the c2s cases carry a target, so they are repeated (interleaved) too.
         rounds = [("c2s",)] * self.args.repeat + ([] if q else [("s2c",)])
         for directions in rounds:
