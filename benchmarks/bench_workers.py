@@ -18,7 +18,10 @@ its last packet checked) or ``views`` (lengths summed, and every packet's first 
 byte read in shared memory through its memoryview, C-level ``map(itemgetter)``; never
 ``bytes()``; unchained packets only).
 
-The sender sends for ``duration`` seconds, then one *end* packet of the same size that
+With ``sizes`` (memif, copy style only), the sender's batch cycles through those packet
+sizes instead (mixed-size chains); ``size`` is then the end packet's size.
+
+The sender sends for ``duration`` seconds, then one *end* packet of ``size`` bytes that
 carries the total count. The receiver times from its first wakeup with data to the end
 packet (the packets of that first wakeup are not counted in the rate) and checks the count,
 the byte total and the payload marks.
@@ -70,6 +73,24 @@ class FlowSpec:
     rx_style: str = "touch"  # "touch" or "views"
     sock_buf: int = 1 << 22
     path: str = ""
+    sizes: tuple[int, ...] = ()  # memif copy style only: the batch cycles through these
+
+    def batch_sizes(self) -> list[int]:
+        """The sizes of the packets of one sender batch."""
+        sizes = self.sizes or (self.size,)
+        return [sizes[i % len(sizes)] for i in range(self.tx_batch)]
+
+    def mean_size(self) -> float:
+        """The mean packet size of a batch (bytes per second = packets per second x this)."""
+        sizes = self.batch_sizes()
+        return sum(sizes) / len(sizes)
+
+    def expected_bytes(self, packets: int) -> int:
+        """The bytes of ``packets`` packets of a flow: whole batches, then the end packet."""
+        batches, rest = divmod(packets - 1, self.tx_batch)
+        if not self.sizes:
+            return packets * self.size
+        return batches * sum(self.batch_sizes()) + sum(self.batch_sizes()[:rest]) + self.size
 
 
 def make_payload(size: int) -> bytes:
@@ -105,7 +126,7 @@ def _first_last(pkt: aiomemif.Packet) -> tuple[memoryview, memoryview]:
     return pkt.segments[0], pkt.segments[-1]
 
 
-def _combine(tallies: list[_Tally], size: int) -> Json:
+def _combine(tallies: list[_Tally], spec: FlowSpec) -> Json:
     got = sum(t.got for t in tallies)
     timed = sum(t.got - t.first for t in tallies)
     t_first = min(t.t_first for t in tallies)
@@ -125,7 +146,7 @@ def _combine(tallies: list[_Tally], size: int) -> Json:
         "t_last": t_last,
         "pps": timed / span if span > 0 else 0.0,
         "wakeups": sum(t.wakeups for t in tallies),
-        "ok": got == total and nbytes == got * size and bad == 0,
+        "ok": got == total and nbytes == spec.expected_bytes(got) and bad == 0,
     }
 
 
@@ -170,13 +191,16 @@ async def _receive_queue(rxq: aiomemif.RxQueue, spec: FlowSpec) -> _Tally:
 async def _send_queue(txq: aiomemif.TxQueue, spec: FlowSpec) -> Json:
     size, nb = spec.size, spec.tx_batch
     payload = make_payload(size)
-    batch = [payload] * nb
+    payloads = {n: make_payload(n) for n in set(spec.batch_sizes())}
+    batch = [payloads[n] for n in spec.batch_sizes()]
     reps = max(1, 256 // nb)  # check the clock every ~256 packets
     perf = time.perf_counter
     sent = 0
     t0 = perf()
     t_end = t0 + spec.duration
     if spec.tx_style == "alloc":
+        if spec.sizes:
+            raise ValueError("the alloc send style sends packets of one size")
         alloc, commit = txq.alloc, txq.commit
         chained = size > spec.buffer_size
         while True:
@@ -216,7 +240,7 @@ async def _send_queue(txq: aiomemif.TxQueue, spec: FlowSpec) -> Json:
 async def _receive_all(conn: aiomemif.Connection, spec: FlowSpec) -> Json:
     queues = conn.rx_queues[: spec.queues]
     tallies = await asyncio.gather(*(_receive_queue(q, spec) for q in queues))
-    res = _combine(list(tallies), spec.size)
+    res = _combine(list(tallies), spec)
     extra = 0
     for q in queues:
         with contextlib.suppress(aiomemif.WouldBlockError):
@@ -308,6 +332,8 @@ def _tune(sock: socket.socket, buf: int) -> Json:
 
 
 async def _socket_receive(spec: FlowSpec, sock: socket.socket) -> Json:
+    if spec.sizes:
+        raise ValueError("the socket baseline sends packets of one size")
     loop = asyncio.get_running_loop()
     bufs = _tune(sock, spec.sock_buf)
     size, limit = spec.size, spec.rx_batch
@@ -359,7 +385,7 @@ async def _socket_receive(spec: FlowSpec, sock: socket.socket) -> Json:
         while sock.recv_into(view):
             extra += 1
     sock.close()  # tells the sender we are done
-    res = _combine([t], size)
+    res = _combine([t], spec)
     res.update(bufs, extra_packets=extra)
     res["ok"] = res["ok"] and extra == 0
     return res
@@ -471,7 +497,7 @@ def run_flow(
     pps = float(rx.get("pps", 0.0)) if ok else 0.0
     run: Json = {
         "pps": pps,
-        "gbps": pps * spec.size * 8 / 1e9,
+        "gbps": pps * spec.mean_size() * 8 / 1e9,
         "ok": ok,
         "errors": errors,
         "preempt": harness.preemptions(results),

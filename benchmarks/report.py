@@ -130,6 +130,14 @@ class Results:
             return None
         return a.value() / b.value()
 
+    def bytes_ratio(self, num: str, den: str) -> float | None:
+        """Bytes per second of rate case ``num`` over those of ``den`` (their packets may
+        differ in size), or None if either is missing or failed."""
+        a, b = self.get(num), self.get(den)
+        if a is None or b is None or not b.pps * b.size:
+            return None
+        return a.pps * a.size / (b.pps * b.size)
+
 
 # -- formatting ---------------------------------------------------------------------------------
 
@@ -268,6 +276,11 @@ def ratios(res: Results) -> None:
         p = rec.id.split("/")
         if rec.kind == "skipped":
             continue
+        if p[0] == "one-way" and p[1] == "memif" and "-" in p[2]:  # mixed sizes
+            r = res.bytes_ratio(rec.id, "/".join([*p[:2], "9000B", *p[3:]]))
+            if r is not None:
+                rec.ratios["9000B, bytes/s"] = r
+            continue
         if p[0] == "one-way" and p[1] == "memif":
             size, batch, loop = p[2], p[3], p[5]
             pairs = {
@@ -308,8 +321,8 @@ def ratios(res: Results) -> None:
 
 
 def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list[Target]:
-    """The targets of issue 6, each with its measured ratio and PASS / SHORT (and a mark
-    when a record behind it was disturbed by other processes)."""
+    """The targets of issues 6 and 16, each with its measured ratio and PASS / SHORT (and
+    a mark when a record behind it was disturbed by other processes)."""
 
     def T(*args: Any, **kwargs: Any) -> Target:
         t = target(*args, **kwargs)
@@ -351,6 +364,41 @@ def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list
                     rec.pps / 1e6 if rec else None,
                     4.0,
                     detail="Mpps",
+                )
+            )
+    for loop in loops:  # issue 16, item 4: writing in place costs at most 25% more
+        for d in ("c2s", "s2c"):
+            zc = f"zero-copy/memif/1500B/{{}}/{d}/{loop}"
+            out.append(
+                T(
+                    f"1500B zero-copy alloc / send_batch {d} [{loop}]",
+                    ">= 0.8x",
+                    res.ratio(zc.format("alloc"), zc.format("send_batch")),
+                    0.8,
+                )
+            )
+    for loop in loops:  # issue 16, item 5: jumbo frames, of one size and of many
+        for d in ("c2s", "s2c"):
+            out.append(
+                T(
+                    f"one-way 9000B b32 {d} vs socket [{loop}]",
+                    ">= 2x",
+                    res.ratio(
+                        f"one-way/memif/9000B/b32/{d}/{loop}", f"one-way/socket/9000B/b32/{loop}"
+                    ),
+                    2.0,
+                )
+            )
+        for d in ("c2s", "s2c"):
+            out.append(
+                T(
+                    f"mixed 2100-9000B / 9000B b32 {d}, bytes/s [{loop}]",
+                    ">= 1x",
+                    res.bytes_ratio(
+                        f"one-way/memif/2100-9000B/b32/{d}/{loop}",
+                        f"one-way/memif/9000B/b32/{d}/{loop}",
+                    ),
+                    1.0,
                 )
             )
     for role in ("client", "server"):

@@ -5,7 +5,8 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
 - one-way: aiomemif client -> server (c2s) and server -> client (s2c), 64, 512, 1500 and
   9000 bytes (9000 travels as 5-buffer chains), batches of 1, 32 and 256, per event loop,
   next to an asyncio ``SOCK_SEQPACKET`` socketpair doing the same transfer (the "socket"
-  ratio);
+  ratio); and mixed-size chains at batch 32 (sizes 2100..9000 cycling, memif only: their
+  bytes per second against the 9000 B case); 9000 B b32 runs ``--repeat`` times;
 - zero-copy: 1500 B, the receiver takes up to 256 packets per call (the default) and reads
   every packet's first and last byte in place through its memoryview; the sender copies
   batches of 32 (``send_batch``) or writes them in place (``alloc``, ``TxBuffers.views``,
@@ -66,6 +67,9 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results.json"
 SIZES = (64, 512, 1500, 9000)
 BATCHES = (1, 32, 256)
+#: The mixed-size chains of the one-way group: 2100..9000 bytes (2 to 5 buffers), cycling.
+MIXED_SIZES = tuple(range(2100, 9001, 230))
+MIXED = "2100-9000B"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -85,7 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=0,
-        help="runs of the key cases: 64 B b32 and 1500 B zero-copy c2s (3; quick 1)",
+        help="runs of the key cases: 64 B b32, 9000 B b32 (one size and mixed) and\n"
+        "1500 B zero-copy c2s (3; quick 1)",
     )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results ({DEFAULT_JSON})")
     p.add_argument("--plot", type=Path, help="PNG path (default: next to --json, if matplotlib)")
@@ -213,7 +218,7 @@ class Suite(PeerSteps):
                 profile=prof,
             )
             cpus = f"rx{pins[0]} tx{pins[1]}"
-            rec = Record(rid, group, label, loop, cpus, "rate", size=spec.size)
+            rec = Record(rid, group, label, loop, cpus, "rate", size=round(spec.mean_size()))
             rx, tx = res["receiver"], res["sender"]
             diag = (
                 f"rx sleeps {rx.get('interrupt_sleeps', '-')}, tx full {tx.get('ring_full', '-')}"
@@ -223,6 +228,7 @@ class Suite(PeerSteps):
         self.add([rid], run)
 
     def oneway(self, loop: str, size: int, batch: int, kinds: Sequence[str]) -> None:
+        """One-way cases of ``kinds`` (and after 9000 B b32 memif ones, the mixed sizes)."""
         pins = (self.a, self.b)
         for kind in kinds:
             if kind == "socket":
@@ -244,6 +250,25 @@ class Suite(PeerSteps):
                 tx_batch=batch,
                 rx_batch=batch,
                 **extra,
+            )
+        if (size, batch) == (9000, 32) and "c2s" in kinds:
+            self.mixed(loop, batch)
+
+    def mixed(self, loop: str, batch: int) -> None:
+        """memif one way, the batch cycling through MIXED_SIZES (against 9000 B, bytes/s)."""
+        for kind in ("c2s", "s2c"):
+            self.flow(
+                f"one-way/memif/{MIXED}/b{batch}/{kind}/{loop}",
+                "one-way",
+                f"memif {MIXED} b{batch} {kind}",
+                loop,
+                "memif",
+                (self.a, self.b),
+                size=9000,
+                sizes=MIXED_SIZES,
+                tx_batch=batch,
+                rx_batch=batch,
+                direction=kind,
             )
 
     def zero_copy(self, loop: str, direction: str, style: str) -> None:
@@ -268,13 +293,16 @@ class Suite(PeerSteps):
         pins = (self.a, self.b)
         if not q:
             self.c_sessions()
-        # Key comparison first, interleaved and repeated: memif 64 B b32 both ways vs socket.
+        # Key comparisons first, interleaved and repeated: memif 64 B b32 both ways vs
+        # socket, and (full runs) 9000 B chains b32, of one size and of mixed sizes.
+        key = [(64, 32)] if q else [(64, 32), (9000, 32)]
         for _ in range(self.args.repeat):
-            self.oneway(loops[0], 64, 32, ("c2s", "s2c", "socket"))
+            for size, batch in key:
+                self.oneway(loops[0], size, batch, ("c2s", "s2c", "socket"))
         for loop in loops:
             for size in (1500,) if q else SIZES:
                 for batch in (32,) if q else BATCHES:
-                    if (size, batch, loop) != (64, 32, loops[0]):
+                    if (size, batch) not in key or loop != loops[0]:
                         self.oneway(
                             loop, size, batch, ("socket",) if q else ("socket", "c2s", "s2c")
                         )

@@ -125,8 +125,7 @@ class TxBuffers(Sequence[TxBuffer]):
     def _all(self) -> list[TxBuffer]:
         if self._buffers is None:
             res = self._reserved
-            size = res.lengths[0]  # every packet of a reservation has the reserved size
-            self._buffers = [TxBuffer(segs, size) for segs in res.per_packet()]
+            self._buffers = [TxBuffer(segs, res.size) for segs in res.per_packet()]
         return self._buffers
 
     @property

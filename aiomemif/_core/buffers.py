@@ -14,7 +14,14 @@ from typing import final
 
 from ..errors import ExportedBufferError
 
-__all__ = ["ChainedPacket", "Packet", "as_wire_buffer", "exported_error", "release_views"]
+__all__ = [
+    "ChainRun",
+    "ChainedPacket",
+    "Packet",
+    "as_wire_buffer",
+    "exported_error",
+    "release_views",
+]
 
 
 def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
@@ -40,27 +47,118 @@ def as_wire_buffer(packet: object) -> memoryview | bytes | bytearray:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+class ChainRun:
+    """The received chains of one poll whose segment views are not made yet.
+
+    ``view`` is the region's view and ``offsets`` / ``lengths`` the checked descriptors of
+    the whole run; each chain knows its index range in them. The first chain asked for
+    its segments gets its own views; when a second one is asked, every chain of the run
+    gets them in one pass. A receiver that reads no segments (it counts, forwards or
+    copies out) makes no view, one that reads them all pays about what making them all
+    at once costs.
+    """
+
+    __slots__ = ("lengths", "offsets", "packets", "touched", "view")
+
+    def __init__(self, view: memoryview, offsets: list[int], lengths: list[int]) -> None:
+        self.view = view
+        self.offsets = offsets
+        self.lengths = lengths
+        #: The chains still without views.
+        self.packets: list[ChainedPacket] = []
+        self.touched = False
+
+    def cut(self, first: int, end: int) -> tuple[memoryview, ...]:
+        """The views of descriptors ``first`` to ``end`` (excluded) of the run.
+
+        Raises:
+            ValueError: the region's view was released (the link is gone).
+        """
+        view = self.view
+        pieces = zip(self.offsets[first:end], self.lengths[first:end], strict=True)
+        return tuple([view[o : o + n] for o, n in pieces])
+
+    def make_all(self) -> None:
+        """Give every chain of the run still without views its segments, in one pass.
+
+        Raises:
+            ValueError: as :meth:`cut`.
+        """
+        view = self.view
+        views = tuple([view[o : o + n] for o, n in zip(self.offsets, self.lengths, strict=True)])
+        for packet in self.packets:
+            if packet._segments is None:
+                first, end = packet._at
+                packet._give(views[first:end])
+        self.packets = []
+
+
 @final
 class ChainedPacket:
     """A packet that arrived in several buffers (a NEXT chain), without copying.
 
     ``segments`` are views into shared memory, valid as long as the batch that holds the
     packet. ``len()`` is the total size; ``bytes()`` (or :meth:`tobytes`) joins a copy.
+    A received chain makes its views when ``segments`` is first read (:class:`ChainRun`).
     """
 
-    __slots__ = ("_length", "segments")
+    __slots__ = ("_at", "_length", "_live", "_run", "_segments")
 
     def __init__(self, segments: Sequence[memoryview]) -> None:
-        self.segments = tuple(segments)
-        self._length = sum(len(s) for s in self.segments)
+        self._segments: tuple[memoryview, ...] | None = tuple(segments)
+        self._length = sum(len(s) for s in self._segments)
+        self._run: ChainRun | None = None
+        self._at = (0, 0)
+        self._live = True
 
     @classmethod
     def _of(cls, segments: tuple[memoryview, ...], length: int) -> ChainedPacket:
         """A packet from segments whose total length the caller already knows."""
         packet = cls.__new__(cls)
-        packet.segments = segments
+        packet._segments = segments
         packet._length = length
+        packet._run = None
+        packet._live = True
         return packet
+
+    @classmethod
+    def _later(cls, run: ChainRun, at: tuple[int, int], length: int) -> ChainedPacket:
+        """A packet of ``length`` bytes, descriptors ``at`` (first, end) of ``run``, whose
+        views are made when first asked for."""
+        packet = cls.__new__(cls)
+        packet._segments = None
+        packet._run = run
+        packet._at = at
+        packet._length = length
+        packet._live = True
+        return packet
+
+    def _give(self, segments: tuple[memoryview, ...]) -> None:
+        self._segments = segments
+        self._run = None
+        if not self._live:  # released before they were made: they are made released
+            for seg in segments:
+                seg.release()
+
+    @property
+    def segments(self) -> tuple[memoryview, ...]:
+        """The views of the packet's buffers, in order.
+
+        Raises:
+            ValueError: they were first asked for after the link's memory was unmapped.
+        """
+        segs = self._segments
+        if segs is None:
+            run = self._run
+            assert run is not None  # (no segments yet: they are in a run)
+            if run.touched:  # a second chain of the run: all of them, in one pass
+                run.make_all()
+            else:
+                run.touched = True
+                self._give(run.cut(*self._at))
+            segs = self._segments
+            assert segs is not None
+        return segs
 
     def __len__(self) -> int:
         return self._length
@@ -87,13 +185,17 @@ class ChainedPacket:
         return self._length
 
     def release(self) -> None:
-        """Release every segment view.
+        """Release every segment view (their use raises ValueError from now on).
 
         Raises:
             BufferError: a segment is still exported (the others are released).
         """
+        self._live = False
+        segments = self._segments
+        if segments is None:  # no view was made: none to release
+            return
         held = False
-        for seg in self.segments:
+        for seg in segments:
             try:
                 seg.release()
             except BufferError:
@@ -114,6 +216,13 @@ def release_views(
 ) -> tuple[int, ...]:
     """Release ``views[i]`` for every ``i`` in ``indices`` (all by default), whatever
     fails; return the indexes of those still exported (not released)."""
+    if indices is None:  # first a plain pass (the usual case: nothing is exported)
+        try:
+            for view in views:
+                view.release()
+            return ()
+        except BufferError:
+            pass  # then one by one (releasing a view again does nothing)
     exported: list[int] = []
     for i in range(len(views)) if indices is None else indices:
         try:

@@ -8,14 +8,19 @@ in two rings at once).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, repeat
+from operator import sub
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
+from .chains import ChainShapes, columns, pick, whole
 from .ring import QueueCounters, Ring
 from .rx import ClientRx
+from .slices import SliceTable
 from .tx import (
     MAX_PACKET,
     ByteSink,
@@ -24,8 +29,11 @@ from .tx import (
     _bad_size,
     _chain_columns,
     _copy_chains,
+    _copy_pieces,
+    _copy_run,
     _count_sent,
     _never_fits,
+    _run_of,
     _too_large,
 )
 
@@ -64,13 +72,23 @@ class ClientTx(TxEndpoint):
         #: Where each slot's data starts (its buffer + headroom): the offset its descriptor
         #: carries for a copied packet.
         self.data = array("I", (b + headroom for b in buffers))
+        #: The same offsets as a list (its ints compare by identity in :attr:`cuts`).
+        self.data_list = self.data.tolist()
+        #: Slices that cut the views of zero-copy reservations.
+        self.cuts = SliceTable(ring.size)
+        #: The descriptors of packets of each size, for runs of chains of many sizes.
+        self.shapes = ChainShapes(self.capacity)
+        #: Per slot, 1 if the next slot's data starts where this slot's capacity ends (a
+        #: chain over them is then one piece of memory, copied in one go).
+        self.follows = bytearray(ring.size)
+        self._set_follows(range(ring.size))
         #: Slots still to be written in full (flags, offset) before every descriptor is
         #: known to hold flags 0 and its slot's data offset; until then the bulk path
         #: rewrites those words too. Chains and forwarding make the ring dirty again.
         self.dirty = ring.size
         #: Where copies go: the region's mmap if the OS layer gave it (faster), else the view.
         self.sink: ByteSink = region if sink is None else sink
-        self._plain_limit = self.capacity
+        self._plain_limit = min(MAX_PACKET, self.capacity * ring.size)
 
     def drop_sinks(self) -> None:
         """The link is down: stop referring to the region's mmap, so that a mapping a
@@ -123,19 +141,62 @@ class ClientTx(TxEndpoint):
 
     def _write_chains(self, seq: Sequence[Any], size: int, free: int, cap: int) -> int:
         """:meth:`write` of packets that all have the same size, over one buffer: each is
-        a chain of ``k`` buffers; as many whole chains as fit."""
+        a chain of ``k`` buffers; as many whole chains as fit. Where each chain's buffers
+        follow each other in memory, a packet is one copy."""
         head = self.head
         k = -(-size // cap)
         count = min(len(seq), free // k)
         if not count:
             return 0
         offsets = self._data_run(head, count * k)
-        if not _copy_chains(self.sink, offsets, seq[:count], size, cap):
+        gaps = self._gaps(head, count * k)
+        if gaps.count(0) == gaps[k - 1 :: k].count(0):  # no gap inside a chain
+            copied = _copy_run(self.sink, offsets[::k], seq[:count], (), size)
+        else:
+            copied = _copy_chains(self.sink, offsets, seq[:count], size, cap, gaps)
+        if not copied:
             return self._write_each(seq, 0, free)
         lengths, flags = _chain_columns(size, cap, count)
         self._publish_at(lengths, offsets, flags)  # (the offsets the copy just used)
         self.counters.chained += count
         return _count_sent(self.counters, count, size * count)
+
+    def _write_mixed(self, seq: Sequence[Any], lengths: list[int], free: int, cap: int) -> int:
+        lens, flags, ks = self.shapes.of(lengths)
+        if max(ks) > self.ring.size:
+            return self._write_each(seq, 0, free)  # it reports the packet
+        ends = list(accumulate(ks))
+        count = bisect_right(ends, free)  # whole packets that fit
+        if not count:
+            return 0
+        ends = ends[:count]
+        used = ends[-1]
+        offsets = self._data_run(self.head, used)
+        gaps = self._gaps(self.head, used)
+        if whole(gaps, list(map(sub, ends, repeat(1)))):  # every packet in one piece
+            firsts = pick(offsets, [0, *ends[:-1]])
+            copied = _copy_run(self.sink, firsts, _run_of(seq, 0, count), lengths, 0)
+        else:
+            copied = _copy_pieces(self.sink, offsets, seq, lengths, ends, cap, gaps)
+        if not copied:
+            return self._write_each(seq, 0, free)
+        lengths_column, flags_column = columns(lens, flags, count)
+        self._publish_at(lengths_column, offsets, flags_column)
+        self.counters.chained += count - ks[:count].count(1)
+        return _count_sent(self.counters, count, sum(lengths[:count]))
+
+    def _gaps(self, start: int, count: int) -> bytes:
+        """:attr:`follows` of ``count`` slots from free-running index ``start`` (wrapping)."""
+        s, size, follows = start & self.ring.mask, self.ring.size, self.follows
+        if s + count <= size:
+            return bytes(follows[s : s + count])
+        return bytes(follows[s:] + follows[: s + count - size])
+
+    def _set_follows(self, slots: Iterable[int]) -> None:
+        """Recompute :attr:`follows` of these slots (their data offsets are current)."""
+        data, mask, cap = self.data, self.ring.mask, self.capacity
+        for s in slots:
+            self.follows[s & mask] = data[(s + 1) & mask] == data[s & mask] + cap
 
     def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:
         """:meth:`write` of one packet that fits one buffer (else the general path)."""
@@ -239,40 +300,49 @@ class ClientTx(TxEndpoint):
         """
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")
-        if not 0 < size <= MAX_PACKET:
-            raise _bad_size(size)
+        ring_size = self.ring.size
         cap = self.capacity
-        nseg = -(-size // cap)
-        if nseg > self.ring.size:
-            raise _too_large(size, f"needs {nseg} buffers; the ring has {self.ring.size}")
-        if count * nseg > self.ring.size:
-            raise _never_fits(count, size, count * nseg, self.ring.size)
-        if count * nseg > self.free():
-            return None
-        res = TxReservation(self.head)
-        if nseg == 1:  # one buffer each: views straight from the data offsets
-            region = self.region
-            res.views = [region[o : o + size] for o in self._data_run(self.head, count)]
-            res.lengths = [size] * count
+        if 0 < size <= cap:  # one buffer each: views straight from the data offsets
+            if count > ring_size:
+                raise _never_fits(count, size, count, ring_size)
+            if count > self.free():
+                return None
+            res = TxReservation(self.head, size)
+            res.views = self._views(count, [size] * count)
             res.used = count
             self.reservation = res
             return res
-        mask, bufs, room = self.ring.mask, self.buffers, self.headroom
-        slot = self.head
-        for _ in range(count):
-            segs = []
-            left = size
-            for _k in range(nseg):
-                o = bufs[slot & mask] + room
-                take = min(cap, left)
-                segs.append(self.region[o : o + take])
-                left -= take
-                slot += 1
-            res.segments.append(segs)
-            res.lengths.append(size)
-        res.used = count * nseg
+        if not 0 < size <= MAX_PACKET:
+            raise _bad_size(size)
+        nseg = -(-size // cap)
+        if nseg > ring_size:
+            raise _too_large(size, f"needs {nseg} buffers; the ring has {ring_size}")
+        used = count * nseg
+        if used > ring_size:
+            raise _never_fits(count, size, used, ring_size)
+        if used > self.free():
+            return None
+        res = TxReservation(self.head, size)
+        views = self._views(used, ([cap] * (nseg - 1) + [size - cap * (nseg - 1)]) * count)
+        res.segments = list(map(list, zip(*[iter(views)] * nseg, strict=True)))
+        res.used = used
         self.reservation = res
         return res
+
+    def _views(self, count: int, lengths: list[int]) -> tuple[memoryview, ...]:
+        """Views of ``lengths[k]`` bytes at the data offsets of ``count`` slots from head."""
+        s, ring_size, data, region = (
+            self.head & self.ring.mask,
+            self.ring.size,
+            self.data_list,
+            self.region,
+        )
+        if s + count <= ring_size:
+            return self.cuts.cut(region, s, data[s : s + count], lengths)
+        first = ring_size - s
+        return self.cuts.cut(region, s, data[s:], lengths[:first]) + self.cuts.cut(
+            region, 0, data[: count - first], lengths[first:]
+        )
 
     # -- zero-copy forwarding --------------------------------------------------------
     def forward_from(
@@ -340,7 +410,8 @@ class ClientTx(TxEndpoint):
             s = (self.head + k) & mask
             r = rx_slot & rx_mask
             bufs[s], rx_buffers[r] = rx_buffers[r], bufs[s]
-            self.data[s] = bufs[s] + self.headroom
+            self.data[s] = self.data_list[s] = bufs[s] + self.headroom
+            self._set_follows((s - 1, s))
             lens.append(length)
             offs.append(off)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start

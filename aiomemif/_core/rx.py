@@ -13,12 +13,15 @@ slots still returned.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
-from itertools import islice
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, islice, repeat
+from operator import add, sub
+from typing import cast
 
 from ..errors import RemoteProtocolError
 from . import wire as w
-from .buffers import ChainedPacket, Packet
+from .buffers import ChainedPacket, ChainRun, Packet
+from .chains import pick
 from .descriptors import (
     CheckedRuns,
     OfferedBuffers,
@@ -126,8 +129,8 @@ class RxEndpoint:
         run = check_run(raw, slot, self.sizes, memo, limit=self.max_frame, shadow=self.shadow)
         if run is not None:
             return self._views(start, *run)
-        if raw[0] | raw[1] << 8 == _NEXT:  # a chain first: perhaps a run of equal ones
-            chains = self._collect_chains(start, count, limit, raw)
+        if _NEXT in raw[0::16]:  # chains: perhaps a run of whole packets in one region
+            chains = self._collect_chains(start, count, limit)
             if chains is not None:
                 return chains
         return self._collect_each(start, count, limit)
@@ -143,47 +146,84 @@ class RxEndpoint:
         pkts = [mv[o : o + k] for o, k in zip(offsets, lengths, strict=True)]
         return self._took(pkts, start, n, None, sum(lengths))
 
-    def _collect_chains(self, start: int, count: int, limit: int, raw: bytes) -> RxRun | None:
-        """:meth:`_collect` of a run of equally long chains in one region (jumbo frames of
-        one size), or None for anything else (a chain over ``max_frame`` too). Only whole
-        chains are taken."""
-        head = memoryview(raw).cast("I")[0::4].tolist()
-        first = head[0]
-        end = first ^ _NEXT  # the last descriptor of a chain: same region, no flags
-        try:
-            k = head.index(end) + 1
-        except ValueError:
-            if len(head) == count:
-                return None  # no chain ends inside the published slots
-            k = 0
-        if not k:  # the first chain is longer than what we read: read more
-            head = memoryview(self.ring.snapshot(start, count)).cast("I")[0::4].tolist()
-            if end not in head:
-                return None
-            k = head.index(end) + 1
-        m = min(count // k, limit)
-        used = m * k
-        if m < limit and used < count:
-            return None  # something else follows: the general path takes it all
-        words = memoryview(self.ring.snapshot(start, used)).cast("I")
-        head = words[0::4].tolist()
-        lengths, offsets = words[1::4].tolist(), words[2::4].tolist()
-        region = end >> 16
-        if head != ([first] * (k - 1) + [end]) * m or not self._run_ok(
-            region, lengths, offsets, start & self.ring.mask
+    def _collect_chains(self, start: int, count: int, limit: int) -> RxRun | None:
+        """:meth:`_collect` of a run of whole packets, chains among them (jumbo frames of
+        one size or of many), all in one region with no flag but NEXT, or None for
+        anything else: a bad descriptor, a chain over ``max_frame``, a chain cut off by
+        the published index, or a run the bulk check refuses. Up to ``limit`` packets."""
+        ring = self.ring
+        raw = ring.snapshot(start, count)  # the one copy that is checked and used
+        # The low flag bytes: 1 (NEXT) inside a chain, 0 at the end of each packet. What
+        # they say is trusted only once the whole flags/region column agrees below.
+        flags = raw[0::16]
+        k = flags.find(0) + 1  # the first packet's buffers
+        m = min(count // k, limit) if k else 0
+        same = m and flags[: m * k] == flags[:k] * m and (m == limit or m * k == count)
+        if same:  # packets of k buffers each (jumbo frames of one size)
+            ks = [k - 1] * m
+        else:
+            parts = flags.split(b"\x00", limit)
+            m = len(parts) - 1  # packets that end inside what was published (to limit)
+            ks = list(map(len, parts[:m]))  # per packet, its buffers but one
+        used = sum(ks) + m
+        if not m or (m < limit and used < count):
+            return None  # nothing whole, or something else follows: the general path
+        # Every flags word NEXT (or 0 at a packet's end, as found), one region: compared
+        # as byte columns, without making ints.
+        end = 16 * used
+        high, reg_lo, reg_hi = raw[1:end:16], raw[2:end:16], raw[3:end:16]
+        if (
+            flags.count(1, 0, used) != used - m
+            or high.count(0) != used
+            or reg_lo.count(reg_lo[0]) != used
+            or reg_hi.count(reg_hi[0]) != used
         ):
             return None
-        totals = [sum(lengths[i : i + k]) for i in range(0, used, k)]
-        if max(totals) > self.max_frame:
-            return None
+        region = reg_lo[0] | reg_hi[0] << 8
+        words = memoryview(raw)[:end].cast("I")
+        offsets = words[2::4].tolist()
+        slot = start & ring.mask
+        column = words[1::4]
+        if same and column.tobytes() == column[:k].tobytes() * m:
+            # Chains alike in every length (jumbo frames of one size): one chain's lengths
+            # stand for the run's in the bulk check, and give every total.
+            lengths = column[:k].tolist()
+            if not self._run_ok(region, lengths, offsets, slot) or sum(lengths) > self.max_frame:
+                return None
+            total = sum(lengths)
+            lengths *= m
+            firsts: Iterable[int] = range(0, used, k)
+            ends: Iterable[int] = range(k, used + k, k)
+            totals: Iterable[int] = repeat(total, m)
+            nbytes = total * m
+        else:
+            lengths = column.tolist()
+            if not self._run_ok(region, lengths, offsets, slot):
+                return None
+            ends = list(accumulate(map(add, ks, repeat(1))))
+            firsts = [0, *ends[:-1]]
+            prefix = [0, *accumulate(lengths)]
+            totals = list(map(sub, pick(prefix, ends), pick(prefix, firsts)))
+            if max(totals) > self.max_frame:
+                return None
+            nbytes = prefix[-1]
         mv = self.regions[region]
-        views = [mv[o : o + n] for o, n in zip(offsets, lengths, strict=True)]
-        pkts: list[Packet] = [
-            ChainedPacket._of(tuple(views[i : i + k]), totals[j])
-            for j, i in enumerate(range(0, used, k))
-        ]
-        slots = list(range(start, start + used, k))
-        return self._took(pkts, start, used, slots, sum(totals), chained=m)
+        run = ChainRun(mv, offsets, lengths)
+        spans = zip(firsts, ends)  # noqa: B905 (both have one item per packet)
+        chained = m - ks.count(0)
+        if chained == m:
+            run.packets = list(map(ChainedPacket._later, repeat(run), spans, totals))
+            pkts: list[Packet] = cast("list[Packet]", run.packets)  # (the same list)
+        else:  # one-buffer packets among the chains: plain views, as everywhere
+            pkts = [
+                ChainedPacket._later(run, (a, b), t)
+                if b - a > 1
+                else mv[offsets[a] : offsets[a] + t]
+                for (a, b), t in zip(spans, totals, strict=True)
+            ]
+            run.packets = [p for p in pkts if isinstance(p, ChainedPacket)]
+        slots = list(map(add, firsts, repeat(start)))
+        return self._took(pkts, start, used, slots, nbytes, chained=chained)
 
     def _collect_one(self, start: int, count: int, limit: int) -> RxRun:
         """:meth:`_collect` of a single unchained descriptor (else the general path)."""

@@ -8,14 +8,19 @@ chained over consecutive slots, as in :mod:`aiomemif._core.client_tx`.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate, repeat
+from operator import sub
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
+from .chains import ChainShapes, columns, offset_gaps, pick, whole
 from .descriptors import CheckedRuns, check_run, descriptor_ok, each_ok
 from .ring import QueueCounters, Ring
+from .slices import SliceTable
 from .tx import (
     MAX_PACKET,
     ByteSink,
@@ -24,8 +29,11 @@ from .tx import (
     _bad_size,
     _chain_columns,
     _copy_chains,
+    _copy_pieces,
+    _copy_run,
     _count_sent,
     _never_fits,
+    _run_of,
     _too_large,
 )
 
@@ -69,6 +77,15 @@ class ServerTx(TxEndpoint):
         self.reservation: TxReservation | None = None
         #: Offered runs that passed the checks, with their offsets and capacities.
         self.checked = CheckedRuns(ring.size)
+        #: Slices that cut the views of zero-copy reservations, per region.
+        self.cuts = [SliceTable(ring.size) for _ in self.regions]
+        #: Per offered capacity, the descriptors of packets of each size (mixed runs).
+        self.shapes: dict[int, ChainShapes] = {}
+        #: Which offered buffers adjoin the next slot's (:meth:`_gaps`), for the offsets
+        #: and the capacity they were found with.
+        self._adjoin = bytearray(ring.size)
+        self._adjoin_offsets = [-1] * ring.size
+        self._adjoin_cap = -1
 
     def drop_sinks(self) -> None:
         """The link is down: stop referring to the regions' mmaps, so that a mapping a
@@ -162,14 +179,86 @@ class ServerTx(TxEndpoint):
         cap = caps[0]
         if caps.count(cap) != len(caps) or -(-size // cap) != k:  # uneven or smaller offers
             return self._write_each(seq, 0, avail)  # fit each packet on its own
-        if not _copy_chains(self.sinks[region], offsets, seq[:count], size, cap):
+        gaps = self._gaps(offsets, cap)
+        if gaps.count(0) == gaps[k - 1 :: k].count(0):  # each chain one piece of memory
+            copied = _copy_run(self.sinks[region], offsets[::k], seq[:count], (), size)
+        else:
+            copied = _copy_chains(self.sinks[region], offsets, seq[:count], size, cap, gaps)
+        if not copied:
             return self._write_each(seq, 0, avail)
         self._publish(*_chain_columns(size, cap, count))
         self.counters.chained += count
         _count_sent(self.counters, count, size * count)
-        if count < len(seq) and avail > count * k:  # offers left over: maybe a bigger one
-            count += self._write_each(seq, count, avail - count * k)
+        return self._and_the_rest(seq, count, avail - count * k)
+
+    def _write_mixed(self, seq: Sequence[Any], lengths: list[int], avail: int, cap: int) -> int:
+        shapes = self.shapes.get(cap)
+        if shapes is None:
+            shapes = self.shapes[cap] = ChainShapes(cap)
+        lens, flags, ks = shapes.of(lengths)
+        ends = list(accumulate(ks))
+        count = bisect_right(ends, avail)  # whole packets that fit, if every offer is cap
+        run = self._offered_run(ends[count - 1]) if count else None
+        if run is None:
+            return self._write_each(seq, 0, avail)
+        ends = ends[:count]
+        region, offsets, caps = run
+        if caps.count(cap) != len(caps):
+            return self._write_each(seq, 0, avail)  # uneven offers: fit each packet alone
+        sink = self.sinks[region]
+        gaps = self._gaps(offsets, cap)
+        if whole(gaps, list(map(sub, ends, repeat(1)))):  # every packet in one piece
+            firsts = pick(offsets, [0, *ends[:-1]])
+            copied = _copy_run(sink, firsts, _run_of(seq, 0, count), lengths, 0)
+        else:
+            copied = _copy_pieces(sink, offsets, seq, lengths, ends, cap, gaps)
+        if not copied:
+            return self._write_each(seq, 0, avail)
+        self._publish(*columns(lens, flags, count))
+        self.counters.chained += count - ks[:count].count(1)
+        _count_sent(self.counters, count, sum(lengths[:count]))
+        return self._and_the_rest(seq, count, avail - ends[-1])
+
+    def _gaps(self, offsets: list[int], cap: int) -> bytes:
+        """:func:`~aiomemif._core.chains.offset_gaps` of the offered run from tail,
+        remembered per slot: a client offers the same buffers lap after lap."""
+        s = self.tail & self.ring.mask
+        e = s + len(offsets)
+        if e > self.ring.size:  # (a run across the ring's end: afresh)
+            return offset_gaps(offsets, cap)
+        if cap == self._adjoin_cap and self._adjoin_offsets[s:e] == offsets:
+            return bytes(self._adjoin[s : e - 1]) + b"\x00"  # (the last: not this run's)
+        gaps = offset_gaps(offsets, cap)
+        if cap != self._adjoin_cap:
+            self._adjoin_offsets = [-1] * self.ring.size
+            self._adjoin_cap = cap
+        self._adjoin_offsets[s:e] = offsets
+        self._adjoin[s:e] = gaps
+        return gaps
+
+    def _and_the_rest(self, seq: Sequence[Any], count: int, avail: int) -> int:
+        """After ``count`` packets of ``seq`` went in bulk: offers left over may still take
+        more (a larger one); the per-packet path decides. Returns the packets sent."""
+        if count < len(seq) and avail > 0:
+            count += self._write_each(seq, count, avail)
         return count
+
+    def _views(self, region: int, offsets: list[int], size: int) -> tuple[memoryview, ...]:
+        """Views of ``size`` bytes at ``offsets`` in ``region``, the checked offered run
+        from tail."""
+        s, ring_size, cut, view = (
+            self.tail & self.ring.mask,
+            self.ring.size,
+            self.cuts[region],
+            self.regions[region],
+        )
+        count = len(offsets)
+        if s + count <= ring_size:
+            return cut.cut_equal(view, s, offsets, size)
+        first = ring_size - s
+        return cut.cut_equal(view, s, offsets[:first], size) + cut.cut_equal(
+            view, 0, offsets[first:], size
+        )
 
     def _offered_run(self, n: int) -> tuple[int, list[int], list[int]] | None:
         """The ``n`` offered slots from tail as (region, offsets, capacities), read from one
@@ -300,12 +389,10 @@ class ServerTx(TxEndpoint):
         if not 0 < size <= MAX_PACKET:
             raise _bad_size(size)
         avail = self.free()
-        res = TxReservation(self.tail)
+        res = TxReservation(self.tail, size)
         run = self._offered_run(count) if count <= avail else None
         if run is not None and size <= min(run[2]):  # one usable buffer each, in bulk
-            region = self.regions[run[0]]
-            res.views = [region[o : o + size] for o in run[1]]
-            res.lengths = [size] * count
+            res.views = self._views(run[0], run[1], size)
             res.used = count
             self.reservation = res
             return res
@@ -324,7 +411,6 @@ class ServerTx(TxEndpoint):
             first, segs, _bad = plan
             res.empty.extend(range(pos, first))  # unusable slots, published empty
             res.segments.append([self.regions[r][o : o + t] for r, o, t in segs])
-            res.lengths.append(size)
             pos = first + len(segs)
         res.used = pos
         self.reservation = res

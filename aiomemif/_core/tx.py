@@ -29,16 +29,16 @@ MAX_PACKET = 65535
 class TxReservation:
     """Slots reserved for zero-copy transmit: writable views, published by ``commit``."""
 
-    __slots__ = ("empty", "lengths", "segments", "start", "used", "views")
+    __slots__ = ("empty", "segments", "size", "start", "used", "views")
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, size: int) -> None:
         self.start = start
+        #: The reserved size of every packet.
+        self.size = size
         #: One buffer per packet: the packets' writable views (then ``segments`` is empty).
-        self.views: list[memoryview] | None = None
+        self.views: tuple[memoryview, ...] | None = None
         #: Otherwise, per packet, the writable segment views (several for a chain).
         self.segments: list[list[memoryview]] = []
-        #: Per packet, the requested length.
-        self.lengths: list[int] = []
         #: Slots (relative to ``start``) the peer offered unusably: published empty.
         self.empty: list[int] = []
         self.used = 0
@@ -48,7 +48,7 @@ class TxReservation:
         """Packets reserved."""
         return len(self.views) if self.views is not None else len(self.segments)
 
-    def one_view_each(self) -> list[memoryview] | None:
+    def one_view_each(self) -> Sequence[memoryview] | None:
         """Every packet's only view if none is chained (also when the reservation was made
         packet by packet, around unusable offers), else None."""
         if self.views is not None:
@@ -167,21 +167,65 @@ def _length_column(lengths: list[int], same: bool) -> array[int]:
 
 
 def _copy_chains(
-    sink: ByteSink, offsets: Sequence[int], seq: Sequence[Any], size: int, seg: int
+    sink: ByteSink,
+    offsets: Sequence[int],
+    seq: Sequence[Any],
+    size: int,
+    seg: int,
+    gaps: bytes = b"",
 ) -> bool:
     """Copy each ``size``-byte packet of ``seq`` in ``seg``-byte pieces to consecutive
-    ``offsets``. False as :func:`_copy_run`."""
+    ``offsets`` (with ``gaps``, as for :func:`~aiomemif._core.chains.whole`: in one piece
+    where no gap falls inside the packet's buffers). False as :func:`_copy_run`."""
     k = -(-size // seg)
     cuts = [(j * seg, min(seg, size - j * seg)) for j in range(k)]
-    slot = iter(offsets)
     try:
-        for p in seq:
+        for i, p in enumerate(seq):
+            first = i * k
+            if gaps and gaps.find(0, first, first + k - 1) < 0:
+                o = offsets[first]
+                sink[o : o + size] = p
+                continue
             view = memoryview(p)
             if view.format != "B" or view.ndim != 1:
                 return False
-            for at, n in cuts:
-                o = next(slot)
+            for j, (at, n) in enumerate(cuts):
+                o = offsets[first + j]
                 sink[o : o + n] = view[at : at + n]
+    except (TypeError, ValueError, IndexError, BufferError):
+        return False
+    return True
+
+
+def _copy_pieces(
+    sink: ByteSink,
+    offsets: Sequence[int],
+    seq: Sequence[Any],
+    lengths: Sequence[int],
+    ends: Sequence[int],
+    cap: int,
+    gaps: bytes,
+) -> bool:
+    """Copy packet ``i`` of ``seq`` (``lengths[i]`` bytes) into the ``cap``-byte buffers
+    at ``offsets`` up to index ``ends[i]``: in one piece where no gap (as for
+    :func:`~aiomemif._core.chains.whole`) falls inside it, else buffer by buffer. False as
+    :func:`_copy_run`."""
+    first = 0
+    try:
+        for p, n, end in zip(seq, lengths, ends):  # noqa: B905 (ends: one per packet)
+            if gaps.find(0, first, end - 1) < 0:
+                o = offsets[first]
+                sink[o : o + n] = p
+            else:
+                view = memoryview(p)
+                if view.format != "B" or view.ndim != 1 or view.nbytes != n:
+                    return False
+                for j in range(first, end):
+                    at = (j - first) * cap
+                    o = offsets[j]
+                    take = min(cap, n - at)
+                    sink[o : o + take] = view[at : at + take]
+            first = end
     except (TypeError, ValueError, IndexError, BufferError):
         return False
     return True
@@ -227,7 +271,8 @@ class TxEndpoint:
     ring: Ring
     counters: QueueCounters
     reservation: TxReservation | None
-    #: The largest packet that certainly needs no chain, for the packet after a run.
+    #: The largest packet that can certainly be sent (alone, into an empty ring), for the
+    #: packet after a run: one that is not is reported by the per-packet path.
     _plain_limit: int
 
     # -- role hooks -------------------------------------------------------------------
@@ -252,6 +297,12 @@ class TxEndpoint:
         raise NotImplementedError
 
     def _write_chains(self, seq: Sequence[Any], size: int, free: int, cap: int) -> int:
+        raise NotImplementedError
+
+    def _write_mixed(self, seq: Sequence[Any], lengths: list[int], free: int, cap: int) -> int:
+        """:meth:`write` of packets of 1..65535 bytes, some over one buffer (``cap``: the
+        smallest capacity of the first slots), as whole packets in bulk where the
+        buffers allow it; else the per-packet path."""
         raise NotImplementedError
 
     # -- the template -----------------------------------------------------------------
@@ -291,6 +342,8 @@ class TxEndpoint:
         if same and cap < size <= MAX_PACKET and -(-size // cap) <= self.ring.size:
             return self._write_chains(seq, size, free, cap)
         if not _all_fit(lengths, same, limit):
+            if not same and min(lengths) > 0 and max(lengths) <= MAX_PACKET:
+                return self._write_mixed(seq, lengths, free, cap)  # chains of many sizes
             return self._write_each(packets, start, free)
         # Every packet fits one buffer. Nothing is visible to the peer until the ring
         # moves, so a packet that turns out not to be plain bytes just sends the whole
@@ -307,9 +360,23 @@ class TxEndpoint:
             LocalProtocolError: not this endpoint's open reservation, a wrong number of
                 lengths, or a length that is 0, above the reserved size or would leave a
                 reserved segment empty.
+            ExportedBufferError: a view is still exported to another object (nothing is
+                sent; the reservation stays open).
         """
         if res is not self.reservation:
             raise LocalProtocolError("not the open reservation of this queue")
+        views = res.views
+        if views is not None and lengths is None:  # one buffer each, all of the reserved size
+            exported = release_views(views)  # the user's views die before the peer may read
+            if exported:
+                raise exported_error("buffer", exported, "nothing was sent")
+            n = len(views)
+            self._publish(_uniform_column(res.size, n), None)
+            self.reservation = None
+            c = self.counters
+            c.packets += n
+            c.bytes += res.size * n
+            return n
         lens, flags = _segment_lengths(res, lengths)
         exported = res.release_views()  # the user's views die before the peer may read
         if exported:
@@ -321,9 +388,8 @@ class TxEndpoint:
         return self._close(res, nbytes, len(res.empty))
 
     def _close(self, res: TxReservation, nbytes: int, bad: int = 0) -> int:
-        """Close a committed reservation: views released, counters updated."""
+        """Close a committed reservation (its views already released): counters updated."""
         self.reservation = None
-        res.release_views()
         c = self.counters
         n = res.count
         c.packets += n
@@ -375,19 +441,20 @@ def _segment_lengths(
     flags: array[int] | None = None
     if lengths is not None and len(lengths) != res.count:
         raise LocalProtocolError("one length per reserved packet is required")
+    size = res.size
     if res.views is not None:  # one buffer per packet, all reserved with the same size
         if lengths is None:
-            return _uniform_column(res.lengths[0], len(res.views)), None
+            return _uniform_column(size, len(res.views)), None
         wanted = list(lengths)
-        if min(wanted) > 0 and max(wanted) <= res.lengths[0]:
+        if min(wanted) > 0 and max(wanted) <= size:
             return array("I", wanted), None
     for p, segs in enumerate(res.per_packet()):
-        want = res.lengths[p] if lengths is None else lengths[p]
-        full = res.lengths[p] - len(segs[-1])
-        if not full < want <= res.lengths[p]:
+        want = size if lengths is None else lengths[p]
+        full = size - len(segs[-1])
+        if not full < want <= size:
             raise LocalProtocolError(
-                f"packet {p} was reserved as {res.lengths[p]} bytes in {len(segs)} buffers; "
-                f"its length must stay in {full + 1}..{res.lengths[p]}"
+                f"packet {p} was reserved as {size} bytes in {len(segs)} buffers; "
+                f"its length must stay in {full + 1}..{size}"
             )
         for k, v in enumerate(segs):
             lens.append(len(v) if k < len(segs) - 1 else want - full)
