@@ -108,19 +108,23 @@ class _Interrupt:
         except RemoteProtocolError as exc:
             self._on_error(exc)  # the connection goes down; waiters get its error
             return
-        self.wake()
+        fut = self._waiter  # (wake(), inlined: this is every interrupt's path)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
 
-    async def wait(self) -> bool:
-        """Sleep until woken (True) or until the safety re-scan timer fires (False), which
-        happens at most ``_SAFETY_RESCAN`` seconds later."""
+    def waiter(self) -> asyncio.Future[bool]:
+        """A future for one sleep: True once woken, False when the safety re-scan timer
+        fires (at most ``_SAFETY_RESCAN`` seconds later). The caller awaits it and then
+        calls :meth:`clear` (a plain future saves a coroutine on every wake-up)."""
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = fut
         if self._safety is None:  # one timer serves consecutive sleeps
             self._safety = self._loop.call_later(_SAFETY_RESCAN, self._rescan)
-        try:
-            return await fut
-        finally:
-            self._waiter = None
+        return fut
+
+    def clear(self) -> None:
+        """The sleep that :meth:`waiter` began is over (woken, timed out or cancelled)."""
+        self._waiter = None
 
     async def nap(self, seconds: float) -> None:
         """Sleep ``seconds`` unless woken first (``wake``/``fail`` reach it like ``wait``)."""
@@ -225,7 +229,9 @@ class RxQueue(QueueBase):
     ) -> None:
         super().__init__(qid, efd, endpoint.counters, on_protocol_error, link)
         self._endpoint = endpoint
-        #: The header word the peer publishes into: tail (M2S, we are the client) or head.
+        #: The ring header (u16 words), and the word the peer publishes into: tail (M2S,
+        #: we are the client) or head.
+        self._header = endpoint.ring.header
         self._published = endpoint.ring.tail_index if isinstance(endpoint, ClientRx) else _HEAD
         self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error)
         self._batch: Batch | None = None
@@ -279,7 +285,7 @@ class RxQueue(QueueBase):
         self._interrupt.wake()
 
     def _mask(self, masked: bool) -> None:
-        header = self._endpoint.ring.header
+        header = self._header
         if masked:
             header[_FLAGS] |= _MASK_INT
         else:
@@ -306,14 +312,21 @@ class RxQueue(QueueBase):
             raise ConfigurationError(f"headroom must be in 0..{ep.buffer_size - 1}")
         ep.set_headroom(headroom)
 
-    def _poll(self, limit: int) -> RxRun:
+    def _poll(self, limit: int) -> RxRun | None:
+        """Take up to ``limit`` packets, releasing the batch in hand first; None if none
+        are waiting. Raises as :meth:`receive`."""
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
         self._check()
         if self._batch is not None:
             self._batch.release()
         ep = self._endpoint
-        if self._ending is not None:
+        if self._ending is None:
+            if self._header[self._published] == ep.read and not ep.held:
+                # Nothing published since our last read: what ep.poll would find (and no
+                # index it could reject), without building an empty run.
+                return None
+        else:
             limit = min(limit, self._drain_left)
             if limit == 0:
                 return self._drained()
@@ -327,7 +340,7 @@ class RxQueue(QueueBase):
             if not run.packets:
                 return self._drained()
             self._drain_left -= len(run.packets)
-        return run
+        return run if run.packets else None
 
     def _end(self, error: MemifError) -> None:
         self._shutdown(error)
@@ -360,15 +373,18 @@ class RxQueue(QueueBase):
         try:
             while True:
                 run = self._poll(max_packets)
-                if run.packets:
+                if run is not None:
                     if self._mode is not RxMode.INTERRUPT:
                         self._last_packet = time.perf_counter()
                     return self._batch_of(run)
-                await self._wait(max_packets)
+                if self._mode is RxMode.INTERRUPT:
+                    await self._sleep()  # (_wait's first case, one coroutine fewer)
+                else:
+                    await self._wait()
         finally:
             self._busy = False
 
-    async def _wait(self, limit: int) -> None:
+    async def _wait(self) -> None:
         mode = self._mode
         if mode is RxMode.INTERRUPT:
             await self._sleep()
@@ -406,16 +422,16 @@ class RxQueue(QueueBase):
         fence()
         try:
             while self._error is None and self._mode is mode and not self._pending():
-                if await interrupt.wait():
+                if await interrupt.waiter():
                     break
         finally:
+            interrupt.clear()
             if self._error is None and self._mode is mode:
                 self._mask(True)
 
     def _pending(self) -> bool:
         """True if the peer has published slots we have not read (no side effects)."""
-        ep = self._endpoint
-        return ep.ring.header[self._published] != ep.read
+        return self._header[self._published] != self._endpoint.read
 
     async def _readable(self) -> None:
         """Wait until the ring has something to read, reading nothing (what
@@ -436,7 +452,7 @@ class RxQueue(QueueBase):
                     if self._batch is not None:
                         return  # the next receive releases it and ends the queue
                     self._drained()
-                await self._wait(DEFAULT_BATCH)
+                await self._wait()
         finally:
             self._busy = False
 
@@ -449,7 +465,7 @@ class RxQueue(QueueBase):
         if self._busy:
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
         run = self._poll(max_packets)
-        if not run.packets:
+        if run is None:
             raise WouldBlockError(f"rx queue {self.qid} is empty")
         return self._batch_of(run)
 
