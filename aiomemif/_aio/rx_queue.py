@@ -70,7 +70,17 @@ class RxMode(enum.Enum):
 
 
 class _Interrupt:
-    """A persistent reader on a ring eventfd that drains it and wakes one waiter."""
+    """A persistent reader on a ring eventfd that wakes one waiter and drains the eventfd.
+
+    A signal that finds a receive asleep wakes it at once and leaves the eventfd as it is:
+    the loop reports it readable once more, after the woken task has run (asyncio and
+    uvloop both run the callbacks a readiness callback schedules before the next readiness
+    callbacks), and that second call drains it. The read is then off the path from the
+    peer's signal to the receive returning (and, in a ping-pong, to the answer). Every other
+    call drains, and if a receive is asleep by then, wakes it only when ``pending`` (the
+    ring has unread slots): a signal that arrived after its last scan has been consumed by
+    this drain, so the ring itself tells whether it was for something new.
+    """
 
     def __init__(
         self,
@@ -78,12 +88,16 @@ class _Interrupt:
         efd: EventFd,
         counters: QueueCounters,
         on_error: Callable[[RemoteProtocolError], None],
+        pending: Callable[[], bool],
     ) -> None:
         self._loop = loop
         self._efd = efd
         self._on_error = on_error
         self._counters = counters
+        self._pending = pending
         self._waiter: asyncio.Future[bool] | None = None
+        #: A waiter was woken by a readable eventfd that is not drained yet.
+        self._undrained = False
         self._armed = False
         #: The safety re-scan timer (one at a time, only while a receive sleeps).
         self._safety: asyncio.TimerHandle | None = None
@@ -101,15 +115,19 @@ class _Interrupt:
             self._armed = False
 
     def _ready(self) -> None:
-        # Drain first, then wake the receiver, which scans the ring afterwards.
+        fut = self._waiter
+        if fut is not None and not fut.done() and not self._undrained:
+            self._undrained = True  # the next call (the fd is still readable) drains
+            fut.set_result(True)  # the receive scans the ring when it resumes
+            return
+        self._undrained = False
         try:
             if self._efd.drain():
                 self._counters.interrupts_received += 1
         except RemoteProtocolError as exc:
             self._on_error(exc)  # the connection goes down; waiters get its error
             return
-        fut = self._waiter  # (wake(), inlined: this is every interrupt's path)
-        if fut is not None and not fut.done():
+        if fut is not None and not fut.done() and self._pending():
             fut.set_result(True)
 
     def waiter(self) -> asyncio.Future[bool]:
@@ -233,7 +251,7 @@ class RxQueue(QueueBase):
         #: we are the client) or head.
         self._header = endpoint.ring.header
         self._published = endpoint.ring.tail_index if isinstance(endpoint, ClientRx) else _HEAD
-        self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error)
+        self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error, self._pending)
         self._batch: Batch | None = None
         self._busy = False
         #: After the peer ended the link: its error, while packets it published before
