@@ -69,6 +69,9 @@ class RxMode(enum.Enum):
     ADAPTIVE = "adaptive"
 
 
+_INTERRUPT: Final = RxMode.INTERRUPT
+
+
 class _Interrupt:
     """A persistent reader on a ring eventfd that wakes one waiter and drains the eventfd.
 
@@ -335,7 +338,8 @@ class RxQueue(QueueBase):
         are waiting. Raises as :meth:`receive`."""
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
-        self._check()
+        if self._error is not None:  # (_check, inlined)
+            raise fresh(self._error)
         if self._batch is not None:
             self._batch.release()
         ep = self._endpoint
@@ -392,43 +396,58 @@ class RxQueue(QueueBase):
             while True:
                 run = self._poll(max_packets)
                 if run is not None:
-                    if self._mode is not RxMode.INTERRUPT:
+                    if self._mode is not _INTERRUPT:
                         self._last_packet = time.perf_counter()
                     return self._batch_of(run)
-                if self._mode is RxMode.INTERRUPT:
-                    await self._sleep()  # (_wait's first case, one coroutine fewer)
-                else:
-                    await self._wait()
+                # What _wait does, without a coroutine of its own on the hot paths.
+                mode = self._mode
+                if mode is _INTERRUPT:
+                    await self._sleep()
+                    continue
+                spun = self._spin()
+                if spun is None:
+                    await self._idle(mode)
+                elif not spun:
+                    await asyncio.sleep(0)  # let the loop run between spin slices
         finally:
             self._busy = False
 
     async def _wait(self) -> None:
+        """Wait for the ring the way the mode says (at most one spin slice, then return)."""
         mode = self._mode
-        if mode is RxMode.INTERRUPT:
+        if mode is _INTERRUPT:
             await self._sleep()
             return
-        until = self._last_packet + self.spin_budget
-        if time.perf_counter() < until:
-            if not self._spin(until):
-                await asyncio.sleep(0)  # let the loop run between spin slices
-            return
-        if mode is RxMode.POLLING:
-            await self._interrupt.nap(self.poll_interval)  # set_mode/close cut it short
-            return
-        await self._sleep()
-        self._last_packet = time.perf_counter()  # woken: spin again for the next packets
+        spun = self._spin()
+        if spun is None:
+            await self._idle(mode)
+        elif not spun:
+            await asyncio.sleep(0)  # let the loop run between spin slices
 
-    def _spin(self, until: float) -> bool:
-        """Scan the ring index without yielding for one spin slice (or until ``until``);
-        True as soon as the peer published something."""
-        ep = self._endpoint
-        header, index, read = ep.ring.header, self._published, ep.read
+    def _spin(self) -> bool | None:
+        """Polling or adaptive: scan the ring index without yielding for one spin slice (at
+        most until the spin budget is spent); True as soon as the peer published something,
+        False if the slice ran out, None if the spin budget was already spent."""
         perf = time.perf_counter
-        end = min(until, perf() + _SPIN_SLICE)
+        until = self._last_packet + self.spin_budget
+        now = perf()
+        if now >= until:
+            return None
+        header, index, read = self._header, self._published, self._endpoint.read
+        end = min(until, now + _SPIN_SLICE)
         while header[index] == read:
             if perf() >= end:
                 return False
         return True
+
+    async def _idle(self, mode: RxMode) -> None:
+        """The spin budget is spent: nap for the poll interval (polling) or sleep on the
+        eventfd (adaptive, which then spins again for the next packets)."""
+        if mode is RxMode.POLLING:
+            await self._interrupt.nap(self.poll_interval)  # set_mode/close cut it short
+            return
+        await self._sleep()
+        self._last_packet = time.perf_counter()
 
     async def _sleep(self) -> None:
         """Unmask, re-check the ring (a packet may have been published before the peer saw
@@ -436,16 +455,17 @@ class RxQueue(QueueBase):
         interrupt = self._interrupt
         interrupt.sleeps += 1
         mode = self._mode
-        self._mask(False)
+        header, index, ep = self._header, self._published, self._endpoint
+        header[_FLAGS] &= ~_MASK_INT  # (_mask and _pending inlined: every sleep's path)
         fence()
         try:
-            while self._error is None and self._mode is mode and not self._pending():
+            while self._error is None and self._mode is mode and header[index] == ep.read:
                 if await interrupt.waiter():
                     break
         finally:
             interrupt.clear()
             if self._error is None and self._mode is mode:
-                self._mask(True)
+                header[_FLAGS] |= _MASK_INT
 
     def _pending(self) -> bool:
         """True if the peer has published slots we have not read (no side effects)."""

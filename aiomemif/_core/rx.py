@@ -112,6 +112,8 @@ class RxEndpoint:
         count = self._published() - self.held
         if count <= 0 or limit <= 0:
             return RxRun([], self.read, None)
+        if count == 1 or limit == 1:  # (what _collect does first, one call sooner)
+            return self._collect_one(self.read, count, limit)
         return self._collect(self.read, count, limit)
 
     def _collect(self, start: int, count: int, limit: int) -> RxRun:
