@@ -73,16 +73,17 @@ _INTERRUPT: Final = RxMode.INTERRUPT
 
 
 class _Interrupt:
-    """A persistent reader on a ring eventfd that wakes one waiter and drains the eventfd.
+    """A persistent reader on a ring eventfd: wakes the receive asleep on it, and drains it.
 
-    A signal that finds a receive asleep wakes it at once and leaves the eventfd as it is:
-    the loop reports it readable once more, after the woken task has run (asyncio and
-    uvloop both run the callbacks a readiness callback schedules before the next readiness
-    callbacks), and that second call drains it. The read is then off the path from the
-    peer's signal to the receive returning (and, in a ping-pong, to the answer). Every other
-    call drains, and if a receive is asleep by then, wakes it only when ``pending`` (the
-    ring has unread slots): a signal that arrived after its last scan has been consumed by
-    this drain, so the ring itself tells whether it was for something new.
+    A signal that finds a receive asleep and the ring holding unread slots (``pending``)
+    wakes it at once and leaves the eventfd as it is: the woken receive drains it
+    (:meth:`settle`) before it next sleeps, after its packets went up to the application,
+    so the read is off the path from the peer's signal to the receive returning (and, in a
+    ping-pong, to the answer). A report the loop queued before that drain (asyncio runs it
+    after the woken task, in the same turn) may be stale: it reads nothing and wakes only
+    for unread slots; an eventfd still readable is reported again. Every other report
+    drains, then wakes a receive asleep only if the ring holds unread slots: a signal
+    consumed by a drain is for a slot published before it, which the ring shows.
     """
 
     def __init__(
@@ -99,8 +100,10 @@ class _Interrupt:
         self._counters = counters
         self._pending = pending
         self._waiter: asyncio.Future[bool] | None = None
-        #: A waiter was woken by a readable eventfd that is not drained yet.
+        #: A receive was woken by the readable eventfd and nothing has drained it since.
         self._undrained = False
+        #: The receive drained the eventfd since the loop last reported it readable.
+        self._fresh = False
         self._armed = False
         #: The safety re-scan timer (one at a time, only while a receive sleeps).
         self._safety: asyncio.TimerHandle | None = None
@@ -119,19 +122,39 @@ class _Interrupt:
 
     def _ready(self) -> None:
         fut = self._waiter
-        if fut is not None and not fut.done() and not self._undrained:
-            self._undrained = True  # the next call (the fd is still readable) drains
-            fut.set_result(True)  # the receive scans the ring when it resumes
+        if fut is not None and fut.done():
+            fut = None  # (fut: a receive asleep, or None)
+        if self._fresh:  # this report may predate the receive's drain: no read
+            self._fresh = False
+            if fut is not None and self._pending():
+                self._undrained = True
+                fut.set_result(True)
+            return
+        if fut is not None and not self._undrained and self._pending():
+            self._undrained = True  # the receive drains it before it sleeps again
+            fut.set_result(True)
             return
         self._undrained = False
+        if self._drain() and fut is not None and self._pending():
+            fut.set_result(True)
+
+    def _drain(self) -> bool:
+        """Read the eventfd; False if the link went down over it (the peer made it block)."""
         try:
             if self._efd.drain():
                 self._counters.interrupts_received += 1
         except RemoteProtocolError as exc:
             self._on_error(exc)  # the connection goes down; waiters get its error
-            return
-        if fut is not None and not fut.done() and self._pending():
-            fut.set_result(True)
+            return False
+        return True
+
+    def settle(self) -> None:
+        """Before a receive sleeps again: drain the eventfd that woke it, if still due (the
+        ring is scanned after this, so a signal it consumes is never lost)."""
+        if self._undrained and self._armed:
+            self._undrained = False
+            self._fresh = True
+            self._drain()
 
     def waiter(self) -> asyncio.Future[bool]:
         """A future for one sleep: True once woken, False when the safety re-scan timer
@@ -456,6 +479,8 @@ class RxQueue(QueueBase):
         interrupt.sleeps += 1
         mode = self._mode
         header, index, ep = self._header, self._published, self._endpoint
+        if interrupt._undrained:
+            interrupt.settle()
         header[_FLAGS] &= ~_MASK_INT  # (_mask and _pending inlined: every sleep's path)
         fence()
         try:

@@ -114,38 +114,51 @@ async def test_cancelled_interrupt_receive_then_receive_is_signalled(
         assert interrupt._safety is None
 
 
-async def test_interrupt_wakes_first_and_a_later_drain_still_wakes_for_new_slots() -> None:
-    """The reader wakes a sleeping receive without reading the eventfd; the loop reports it
-    again and that call drains it. A signal for a slot published after the woken receive
-    went back to sleep is consumed by that drain, which must then wake it (the ring says
-    so); with nothing new in the ring it must not."""
+async def test_interrupt_wakes_first_and_the_receive_drains_before_sleeping() -> None:
+    """The reader wakes a receive asleep without reading the eventfd; the receive drains it
+    (``settle``) before it sleeps again. A report the loop queued before that drain reads
+    nothing and wakes only for unread slots; a signal with nothing new in the ring wakes
+    nobody; and a signal for a new slot wakes the receive whichever report handles it."""
     loop = asyncio.get_running_loop()
     efd = EventFd()
     published = [False]
     errors: list[RemoteProtocolError] = []
     counters = QueueCounters()
     irq = _Interrupt(loop, efd, counters, errors.append, lambda: published[0])
+    irq._armed = True  # (as arm() leaves it; the test calls the reader itself)
     try:
         first = irq.waiter()
-        efd.signal()  # the peer published a slot and signalled
+        published[0] = True  # the peer published a slot and signalled
+        efd.signal()
         irq._ready()
         assert first.result() is True
         assert _readable(efd.fd), "the wake-up read the eventfd before the receive ran"
         irq.clear()
-        asleep = irq.waiter()  # the receive took the slot and found the ring empty
-        irq._ready()  # the loop reports the undrained eventfd again
+        published[0] = False  # the receive took the slot, and before it sleeps again:
+        irq.settle()
         assert not _readable(efd.fd) and counters.interrupts_received == 1
+        asleep = irq.waiter()
+        irq._ready()  # the report asyncio queued before that drain
+        assert not asleep.done(), "woken by a stale report with nothing new in the ring"
+        efd.signal()  # a spurious signal: nothing new in the ring
+        irq._ready()
         assert not asleep.done(), "woken although nothing new was published"
-        efd.signal()  # a spurious signal (nothing new): woken at once, drained next
+        assert not _readable(efd.fd) and counters.interrupts_received == 2
+        published[0] = True
+        efd.signal()
         irq._ready()
         assert asleep.result() is True
         irq.clear()
+        published[0] = False
+        irq.settle()
         asleep = irq.waiter()
-        published[0] = True  # a new slot, signalled before the deferred drain ran
+        published[0] = True  # a new slot, signalled before the stale report is handled
         efd.signal()
         irq._ready()
-        assert asleep.result() is True, "the drain consumed the signal of a new slot"
-        assert not _readable(efd.fd) and counters.interrupts_received == 2
+        assert asleep.result() is True, "a stale report hid the signal of a new slot"
+        irq.clear()
+        irq._ready()  # the eventfd is still readable: the loop reports it again
+        assert not _readable(efd.fd) and counters.interrupts_received == 4
         assert not errors
     finally:
         irq.clear()
