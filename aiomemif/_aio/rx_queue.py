@@ -488,7 +488,7 @@ class RxQueue(QueueBase):
                 if await interrupt.waiter():
                     break
         finally:
-            interrupt.clear()
+            interrupt._waiter = None  # (clear(), inlined)
             if self._error is None and self._mode is mode:
                 header[_FLAGS] |= _MASK_INT
 
