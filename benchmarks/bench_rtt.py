@@ -1,18 +1,23 @@
 """Round-trip latency: aiomemif ping-pong, and the raw floors it is compared with.
 
-All three run two processes on different CPUs with exactly one packet in flight; the pinger
+All cases run two processes on different CPUs with exactly one packet in flight; the pinger
 times every round trip with ``time.perf_counter_ns`` and reports percentiles in
 microseconds (the first ``WARMUP`` fraction of round trips is discarded).
 
 - ``memif``: an aiomemif client (pinger) sends one 64-byte packet and awaits it back from
   an aiomemif server (ponger) that sends every received batch back with ``send_batch``.
   Both sides' receive queues use the same ``RxMode`` (interrupt, polling or adaptive).
-- ``eventfd`` (raw floor, no aiomemif, no event loop): blocking ``os.write``/``os.read`` on
-  a pair of eventfds, the pure cost of waking the other process and being woken.
-- ``busypoll`` (raw floor, no aiomemif, no event loop): each side spins on a head counter in
-  a shared ``mmap``; a message is a 64-byte payload copied into the other side's slot plus
-  one length word, then the head word is bumped: a minimal memif ring in the leanest loop
-  Python allows.
+- ``eventfd`` (the interrupt-mode floor, no aiomemif): on the same event loop as the memif
+  case, each side has ``add_reader`` on its eventfd; the callback drains it with one
+  ``read`` and resolves the future its task awaits, and the task writes the other
+  side's eventfd. Nothing else: no ring, no payload, no guard against a hostile peer.
+- ``busypoll`` (the polling/adaptive floor, no aiomemif): on the same event loop, each side's
+  task spins on a head word in a shared ``mmap`` and yields as aiomemif's spin does (it holds
+  the loop for at most one 50 µs spin slice, then ``await asyncio.sleep(0)``); a message is
+  a 64-byte payload copied into the other side's slot plus one length word, then the head
+  word is bumped: a minimal memif ring without descriptors or checks.
+- ``eventfd-sync`` and ``busypoll-sync``: the same two without an event loop (blocking
+  ``read``; a bare spin loop), for reference: the loop's own share is the difference.
 
 The raw floors get their eventfds and memfd from the ponger over a Unix socketpair
 (``SCM_RIGHTS``), like memif itself.
@@ -34,6 +39,7 @@ import harness
 from harness import Json, Opts, Worker
 
 import aiomemif
+from aiomemif._aio.rx_queue import _SPIN_SLICE
 
 __all__ = ["RttSpec", "run_rtt"]
 
@@ -51,7 +57,7 @@ _PONG_HEAD, _PONG_LEN, _PONG_DATA = 32, 33, 192
 class RttSpec:
     """One latency case (picklable)."""
 
-    kind: str  # "memif", "eventfd" or "busypoll"
+    kind: str  # "memif", "eventfd", "busypoll", "eventfd-sync" or "busypoll-sync"
     duration: float
     max_samples: int = 200_000
     size: int = 64
@@ -124,18 +130,201 @@ def memif_rtt(out: PipeEnd, opts: Opts, spec: RttSpec, side: str, ready: Event) 
 
 
 # -- raw floors -------------------------------------------------------------------------------
+#
+# The floors the targets compare with run on the same event loop as the aiomemif case and do
+# the least a receiver on that loop can do: "eventfd" is add_reader on an eventfd each way
+# (the callback drains it with one read and resolves the future the waiting task awaits, the
+# task then writes the other eventfd), "busypoll" spins on a shared-memory word in a task,
+# holding the loop for at most one spin slice before ``await asyncio.sleep(0)``, as
+# aiomemif's polling and adaptive receive does. The "-sync" floors do the same without an
+# event loop (blocking read; a bare spin loop): what the loop itself costs is the difference.
 
 
-def _raw_ponger(spec: RttSpec, sock: socket.socket) -> Json:
-    ping, pong = os.eventfd(0), os.eventfd(0)
+def _fds_from_ponger(sock: socket.socket) -> tuple[int, int, int]:
+    _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 3)
+    ping, pong, mfd = fds
+    return ping, pong, mfd
+
+
+def _fds_for_pinger(sock: socket.socket, *, blocking: bool) -> tuple[int, int, int]:
+    flags = os.EFD_CLOEXEC if blocking else os.EFD_NONBLOCK | os.EFD_CLOEXEC
+    ping, pong = os.eventfd(0, flags), os.eventfd(0, flags)
     mfd = os.memfd_create("rtt-busypoll")
     os.ftruncate(mfd, mmap.PAGESIZE)
     socket.send_fds(sock, [b"fds"], [ping, pong, mfd])
-    mem = mmap.mmap(mfd, mmap.PAGESIZE)
-    view = memoryview(mem)
-    words = view.cast("I")
+    return ping, pong, mfd
+
+
+class _Shared:
+    """The busy-poll page: a 64-byte payload slot, a length word and a head word each way."""
+
+    def __init__(self, mfd: int) -> None:
+        self.mem = mmap.mmap(mfd, mmap.PAGESIZE)
+        self.view = memoryview(self.mem)
+        self.words = self.view.cast("I")
+
+    def close(self) -> None:
+        self.words.release()
+        self.view.release()
+        self.mem.close()
+
+
+class _EventFdWaiter:
+    """``add_reader`` on one eventfd: the callback drains it (one read) and resolves the
+    future a task awaits in :meth:`wait`; the value read is what :meth:`wait` returns."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._fut: asyncio.Future[bytes] | None = None
+        self._early: bytes | None = None
+        loop.add_reader(fd, self._ready)
+
+    def _ready(self) -> None:
+        try:
+            msg = os.read(self._fd, 8)
+        except BlockingIOError:
+            return
+        fut = self._fut
+        if fut is None or fut.done():
+            self._early = msg
+        else:
+            fut.set_result(msg)
+
+    async def wait(self) -> bytes:
+        if self._early is not None:
+            msg, self._early = self._early, None
+            return msg
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self._fut = fut
+        try:
+            return await fut
+        finally:
+            self._fut = None
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+
+
+async def _spin(words: memoryview, index: int, seq: int) -> None:
+    """Wait until ``words[index] == seq``: spin, yielding to the loop once per spin slice
+    (aiomemif's ``_SPIN_SLICE``, checked against ``perf_counter`` like its spin)."""
+    perf = time.perf_counter
+    while True:
+        end = perf() + _SPIN_SLICE
+        while words[index] != seq:
+            if perf() >= end:
+                break
+        else:
+            return
+        await asyncio.sleep(0)
+
+
+async def _async_ponger(spec: RttSpec, sock: socket.socket) -> Json:
+    loop = asyncio.get_running_loop()
+    ping, pong, mfd = _fds_for_pinger(sock, blocking=False)
+    shm = _Shared(mfd)
+    words, view = shm.words, shm.view
     n = 0
-    if spec.kind == "eventfd":
+    try:
+        if spec.kind == "eventfd":
+            waiter = _EventFdWaiter(loop, ping)
+            try:
+                while True:
+                    msg = await waiter.wait()
+                    os.write(pong, msg)
+                    if msg == _STOP:
+                        break
+                    n += 1
+            finally:
+                waiter.close()
+        else:
+            seq = 0
+            src, dst = _PING_DATA, _PONG_DATA
+            while True:
+                seq = (seq + 1) & 0xFFFFFFFF
+                await _spin(words, _PING_HEAD, seq)
+                length = words[_PING_LEN]
+                if not length:
+                    break
+                view[dst : dst + length] = view[src : src + length]
+                words[_PONG_LEN] = length
+                words[_PONG_HEAD] = seq
+                n += 1
+    finally:
+        shm.close()
+        for fd in (ping, pong, mfd):
+            os.close(fd)
+    return {"echoed": n, "ok": True}
+
+
+async def _async_pinger(spec: RttSpec, sock: socket.socket) -> Json:
+    loop = asyncio.get_running_loop()
+    ping, pong, mfd = _fds_from_ponger(sock)
+    shm = _Shared(mfd)
+    words, view = shm.words, shm.view
+    samples: list[int] = []
+    append, ns = samples.append, time.perf_counter_ns
+    size, limit = spec.size, spec.max_samples
+    payload = bytes(range(size))
+    reply = bytearray(size)
+    bad = 0
+    t0 = time.perf_counter()
+    t_end = t0 + spec.duration
+    try:
+        if spec.kind == "eventfd":
+            waiter = _EventFdWaiter(loop, pong)
+            write, wait = os.write, waiter.wait
+            try:
+                while len(samples) < limit:
+                    a = ns()
+                    write(ping, _ONE)
+                    msg = await wait()
+                    b = ns()
+                    append(b - a)
+                    bad += msg != _ONE
+                    if not len(samples) & 1023 and time.perf_counter() > t_end:
+                        break
+                write(ping, _STOP)
+                await wait()
+            finally:
+                waiter.close()
+        else:
+            seq = 0
+            src, dst = _PONG_DATA, _PING_DATA
+            while len(samples) < limit:
+                a = ns()
+                seq = (seq + 1) & 0xFFFFFFFF
+                view[dst : dst + size] = payload
+                words[_PING_LEN] = size
+                words[_PING_HEAD] = seq
+                await _spin(words, _PONG_HEAD, seq)
+                length = words[_PONG_LEN]
+                reply[:length] = view[src : src + length]
+                b = ns()
+                append(b - a)
+                if not len(samples) & 1023 and time.perf_counter() > t_end:
+                    break
+            bad = int(bytes(reply) != payload)
+            words[_PING_LEN] = 0
+            words[_PING_HEAD] = (seq + 1) & 0xFFFFFFFF
+        elapsed = time.perf_counter() - t0
+    finally:
+        shm.close()
+        for fd in (ping, pong, mfd):
+            os.close(fd)
+    res = _summary(samples, elapsed)
+    res["bad"] = bad
+    res["ok"] = res["ok"] and not bad
+    return res
+
+
+def _sync_ponger(spec: RttSpec, sock: socket.socket) -> Json:
+    ping, pong, mfd = _fds_for_pinger(sock, blocking=True)
+    shm = _Shared(mfd)
+    words, view = shm.words, shm.view
+    n = 0
+    if spec.kind == "eventfd-sync":
         read, write = os.read, os.write
         while True:
             msg = read(ping, 8)
@@ -157,19 +346,16 @@ def _raw_ponger(spec: RttSpec, sock: socket.socket) -> Json:
             words[_PONG_LEN] = length
             words[_PONG_HEAD] = seq
             n += 1
-    del words, view
-    mem.close()
+    shm.close()
     for fd in (ping, pong, mfd):
         os.close(fd)
     return {"echoed": n, "ok": True}
 
 
-def _raw_pinger(spec: RttSpec, sock: socket.socket) -> Json:
-    _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 3)
-    ping, pong, mfd = fds
-    mem = mmap.mmap(mfd, mmap.PAGESIZE)
-    view = memoryview(mem)
-    words = view.cast("I")
+def _sync_pinger(spec: RttSpec, sock: socket.socket) -> Json:
+    ping, pong, mfd = _fds_from_ponger(sock)
+    shm = _Shared(mfd)
+    words, view = shm.words, shm.view
     samples: list[int] = []
     append, ns = samples.append, time.perf_counter_ns
     size, limit = spec.size, spec.max_samples
@@ -178,7 +364,7 @@ def _raw_pinger(spec: RttSpec, sock: socket.socket) -> Json:
     bad = 0
     t0 = time.perf_counter()
     t_end = t0 + spec.duration
-    if spec.kind == "eventfd":
+    if spec.kind == "eventfd-sync":
         read, write = os.read, os.write
         while len(samples) < limit:
             a = ns()
@@ -211,9 +397,8 @@ def _raw_pinger(spec: RttSpec, sock: socket.socket) -> Json:
         words[_PING_LEN] = 0
         words[_PING_HEAD] = (seq + 1) & 0xFFFFFFFF
     elapsed = time.perf_counter() - t0
-    del words, view
-    mem.close()
-    for fd in fds:
+    shm.close()
+    for fd in (ping, pong, mfd):
         os.close(fd)
     res = _summary(samples, elapsed)
     res["bad"] = bad
@@ -222,8 +407,12 @@ def _raw_pinger(spec: RttSpec, sock: socket.socket) -> Json:
 
 
 def raw_rtt(out: PipeEnd, opts: Opts, spec: RttSpec, side: str, sock: socket.socket) -> None:
-    body = _raw_ponger if side == "ponger" else _raw_pinger
-    harness.run_sync(opts, out, lambda: body(spec, sock))
+    if spec.kind.endswith("-sync"):
+        sync = _sync_ponger if side == "ponger" else _sync_pinger
+        harness.run_sync(opts, out, lambda: sync(spec, sock))
+        return
+    body = _async_ponger if side == "ponger" else _async_pinger
+    harness.run_async(opts, out, lambda: body(spec, sock))
 
 
 # -- in the parent ----------------------------------------------------------------------------

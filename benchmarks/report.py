@@ -311,7 +311,9 @@ def ratios(res: Results) -> None:
             continue
         elif p[0] == "rtt" and p[1] == "memif":
             floor = "eventfd" if p[3] == "interrupt" else "busypoll"
-            pairs = {f"{floor} p50": f"rtt/raw/{floor}"}
+            pairs = {f"{floor} p50": f"rtt/raw/{floor}/{p[4]}"}
+        elif p[0] == "rtt" and p[1] == "raw" and len(p) == 4:
+            pairs = {"no-loop p50": f"rtt/raw/{p[2]}-sync"}
         else:
             continue
         for name, other in pairs.items():
@@ -418,7 +420,7 @@ def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list
             T(
                 f"RTT p50 adaptive / raw busy-poll floor [{loop}]",
                 "<= 2x",
-                res.ratio(f"rtt/memif/64B/adaptive/{loop}", "rtt/raw/busypoll"),
+                res.ratio(f"rtt/memif/64B/adaptive/{loop}", f"rtt/raw/busypoll/{loop}"),
                 2.0,
                 at_most=True,
             )
@@ -427,7 +429,7 @@ def targets(res: Results, loops: Sequence[str], pmd_missing: str | None) -> list
             T(
                 f"RTT p50 interrupt / raw eventfd floor [{loop}]",
                 "<= 1.3x",
-                res.ratio(f"rtt/memif/64B/interrupt/{loop}", "rtt/raw/eventfd"),
+                res.ratio(f"rtt/memif/64B/interrupt/{loop}", f"rtt/raw/eventfd/{loop}"),
                 1.3,
                 at_most=True,
             )

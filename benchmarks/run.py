@@ -16,7 +16,8 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
 - shared-core: both processes pinned to ONE cpu (compare: two C busy-pollers on one core);
 - queues: 1, 2 and 4 queues, one sender task per queue, aggregate rate;
 - rtt: ping-pong with one packet in flight in interrupt, polling and adaptive mode, next to
-  two raw floors without aiomemif: eventfd ping-pong, and spinning on a shared-mmap ring;
+  two raw floors without aiomemif on the same loop (eventfd ping-pong through add_reader,
+  and a task spinning on a shared-mmap ring), and the same two without an event loop;
 - handshakes: one server socket with 1, 16 and 64 interfaces, one client connecting all;
 - testpmd: aiomemif <-> dpdk-testpmd macswap round trips (both roles);
 - vpp: aiomemif -> VPP L2 cross-connect -> aiomemif round trips, 64 and 1500 B, and the
@@ -413,10 +414,20 @@ class Suite(PeerSteps):
         self.add([rid], run)
 
     def plan_rtt(self) -> None:
-        for kind in ("eventfd", "busypoll"):
-            self.rtt(f"rtt/raw/{kind}", f"raw {kind} floor (no aiomemif)", "-", kind, "")
-        for loop in self.args.loops:
-            for mode in ("interrupt", "polling", "adaptive"):
+        for kind in ("eventfd-sync", "busypoll-sync"):
+            label = f"raw {kind.removesuffix('-sync')} floor, no event loop"
+            self.rtt(f"rtt/raw/{kind}", label, "-", kind, "")
+        for loop in self.args.loops:  # each floor next to the cases compared with it
+            self.rtt(
+                f"rtt/raw/eventfd/{loop}", "raw eventfd floor (add_reader)", loop, "eventfd", ""
+            )
+            self.rtt(
+                f"rtt/memif/64B/interrupt/{loop}", "memif 64B interrupt", loop, "memif", "interrupt"
+            )
+            self.rtt(
+                f"rtt/raw/busypoll/{loop}", "raw busypoll floor (task spin)", loop, "busypoll", ""
+            )
+            for mode in ("polling", "adaptive"):
                 self.rtt(f"rtt/memif/64B/{mode}/{loop}", f"memif 64B {mode}", loop, "memif", mode)
 
     def rtt(self, rid: str, label: str, loop: str, kind: str, mode: str) -> None:

@@ -69,8 +69,22 @@ class RxMode(enum.Enum):
     ADAPTIVE = "adaptive"
 
 
+_INTERRUPT: Final = RxMode.INTERRUPT
+
+
 class _Interrupt:
-    """A persistent reader on a ring eventfd that drains it and wakes one waiter."""
+    """A persistent reader on a ring eventfd: wakes the receive asleep on it, and drains it.
+
+    A signal that finds a receive asleep and the ring holding unread slots (``pending``)
+    wakes it at once and leaves the eventfd as it is: the woken receive drains it
+    (:meth:`settle`) before it next sleeps, after its packets went up to the application,
+    so the read is off the path from the peer's signal to the receive returning (and, in a
+    ping-pong, to the answer). A report the loop queued before that drain (asyncio runs it
+    after the woken task, in the same turn) may be stale: it reads nothing and wakes only
+    for unread slots; an eventfd still readable is reported again. Every other report
+    drains, then wakes a receive asleep only if the ring holds unread slots: a signal
+    consumed by a drain is for a slot published before it, which the ring shows.
+    """
 
     def __init__(
         self,
@@ -78,12 +92,18 @@ class _Interrupt:
         efd: EventFd,
         counters: QueueCounters,
         on_error: Callable[[RemoteProtocolError], None],
+        pending: Callable[[], bool],
     ) -> None:
         self._loop = loop
         self._efd = efd
         self._on_error = on_error
         self._counters = counters
+        self._pending = pending
         self._waiter: asyncio.Future[bool] | None = None
+        #: A receive was woken by the readable eventfd and nothing has drained it since.
+        self._undrained = False
+        #: The receive drained the eventfd since the loop last reported it readable.
+        self._fresh = False
         self._armed = False
         #: The safety re-scan timer (one at a time, only while a receive sleeps).
         self._safety: asyncio.TimerHandle | None = None
@@ -101,26 +121,54 @@ class _Interrupt:
             self._armed = False
 
     def _ready(self) -> None:
-        # Drain first, then wake the receiver, which scans the ring afterwards.
+        fut = self._waiter
+        if fut is not None and fut.done():
+            fut = None  # (fut: a receive asleep, or None)
+        if self._fresh:  # this report may predate the receive's drain: no read
+            self._fresh = False
+            if fut is not None and self._pending():
+                self._undrained = True
+                fut.set_result(True)
+            return
+        if fut is not None and not self._undrained and self._pending():
+            self._undrained = True  # the receive drains it before it sleeps again
+            fut.set_result(True)
+            return
+        self._undrained = False
+        if self._drain() and fut is not None and self._pending():
+            fut.set_result(True)
+
+    def _drain(self) -> bool:
+        """Read the eventfd; False if the link went down over it (the peer made it block)."""
         try:
             if self._efd.drain():
                 self._counters.interrupts_received += 1
         except RemoteProtocolError as exc:
             self._on_error(exc)  # the connection goes down; waiters get its error
-            return
-        self.wake()
+            return False
+        return True
 
-    async def wait(self) -> bool:
-        """Sleep until woken (True) or until the safety re-scan timer fires (False), which
-        happens at most ``_SAFETY_RESCAN`` seconds later."""
+    def settle(self) -> None:
+        """Before a receive sleeps again: drain the eventfd that woke it, if still due (the
+        ring is scanned after this, so a signal it consumes is never lost)."""
+        if self._undrained and self._armed:
+            self._undrained = False
+            self._fresh = True
+            self._drain()
+
+    def waiter(self) -> asyncio.Future[bool]:
+        """A future for one sleep: True once woken, False when the safety re-scan timer
+        fires (at most ``_SAFETY_RESCAN`` seconds later). The caller awaits it and then
+        calls :meth:`clear` (a plain future saves a coroutine on every wake-up)."""
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = fut
         if self._safety is None:  # one timer serves consecutive sleeps
             self._safety = self._loop.call_later(_SAFETY_RESCAN, self._rescan)
-        try:
-            return await fut
-        finally:
-            self._waiter = None
+        return fut
+
+    def clear(self) -> None:
+        """The sleep that :meth:`waiter` began is over (woken, timed out or cancelled)."""
+        self._waiter = None
 
     async def nap(self, seconds: float) -> None:
         """Sleep ``seconds`` unless woken first (``wake``/``fail`` reach it like ``wait``)."""
@@ -225,9 +273,11 @@ class RxQueue(QueueBase):
     ) -> None:
         super().__init__(qid, efd, endpoint.counters, on_protocol_error, link)
         self._endpoint = endpoint
-        #: The header word the peer publishes into: tail (M2S, we are the client) or head.
+        #: The ring header (u16 words), and the word the peer publishes into: tail (M2S,
+        #: we are the client) or head.
+        self._header = endpoint.ring.header
         self._published = endpoint.ring.tail_index if isinstance(endpoint, ClientRx) else _HEAD
-        self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error)
+        self._interrupt = _Interrupt(loop, efd, endpoint.counters, on_protocol_error, self._pending)
         self._batch: Batch | None = None
         self._busy = False
         #: After the peer ended the link: its error, while packets it published before
@@ -279,7 +329,7 @@ class RxQueue(QueueBase):
         self._interrupt.wake()
 
     def _mask(self, masked: bool) -> None:
-        header = self._endpoint.ring.header
+        header = self._header
         if masked:
             header[_FLAGS] |= _MASK_INT
         else:
@@ -306,14 +356,22 @@ class RxQueue(QueueBase):
             raise ConfigurationError(f"headroom must be in 0..{ep.buffer_size - 1}")
         ep.set_headroom(headroom)
 
-    def _poll(self, limit: int) -> RxRun:
+    def _poll(self, limit: int) -> RxRun | None:
+        """Take up to ``limit`` packets, releasing the batch in hand first; None if none
+        are waiting. Raises as :meth:`receive`."""
         if limit < 1:
             raise ConfigurationError(f"max_packets must be at least 1, got {limit}")
-        self._check()
+        if self._error is not None:  # (_check, inlined)
+            raise fresh(self._error)
         if self._batch is not None:
             self._batch.release()
         ep = self._endpoint
-        if self._ending is not None:
+        if self._ending is None:
+            if self._header[self._published] == ep.read and not ep.held:
+                # Nothing published since our last read: what ep.poll would find (and no
+                # index it could reject), without building an empty run.
+                return None
+        else:
             limit = min(limit, self._drain_left)
             if limit == 0:
                 return self._drained()
@@ -327,7 +385,7 @@ class RxQueue(QueueBase):
             if not run.packets:
                 return self._drained()
             self._drain_left -= len(run.packets)
-        return run
+        return run if run.packets else None
 
     def _end(self, error: MemifError) -> None:
         self._shutdown(error)
@@ -362,41 +420,59 @@ class RxQueue(QueueBase):
         try:
             while True:
                 run = self._poll(max_packets)
-                if run.packets:
-                    if self._mode is not RxMode.INTERRUPT:
+                if run is not None:
+                    if self._mode is not _INTERRUPT:
                         self._last_packet = time.perf_counter()
                     return self._batch_of(run)
-                await self._wait(max_packets)
+                # What _wait does, without a coroutine of its own on the hot paths.
+                mode = self._mode
+                if mode is _INTERRUPT:
+                    await self._sleep()
+                    continue
+                spun = self._spin()
+                if spun is None:
+                    await self._idle(mode)
+                elif not spun:
+                    await asyncio.sleep(0)  # let the loop run between spin slices
         finally:
             self._busy = False
 
-    async def _wait(self, limit: int) -> None:
+    async def _wait(self) -> None:
+        """Wait for the ring the way the mode says (at most one spin slice, then return)."""
         mode = self._mode
-        if mode is RxMode.INTERRUPT:
+        if mode is _INTERRUPT:
             await self._sleep()
             return
-        until = self._last_packet + self.spin_budget
-        if time.perf_counter() < until:
-            if not self._spin(until):
-                await asyncio.sleep(0)  # let the loop run between spin slices
-            return
-        if mode is RxMode.POLLING:
-            await self._interrupt.nap(self.poll_interval)  # set_mode/close cut it short
-            return
-        await self._sleep()
-        self._last_packet = time.perf_counter()  # woken: spin again for the next packets
+        spun = self._spin()
+        if spun is None:
+            await self._idle(mode)
+        elif not spun:
+            await asyncio.sleep(0)  # let the loop run between spin slices
 
-    def _spin(self, until: float) -> bool:
-        """Scan the ring index without yielding for one spin slice (or until ``until``);
-        True as soon as the peer published something."""
-        ep = self._endpoint
-        header, index, read = ep.ring.header, self._published, ep.read
+    def _spin(self) -> bool | None:
+        """Polling or adaptive: scan the ring index without yielding for one spin slice (at
+        most until the spin budget is spent); True as soon as the peer published something,
+        False if the slice ran out, None if the spin budget was already spent."""
         perf = time.perf_counter
-        end = min(until, perf() + _SPIN_SLICE)
+        until = self._last_packet + self.spin_budget
+        now = perf()
+        if now >= until:
+            return None
+        header, index, read = self._header, self._published, self._endpoint.read
+        end = min(until, now + _SPIN_SLICE)
         while header[index] == read:
             if perf() >= end:
                 return False
         return True
+
+    async def _idle(self, mode: RxMode) -> None:
+        """The spin budget is spent: nap for the poll interval (polling) or sleep on the
+        eventfd (adaptive, which then spins again for the next packets)."""
+        if mode is RxMode.POLLING:
+            await self._interrupt.nap(self.poll_interval)  # set_mode/close cut it short
+            return
+        await self._sleep()
+        self._last_packet = time.perf_counter()
 
     async def _sleep(self) -> None:
         """Unmask, re-check the ring (a packet may have been published before the peer saw
@@ -404,20 +480,23 @@ class RxQueue(QueueBase):
         interrupt = self._interrupt
         interrupt.sleeps += 1
         mode = self._mode
-        self._mask(False)
+        header, index, ep = self._header, self._published, self._endpoint
+        if interrupt._undrained:
+            interrupt.settle()
+        header[_FLAGS] &= ~_MASK_INT  # (_mask and _pending inlined: every sleep's path)
         fence()
         try:
-            while self._error is None and self._mode is mode and not self._pending():
-                if await interrupt.wait():
+            while self._error is None and self._mode is mode and header[index] == ep.read:
+                if await interrupt.waiter():
                     break
         finally:
+            interrupt._waiter = None  # (clear(), inlined)
             if self._error is None and self._mode is mode:
-                self._mask(True)
+                header[_FLAGS] |= _MASK_INT
 
     def _pending(self) -> bool:
         """True if the peer has published slots we have not read (no side effects)."""
-        ep = self._endpoint
-        return ep.ring.header[self._published] != ep.read
+        return self._header[self._published] != self._endpoint.read
 
     async def _readable(self) -> None:
         """Wait until the ring has something to read, reading nothing (what
@@ -438,7 +517,7 @@ class RxQueue(QueueBase):
                     if self._batch is not None:
                         return  # the next receive releases it and ends the queue
                     self._drained()
-                await self._wait(DEFAULT_BATCH)
+                await self._wait()
         finally:
             self._busy = False
 
@@ -451,7 +530,7 @@ class RxQueue(QueueBase):
         if self._busy:
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
         run = self._poll(max_packets)
-        if not run.packets:
+        if run is None:
             raise WouldBlockError(f"rx queue {self.qid} is empty")
         return self._batch_of(run)
 

@@ -115,6 +115,8 @@ class RxEndpoint:
         count = self._published() - self.held
         if count <= 0 or limit <= 0:
             return RxRun([], self.read, None)
+        if count == 1 or limit == 1:  # (what _collect does first, one call sooner)
+            return self._collect_one(self.read, count, limit)
         return self._collect(self.read, count, limit)
 
     def _collect(self, start: int, count: int, limit: int) -> RxRun:
@@ -232,7 +234,13 @@ class RxEndpoint:
         flags, region, length, offset, _meta = _DESC.unpack_from(ring.desc, slot * 16)
         if flags or not self._one_ok(region, length, offset, slot):
             return self._collect_each(start, count, limit)
-        return self._took([self.regions[region][offset : offset + length]], start, 1, None, length)
+        view = self.regions[region][offset : offset + length]
+        self.read = (start + 1) & _MASK  # (_took of one packet in one slot, inlined)
+        self.held += 1
+        c = self.counters
+        c.packets += 1
+        c.bytes += length
+        return RxRun([view], start, None)
 
     def _collect_each(self, start: int, count: int, limit: int) -> RxRun:
         """The per-descriptor path of :meth:`_collect`: chains, bad descriptors, mixed

@@ -570,16 +570,20 @@ async def test_safety_rescan_finds_an_unsignalled_packet(
 @pytest.mark.parametrize("receiver", ROLES)
 async def test_spin_returns_after_one_slice(sock_path: str, receiver: str) -> None:
     """``_spin`` with a far deadline gives up after about one slice when nothing comes (it
-    never holds the loop for the spin budget) and returns True at once when something has."""
+    never holds the loop for the spin budget), returns True at once when something has,
+    and None without spinning once the budget is spent."""
     async with linked(sock_path, SMALL, **modes(receiver, RxMode.POLLING)) as (s, c):
         tx, rx = queues(s, c, receiver)
-        t0 = time.perf_counter()
-        assert rx._spin(t0 + 5.0) is False
+        rx.set_mode(RxMode.POLLING, spin_budget=5.0)
+        rx._last_packet = t0 = time.perf_counter()
+        assert rx._spin() is False
         assert time.perf_counter() - t0 < 1.0
         tx.send_nowait(payload(1, 64))
         t0 = time.perf_counter()
-        assert rx._spin(t0 + 5.0) is True
+        assert rx._spin() is True
         assert time.perf_counter() - t0 < 1.0
+        rx._last_packet = time.perf_counter() - 6.0
+        assert rx._spin() is None
         assert await receive_all(rx, 1) == [(payload(1, 64), False)]
 
 
