@@ -474,10 +474,9 @@ class Server:
     async def accept(self) -> Connection:
         """Wait for the next client to complete its handshake.
 
-        Links that went down before they were accepted are skipped, except those whose
-        peer ended them normally after publishing packets not read yet: those are handed
-        out with :attr:`Connection.is_up` False, and their receive queues give those
-        packets, then end (for about two seconds after the end; see "How a link ends").
+        Links that went down before they were accepted are skipped, except those still
+        holding packets the peer published (:attr:`Connection.has_undelivered`, for about
+        two seconds): handed out down, their queues give those packets, then end.
 
         Raises:
             ClosedResourceError: the server is (or gets) closed.
