@@ -213,18 +213,17 @@ class Checker:
         h = tp.hlen
         s: int = _SEQ.unpack_from(first, h)[0]
         e = s + n - 1
-        if e >= _TRACK_LIMIT or s <= self._last[queue] or not self._unseen(s, e):
+        if e >= _TRACK_LIMIT or s <= self._last[queue]:
             return False
         fmt = self._runs.get((size, n))
         if fmt is None:
             fmt = self._runs[size, n] = struct.Struct(">" + f"{h}sQ{size - h - 8}s" * n)
-        args: list[bytes | int] = [tp.header_for(size) if tp.mode == 1 else _ETH_HEADER, 0, b""]
+        args: list[bytes | int] = [tp.header_for(size), 0, b""]
         args *= n
         args[1::3] = range(s, s + n)
         args[2::3] = self._payload_run(size, s & 0xFF, n)
-        if joined != fmt.pack(*args):
+        if joined != fmt.pack(*args) or not self._claim(s, e):
             return False
-        self._mark(s, e)
         self._last[queue] = e
         self.unique += n
         if e > self.max_seq:
@@ -242,30 +241,30 @@ class Checker:
         return cycle[start : start + n]
 
     def _bitmap_for(self, last: int) -> bytearray:
+        """The bitmap of sequence numbers seen, grown to hold ``last``."""
         seen, byte = self._seen, last >> 3
         if byte >= len(seen):
             seen.extend(bytes(max(byte + 1 - len(seen), len(seen), 4096)))
         return seen
 
-    def _unseen(self, s: int, e: int) -> bool:
-        """True if no sequence number from ``s`` to ``e`` was seen yet."""
+    def _claim(self, s: int, e: int) -> bool:
+        """Record sequence numbers ``s`` to ``e`` as seen; False (nothing recorded) if
+        any of them was seen already."""
         seen = self._bitmap_for(e)
         a, b = s >> 3, e >> 3
         if a == b:
-            return not seen[a] & ((2 << (e - s)) - 1) << (s & 7)
+            mask = ((2 << (e - s)) - 1) << (s & 7)
+            if seen[a] & mask:
+                return False
+            seen[a] |= mask
+            return True
         lo, hi = (0xFF << (s & 7)) & 0xFF, (2 << (e & 7)) - 1
-        return not (seen[a] & lo or seen[b] & hi) and seen.count(0, a + 1, b) == b - a - 1
-
-    def _mark(self, s: int, e: int) -> None:
-        """Record sequence numbers ``s`` to ``e`` as seen (:meth:`_unseen` said they were not)."""
-        seen = self._seen
-        a, b = s >> 3, e >> 3
-        if a == b:
-            seen[a] |= ((2 << (e - s)) - 1) << (s & 7)
-            return
-        seen[a] |= (0xFF << (s & 7)) & 0xFF
-        seen[b] |= (2 << (e & 7)) - 1
+        if seen[a] & lo or seen[b] & hi or seen.count(0, a + 1, b) != b - a - 1:
+            return False
+        seen[a] |= lo
+        seen[b] |= hi
         seen[a + 1 : b] = b"\xff" * (b - a - 1)
+        return True
 
     def check(self, pkt: memoryview | ChainedPacket, queue: int) -> None:
         data = pkt.tobytes() if isinstance(pkt, ChainedPacket) else pkt
@@ -277,7 +276,7 @@ class Checker:
             byte, bit = seq >> 3, 1 << (seq & 7)
             seen = self._seen
             if byte >= len(seen):
-                seen.extend(bytes(max(byte + 1 - len(seen), len(seen), 4096)))
+                seen = self._bitmap_for(seq)
             if seen[byte] & bit:
                 self.duplicates += 1
                 return
