@@ -101,3 +101,17 @@ def test_a_run_seen_on_another_queue_counts_as_duplicates() -> None:
                 by_packet.check(p, q)
         assert counts(by_batch) == counts(by_packet)
         assert by_batch.duplicates == len(again)
+
+
+def test_a_run_over_numbers_seen_only_in_its_middle_bytes() -> None:
+    tp = TestPacket(0, 64)
+    pkts = [memoryview(tp.build(s)) for s in range(0, 100)]
+    by_batch, by_packet = Checker(tp, 2), Checker(tp, 2)
+    for c in (by_batch, by_packet):
+        for p in pkts[50:52]:  # bits in byte 6 only
+            c.check(p, 0)
+    by_batch.check_batch(pkts[40:64], 1)  # bytes 5..7: the first and last are clean
+    for p in pkts[40:64]:
+        by_packet.check(p, 1)
+    assert counts(by_batch) == counts(by_packet)
+    assert by_batch.duplicates == 2
