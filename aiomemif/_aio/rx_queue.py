@@ -51,6 +51,12 @@ _SAFETY_RESCAN: Final = 0.01
 #: A spinning queue holds the event loop for at most this long before it lets other
 #: callbacks run (it then keeps spinning until its spin budget is spent).
 _SPIN_SLICE: Final = 50e-6
+#: Fair share: a queue whose ring is never empty never has to wait, so each receive (or
+#: send) that did not suspend owes the loop ``packets + FAIR_CALL`` units; once the debt
+#: reaches ``FAIR_SHARE`` the next call yields to the loop once (about every 250 calls of
+#: one packet, or every 28 of 256) so that other tasks and the control socket run.
+FAIR_SHARE: Final = 8192
+FAIR_CALL: Final = 32
 
 
 class RxMode(enum.Enum):
@@ -239,6 +245,8 @@ class QueueBase:
         self._on_protocol_error = on_protocol_error
         self._link = link
         self._error: MemifError | None = None
+        #: Fair-share debt since a call on this queue last suspended (see FAIR_SHARE).
+        self._owed = 0
 
     def _check(self) -> None:
         if self._error is not None:
@@ -418,22 +426,29 @@ class RxQueue(QueueBase):
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
         self._busy = True
         try:
+            if self._owed >= FAIR_SHARE:  # packets kept coming: let the loop run once
+                await asyncio.sleep(0)
+                self._owed = 0
             while True:
                 run = self._poll(max_packets)
                 if run is not None:
                     if self._mode is not _INTERRUPT:
                         self._last_packet = time.perf_counter()
+                    self._owed += len(run.packets) + FAIR_CALL
                     return self._batch_of(run)
                 # What _wait does, without a coroutine of its own on the hot paths.
                 mode = self._mode
                 if mode is _INTERRUPT:
                     await self._sleep()
+                    self._owed = 0
                     continue
                 spun = self._spin()
                 if spun is None:
                     await self._idle(mode)
+                    self._owed = 0
                 elif not spun:
                     await asyncio.sleep(0)  # let the loop run between spin slices
+                    self._owed = 0
         finally:
             self._busy = False
 

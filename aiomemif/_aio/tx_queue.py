@@ -33,7 +33,7 @@ from ..errors import (
     WouldBlockError,
 )
 from .batch import Batch
-from .rx_queue import ProtocolErrorHandler, QueueBase, RxQueue
+from .rx_queue import FAIR_CALL, FAIR_SHARE, ProtocolErrorHandler, QueueBase, RxQueue
 
 if TYPE_CHECKING:
     from typing import SupportsBytes, TypeAlias
@@ -251,6 +251,7 @@ class TxQueue(QueueBase):
             raise self._full()
 
     async def _backoff(self, retries: int) -> None:
+        self._owed = 0
         if retries < _SPIN_RETRIES:
             os.sched_yield()  # a receiver sharing this CPU gets to drain the ring
             await asyncio.sleep(0)
@@ -266,9 +267,13 @@ class TxQueue(QueueBase):
         Raises:
             As :meth:`send_batch_nowait`, except that a full ring is waited for.
         """
+        if self._owed >= FAIR_SHARE:  # the ring always had room: let the loop run once
+            self._owed = 0
+            await asyncio.sleep(0)
         seq = packets if isinstance(packets, list | tuple) else list(packets)
         total = len(seq)
         sent = self._write(seq, 0)
+        self._owed += sent + FAIR_CALL
         retries = 0
         while sent < total:
             if retries == 0:
@@ -281,8 +286,10 @@ class TxQueue(QueueBase):
 
     async def send(self, packet: Sendable) -> None:
         """Send one packet, waiting for ring space. Raises as :meth:`send_batch`."""
-        if not self._write((packet,), 0):
-            await self.send_batch((packet,))
+        if self._owed >= FAIR_SHARE or not self._write((packet,), 0):
+            await self.send_batch((packet,))  # (which yields to the loop, or waits)
+        else:
+            self._owed += 1 + FAIR_CALL
 
     # -- zero-copy transmit ----------------------------------------------------------
     def alloc_nowait(self, count: int, size: int) -> TxBuffers:
@@ -315,10 +322,15 @@ class TxQueue(QueueBase):
 
     async def alloc(self, count: int, size: int) -> TxBuffers:
         """Like :meth:`alloc_nowait`, but wait for ring space."""
+        if self._owed >= FAIR_SHARE:  # the ring always had room: let the loop run once
+            self._owed = 0
+            await asyncio.sleep(0)
         retries = 0
         while True:
             try:
-                return self.alloc_nowait(count, size)
+                bufs = self.alloc_nowait(count, size)
+                self._owed += count + FAIR_CALL
+                return bufs
             except WouldBlockError:
                 await self._backoff(retries)
                 retries += 1
