@@ -117,8 +117,12 @@ class PeerSteps:
         ids: list[str],
         t0: float,
     ) -> None:
-        """Records of a peer session: a round-trip rate per size, then an RTT per mode."""
-        base: Json = {"ok": res["ok"], "errors": res["errors"], "preempt": res.get("preempt", 0)}
+        """Records of a peer session: a round-trip rate per size, then an RTT per mode.
+
+        One worker measures every case of the session in turn, so its preemption count is
+        shared out among them (each case measures about as long as a flow case)."""
+        share = int(res.get("preempt", 0)) // max(1, len(sizes) + len(modes))
+        base: Json = {"ok": res["ok"], "errors": res["errors"], "preempt": share}
         tput = {t["size"]: t for t in res.get("throughput", [])}
         for size, rid in zip(sizes, ids, strict=False):
             run = {**base, **tput.get(size, {"pps": 0.0})}
