@@ -17,7 +17,7 @@ Groups (case ids look like ``one-way/memif/64B/b32/c2s/asyncio``; ``--list`` sho
 - queues: 1, 2 and 4 queues, one sender task per queue, aggregate rate;
 - rtt: ping-pong with one packet in flight in interrupt, polling and adaptive mode, next to
   two raw floors without aiomemif on the same loop (eventfd ping-pong through add_reader,
-  and a task spinning on a shared-mmap ring), and the same two without an event loop;
+  and a task spinning on a shared-mmap ring), ``--repeat`` times; and both without a loop;
 - handshakes: one server socket with 1, 16 and 64 interfaces, one client connecting all;
 - testpmd: aiomemif <-> dpdk-testpmd macswap round trips (both roles);
 - vpp: aiomemif -> VPP L2 cross-connect -> aiomemif round trips, 64 and 1500 B, and the
@@ -417,8 +417,8 @@ class Suite(PeerSteps):
         for kind in ("eventfd-sync", "busypoll-sync"):
             label = f"raw {kind.removesuffix('-sync')} floor, no event loop"
             self.rtt(f"rtt/raw/{kind}", label, "-", kind, "")
-        for loop in self.args.loops:  # each floor next to the cases compared with it
-            self.rtt(
+        for loop in [x for x in self.args.loops for _ in range(self.args.repeat)]:
+            self.rtt(  # each floor next to the cases compared with it, --repeat times
                 f"rtt/raw/eventfd/{loop}", "raw eventfd floor (add_reader)", loop, "eventfd", ""
             )
             self.rtt(
