@@ -334,7 +334,7 @@ class Connection:
 
         return ConnectionDetails(
             interface_name=cfg.if_name,
-            app_name=cfg.app_name,
+            app_name=self._app_name,  # (a server's: the HELLO name of its Server)
             peer_interface_name=self.peer_interface_name,
             peer_app_name=self.peer_app_name,
             interface_id=cfg.interface_id,

@@ -141,7 +141,8 @@ class InterfaceConfig:
     layout: RegionLayout = attrs.field(default=RegionLayout.SINGLE, converter=RegionLayout)
     #: Cacheline size that lays out ring headers; must match the peer's (64 on x86-64).
     cacheline: int = attrs.field(default=w.DEFAULT_CACHELINE, validator=_cacheline)
-    #: Application (instance) name sent in HELLO or INIT.
+    #: Application (instance) name sent in INIT (client). A server ignores it: its HELLO,
+    #: shared by every interface of the socket, carries the ``serve(app_name=...)`` name.
     app_name: str = attrs.field(default="aiomemif", validator=_name(31))
     #: Interface name sent in CONNECT or CONNECTED; defaults to ``memif<id>``.
     interface_name: str = attrs.field(default="", validator=_name(31))

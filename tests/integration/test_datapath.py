@@ -998,7 +998,7 @@ async def test_details_both_roles(sock_path: str) -> None:
         cd, sd = client.details(), server.details()
         assert (cd.interface_name, cd.app_name) == ("cli-if", "cli-app")
         assert (cd.peer_interface_name, cd.peer_app_name) == ("srv-if", "srv-app")
-        assert (sd.interface_name, sd.app_name) == ("srv-if", "aiomemif")
+        assert (sd.interface_name, sd.app_name) == ("srv-if", "srv-app")  # its HELLO name
         assert (sd.peer_interface_name, sd.peer_app_name) == ("cli-if", "cli-app")
         assert cd.interface_id == sd.interface_id == 7
         assert cd.secret_set and sd.secret_set

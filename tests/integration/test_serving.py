@@ -230,3 +230,17 @@ async def test_a_client_leaving_before_init_is_abandoned_not_refused(
         await events.aclose()
     assert (event.kind, event.interface_id) == ("abandoned", None)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_details_name_the_app_names_each_side_announced(sock_path: str) -> None:
+    """A server's HELLO carries the Server's app_name for all its interfaces (an
+    interface's own ``app_name`` is not sent), so that is what its details report; the
+    client reports the name its INIT carried. Each side sees the other's."""
+    cfg = InterfaceConfig(interface_id=3, app_name="not-sent")
+    async with aiomemif.serve(sock_path, [cfg], app_name="the-server") as srv:
+        async with aiomemif.connect(sock_path, interface_id=3, app_name="the-client") as cli:
+            async with asyncio.timeout(TIMEOUT):
+                conn = await srv.accept()
+            mine, theirs = conn.details(), cli.details()
+            assert (mine.app_name, mine.peer_app_name) == ("the-server", "the-client")
+            assert (theirs.app_name, theirs.peer_app_name) == ("the-client", "the-server")
