@@ -109,9 +109,15 @@ interface memif1/1
     ]
 
 
+def _vpp_segments() -> set[str]:
+    """VPP's shared-memory files (its segments carry the controller's prefix): other
+    processes' files in /dev/shm (multiprocessing semaphores, say) come and go."""
+    return set(glob.glob("/dev/shm/aiomemif-vpp-*"))
+
+
 async def test_start_stop_leaves_nothing_behind() -> None:
     vpp = Vpp(need_vpp())
-    shm_before = set(glob.glob("/dev/shm/*"))
+    shm_before = set(_vpp_segments())
     async with vpp:
         assert vpp.dir is not None and vpp.pid is not None
         work, pid = vpp.dir, vpp.pid
@@ -124,24 +130,24 @@ async def test_start_stop_leaves_nothing_behind() -> None:
         with pytest.raises(VppError, match="create interface memif"):
             await vpp.cli("create interface memif socket-id 99 id 0")
         assert "unknown input" in await vpp.cli("no such command", check=False)
-        assert set(glob.glob("/dev/shm/*")) > shm_before
+        assert set(_vpp_segments()) > shm_before
     assert not work.exists()
     assert vpp.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert set(glob.glob("/dev/shm/*")) == shm_before
+    assert set(_vpp_segments()) == shm_before
     with pytest.raises(VppError, match="not running"):
         await vpp.cli("show version")
 
 
 async def test_kill_cleans_up_like_stop() -> None:
-    shm_before = set(glob.glob("/dev/shm/*"))
+    shm_before = set(_vpp_segments())
     vpp = await Vpp(need_vpp()).start()
     work = vpp.dir
     assert work is not None
     await vpp.kill()  # SIGKILL: VPP cannot remove its own shared-memory files
     assert not work.exists()
-    assert set(glob.glob("/dev/shm/*")) == shm_before
+    assert set(_vpp_segments()) == shm_before
     await vpp.start()  # the same object starts again
     try:
         assert "vpp v" in await vpp.cli("show version")
