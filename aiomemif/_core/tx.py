@@ -172,29 +172,44 @@ def _copy_chains(
     seq: Sequence[Any],
     size: int,
     seg: int,
-    gaps: bytes = b"",
+    gaps: bytes,
 ) -> bool:
     """Copy each ``size``-byte packet of ``seq`` in ``seg``-byte pieces to consecutive
-    ``offsets`` (with ``gaps``, as for :func:`~aiomemif._core.chains.whole`: in one piece
-    where no gap falls inside the packet's buffers). False as :func:`_copy_run`."""
+    ``offsets`` (with ``gaps``, as for :func:`~aiomemif._core.chains.whole`): the packets
+    with no gap inside their buffers in one piece each, as :func:`_copy_run` does, the
+    others buffer by buffer. False as :func:`_copy_run`."""
     k = -(-size // seg)
-    cuts = [(j * seg, min(seg, size - j * seg)) for j in range(k)]
+    start = 0
     try:
-        for i, p in enumerate(seq):
-            first = i * k
-            if gaps and gaps.find(0, first, first + k - 1) < 0:
-                o = offsets[first]
-                sink[o : o + size] = p
-                continue
-            view = memoryview(p)
+        for i in _split_packets(gaps, k):
+            if i > start and not _copy_run(
+                sink, offsets[start * k : i * k : k], seq[start:i], (), size
+            ):
+                return False
+            view = memoryview(seq[i])
             if view.format != "B" or view.ndim != 1:
                 return False
-            for j, (at, n) in enumerate(cuts):
-                o = offsets[first + j]
+            first = i * k
+            for j in range(k):
+                at = j * seg
+                o, n = offsets[first + j], min(seg, size - at)
                 sink[o : o + n] = view[at : at + n]
+            start = i + 1
     except (TypeError, ValueError, IndexError, BufferError):
         return False
-    return True
+    return start >= len(seq) or _copy_run(sink, offsets[start * k :: k], seq[start:], (), size)
+
+
+def _split_packets(gaps: bytes, k: int) -> list[int]:
+    """The packets of ``k`` buffers each that ``gaps`` splits (a gap before a packet's
+    last buffer), in order."""
+    split: list[int] = []
+    j = gaps.find(0)
+    while j >= 0:
+        if j % k != k - 1 and (not split or split[-1] != j // k):
+            split.append(j // k)
+        j = gaps.find(0, j + 1)
+    return split
 
 
 def _copy_pieces(
