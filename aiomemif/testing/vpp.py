@@ -14,7 +14,8 @@ Each :class:`Vpp` writes its own ``startup.conf`` into a private temporary direc
 CLI socket, logs, runtime files and, when started from a tarball, the unpacked programs all
 live there), starts ``vpp -c startup.conf`` without root or hugepages (4k pages, a 512 MiB
 heap, 16384 buffers of 2048 bytes, only the memif and ping plugins), and runs CLI commands
-with ``vppctl``. ``stop()`` ends VPP and removes the directory and VPP's ``/dev/shm`` files.
+with ``vppctl``. ``stop()`` ends VPP and removes the directory and VPP's ``/dev/shm`` files;
+``start()`` first removes those of VPPs whose controller died before it could.
 
 The VPP process is a plain child process, not tied to one event loop: one instance can serve
 tests running on different loops. The main loop sleeps ``poll_sleep_usec`` between polls so
@@ -61,6 +62,7 @@ __all__ = [
     "VppError",
     "VppInstall",
     "find_vpp",
+    "sweep_orphans",
 ]
 
 #: Environment variable naming a VPP to use: a directory holding ``bin/vpp`` (an unpacked
@@ -178,6 +180,34 @@ def _die_with_parent() -> None:
 _FAILED = re.compile(r"^(unknown input|[a-z][a-z0-9 -]*[a-z0-9]: )")
 
 
+_SEGMENT = re.compile(r"aiomemif-vpp-(\d+)-[0-9a-f]{8}-")
+
+
+def sweep_orphans(shm: str = "/dev/shm") -> list[str]:
+    """Remove the shared-memory files of VPPs whose controller process is gone, and return
+    their paths. (A controller killed before it could stop its VPP takes VPP with it, by
+    PR_SET_PDEATHSIG, but leaves VPP's files, named for the controller's pid, in RAM.)"""
+    removed = []
+    for path in glob.glob(os.path.join(shm, "aiomemif-vpp-*")):
+        m = _SEGMENT.match(os.path.basename(path))
+        if m is None or _alive(int(m[1])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Vpp:
     """One VPP process in a temporary directory, driven through ``vppctl``.
 
@@ -281,6 +311,7 @@ class Vpp:
         """
         if self.proc is not None:
             raise VppError("VPP is already running")
+        sweep_orphans()
         self.dir = Path(tempfile.mkdtemp(prefix="aiomemif-vpp-"))
         try:
             self._programs = await asyncio.to_thread(self.install.unpacked, self.dir)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from support.vpp import need_vpp
 
-from aiomemif.testing.vpp import Vpp, VppError, VppInstall, find_vpp
+from aiomemif.testing.vpp import Vpp, VppError, VppInstall, find_vpp, sweep_orphans
 from aiomemif.testing.vpp_show import parse_errors, parse_interfaces, parse_memif
 
 pytestmark = [pytest.mark.vpp, pytest.mark.timeout(60)]
@@ -164,3 +165,17 @@ async def test_a_vpp_that_cannot_start_is_reported(tmp_path: Path) -> None:
     with pytest.raises(VppError, match="status 3") as info:
         await Vpp(VppInstall.at_prefix(tmp_path)).start()
     assert "no luck" in str(info.value)
+
+
+def test_orphaned_segments_are_swept(tmp_path: Path) -> None:
+    """Files of a VPP whose controller died go; those of live controllers (this process)
+    and files of other names stay."""
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid that has just ended
+    dead = tmp_path / f"aiomemif-vpp-{child.pid}-0123abcd-global_vm"
+    live = tmp_path / f"aiomemif-vpp-{os.getpid()}-0123abcd-global_vm"
+    other = tmp_path / "aiomemif-vpp-notapid-vpe-api"
+    for f in (dead, live, other):
+        f.write_bytes(b"x")
+    assert sweep_orphans(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and live.exists() and other.exists()
