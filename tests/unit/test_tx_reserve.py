@@ -208,13 +208,14 @@ def test_commit_of_views_checks_its_reservation(rigs: Callable[..., MmapRig], si
         tx.commit(res)
 
 
+@pytest.mark.parametrize("headroom", [0, 8])
 def test_client_commit_rows_follow_buffers_moved_by_forwarding(
-    rigs: Callable[..., MmapRig],
+    rigs: Callable[..., MmapRig], headroom: int
 ) -> None:
     """A client's commit in a clean ring stores remembered descriptor rows: they hold flags
-    0, the buffer region, the length and the slot's data offset, also after forwarding
-    moved a slot's buffer (the rows of the old buffer are forgotten)."""
-    r = rigs(start=MASK - 7)
+    0, the buffer region, the length and the slot's data offset (after its headroom), also
+    after forwarding moved a slot's buffer (the rows of the old buffer are forgotten)."""
+    r = rigs(start=MASK - 7, tx_headroom=headroom)
     tx, rx = r.client_tx, r.server_rx
 
     def lap(tag: int) -> None:  # 4 reservations of 2 packets: one lap of the 8-slot ring
@@ -232,6 +233,7 @@ def test_client_commit_rows_follow_buffers_moved_by_forwarding(
             assert take(rx.poll(64).packets) == data
             rx.release()
 
+    assert tx.data[0] == tx.buffers[0] + headroom
     lap(0)  # the first lap writes every descriptor in full
     assert tx.dirty <= 0 and not tx._rows
     lap(10)  # clean: from rows
