@@ -33,7 +33,7 @@ from ..errors import (
     WouldBlockError,
 )
 from .batch import Batch
-from .rx_queue import FAIR_CALL, FAIR_SHARE, ProtocolErrorHandler, QueueBase, RxQueue
+from .rx_queue import FAIR_CALL, FAIR_SHARE, ProtocolErrorHandler, QueueBase, RxQueue, fresh
 
 if TYPE_CHECKING:
     from typing import SupportsBytes, TypeAlias
@@ -139,6 +139,9 @@ class TxBuffers(Sequence[TxBuffer]):
             ValueError: the packets are chained (use each :class:`TxBuffer`'s segments),
                 or ``TxBuffer`` objects were already taken (their lengths would be lost).
         """
+        plain = self._reserved.views
+        if plain is not None and self._buffers is None:  # (the usual case, first)
+            return list(plain)
         views = self._reserved.one_view_each()
         if views is None:
             raise ValueError("these packets span several buffers each: use their segments")
@@ -208,8 +211,11 @@ class TxQueue(QueueBase):
         self._check()
         ep = self._endpoint
         if ep.reservation is not None:
-            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
+            raise self._busy()
         return ep
+
+    def _busy(self) -> BusyResourceError:
+        return BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
 
     def _write(self, packets: Sequence[object], start: int) -> int:
         ep = self._free_endpoint()
@@ -308,32 +314,50 @@ class TxQueue(QueueBase):
             ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
                 down (closed here, by the peer, or over a protocol violation).
         """
-        if count < 1:
-            raise ConfigurationError(f"count must be at least 1, got {count}")
-        ep = self._free_endpoint()
-        try:
-            res = ep.reserve(count, size)
-        except RemoteProtocolError as exc:
-            raise self._protocol_failure(exc) from exc
+        res = self._reserve(count, size)
         if res is None:
             self.counters.ring_full += 1
             raise WouldBlockError(f"tx queue {self.qid} has no room for {count} x {size} bytes")
         return TxBuffers(self, res)
 
     async def alloc(self, count: int, size: int) -> TxBuffers:
-        """Like :meth:`alloc_nowait`, but wait for ring space."""
+        """Like :meth:`alloc_nowait`, but wait for ring space (``counters.ring_full``
+        counts the wait once, as :meth:`send_batch` does).
+
+        Raises:
+            As :meth:`alloc_nowait`, except that a full ring is waited for.
+        """
         if self._owed >= FAIR_SHARE:  # the ring always had room: let the loop run once
             self._owed = 0
             await asyncio.sleep(0)
-        retries = 0
-        while True:
-            try:
-                bufs = self.alloc_nowait(count, size)
-                self._owed += count + FAIR_CALL
-                return bufs
-            except WouldBlockError:
+        res = self._reserve(count, size)
+        if res is None:
+            self.counters.ring_full += 1
+            retries = 0
+            while res is None:
                 await self._backoff(retries)
                 retries += 1
+                res = self._reserve(count, size)
+        self._owed += count + FAIR_CALL
+        return TxBuffers(self, res)
+
+    def _reserve(self, count: int, size: int) -> TxReservation | None:
+        """The endpoint's reservation, or None if the packets do not fit now.
+
+        Raises:
+            As :meth:`alloc_nowait`, except for a full ring.
+        """
+        if count < 1:
+            raise ConfigurationError(f"count must be at least 1, got {count}")
+        if self._error is not None:  # (_free_endpoint(), inline)
+            raise fresh(self._error)
+        ep = self._endpoint
+        if ep.reservation is not None:
+            raise self._busy()
+        try:
+            return ep.reserve(count, size)
+        except RemoteProtocolError as exc:
+            raise self._protocol_failure(exc) from exc
 
     def commit(self, buffers: TxBuffers, lengths: Sequence[int] | None = None) -> int:
         """Publish allocated buffers; return packets sent.
@@ -352,7 +376,8 @@ class TxQueue(QueueBase):
             ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
                 down (closed here, by the peer, or over a protocol violation).
         """
-        self._check()
+        if self._error is not None:  # (_check(), inline)
+            raise fresh(self._error)
         res = buffers._reservation
         if res is None or buffers._queue is not self:
             raise LocalProtocolError("these buffers were already committed or cancelled")

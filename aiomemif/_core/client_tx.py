@@ -20,7 +20,7 @@ from .buffers import as_wire_buffer
 from .chains import ChainShapes, columns, pick, whole
 from .ring import QueueCounters, Ring
 from .rx import ClientRx
-from .slices import SliceTable
+from .slices import RunCuts, SliceTable
 from .tx import (
     MAX_PACKET,
     ByteSink,
@@ -35,6 +35,7 @@ from .tx import (
     _never_fits,
     _run_of,
     _too_large,
+    _uniform_column,
 )
 
 __all__ = ["ClientTx"]
@@ -42,6 +43,10 @@ __all__ = ["ClientTx"]
 _MASK = w.MASK16
 _NEXT = w.DESC_FLAG_NEXT
 _HEAD = w.RING_HEAD_OFF // 2
+_ROW = w.DESC_SIZE
+#: Rings' worth of slots whose clean descriptors :meth:`ClientTx._publish_same` remembers
+#: (more: all are forgotten, then remembered again as they come).
+_ROW_LAPS = 4
 
 
 class ClientTx(TxEndpoint):
@@ -74,8 +79,14 @@ class ClientTx(TxEndpoint):
         self.data = array("I", (b + headroom for b in buffers))
         #: The same offsets as a list (its ints compare by identity in :attr:`cuts`).
         self.data_list = self.data.tolist()
-        #: Slices that cut the views of zero-copy reservations.
+        #: Slices that cut the views of zero-copy reservations of chains, and the getters
+        #: that cut those of one buffer each (forgotten when forwarding moves a buffer).
         self.cuts = SliceTable(ring.size)
+        self.run_cuts = RunCuts(self.data_list)
+        #: Clean descriptors of runs of equal packets, per (first slot, count, size); and
+        #: how many slots they cover (forgotten when forwarding moves a buffer).
+        self._rows: dict[tuple[int, int, int], bytes] = {}
+        self._rows_held = 0
         #: The descriptors of packets of each size, for runs of chains of many sizes.
         self.shapes = ChainShapes(self.capacity)
         #: Per slot, 1 if the next slot's data starts where this slot's capacity ends (a
@@ -117,6 +128,38 @@ class ClientTx(TxEndpoint):
 
     def _publish(self, lengths: array[int], flags: array[int] | None) -> None:
         self._publish_at(lengths, None, flags)
+
+    def _publish_same(self, size: int, n: int) -> None:
+        """:meth:`_publish` of ``n`` packets of ``size`` bytes, no flags. In a clean ring
+        the run's descriptors are stored whole, from a remembered copy (one contiguous
+        copy is cheaper than a strided store of the length words alone)."""
+        ring, head = self.ring, self.head
+        s = head & ring.mask
+        if self.dirty > 0 or s + n > ring.size:
+            self._publish_at(_uniform_column(size, n), None, None)
+            return
+        rows = self._rows.get((s, n, size))
+        if rows is None:
+            rows = self._remember_rows(s, n, size)
+        ring.desc[_ROW * s : _ROW * (s + n)] = rows
+        self.head = head = (head + n) & _MASK
+        ring.header[_HEAD] = head
+
+    def _remember_rows(self, slot: int, n: int, size: int) -> bytes:
+        """The clean descriptors of ``n`` slots from ring slot ``slot`` (inside the ring)
+        holding ``size`` bytes each: flags 0, this region, the slots' own data offsets."""
+        if self._rows_held + n > _ROW_LAPS * self.ring.size:
+            self._forget_rows()
+        rows = bytearray(_ROW * n)
+        for k, offset in enumerate(self.data_list[slot : slot + n]):
+            w.DESC.pack_into(rows, _ROW * k, 0, self.region_index, size, offset, 0)
+        self._rows[slot, n, size] = blob = bytes(rows)
+        self._rows_held += n
+        return blob
+
+    def _forget_rows(self) -> None:
+        self._rows.clear()
+        self._rows_held = 0
 
     def _publish_at(
         self, lengths: array[int], offsets: array[int] | None, flags: array[int] | None
@@ -300,17 +343,20 @@ class ClientTx(TxEndpoint):
         """
         if self.reservation is not None:
             raise LocalProtocolError("a reservation is already open on this queue")
-        ring_size = self.ring.size
+        ring = self.ring
+        ring_size = ring.size
         cap = self.capacity
         if 0 < size <= cap:  # one buffer each: views straight from the data offsets
             if count > ring_size:
                 raise _never_fits(count, size, count, ring_size)
-            if count > self.free():
+            head = self.head
+            used = (head - ring.header[ring.tail_index]) & _MASK  # (free(), inline)
+            if used > ring_size:
+                raise RemoteProtocolError("Ring tail out of range")
+            if count > ring_size - used:
                 return None
-            res = TxReservation(self.head, size)
-            res.views = self._views(count, [size] * count)
-            res.used = count
-            self.reservation = res
+            views = self.run_cuts.cut(self.region, head & ring.mask, count, size)
+            res = self.reservation = TxReservation(head, size, views)
             return res
         if not 0 < size <= MAX_PACKET:
             raise _bad_size(size)
@@ -414,5 +460,7 @@ class ClientTx(TxEndpoint):
             self._set_follows((s - 1, s))
             lens.append(length)
             offs.append(off)
+        self.run_cuts.forget()  # (the getters cut the slots' old buffers)
+        self._forget_rows()  # (and the rows name them)
         self.dirty = self.ring.size  # offsets inside buffers, not at their data start
         self._publish_at(lens, offs, flags)  # (with flags given, it keeps the ring dirty)

@@ -6,6 +6,9 @@ keeps one slice object per ring slot, made the first time the slot is cut at tha
 and length; a later cut of the same slots at the same offsets and lengths (a client's
 buffers stay in their slots lap after lap; frames of one size keep their lengths) is one
 comparison of the columns and one ``itemgetter`` call that makes only the memoryviews.
+A :class:`RunCuts` goes one step further for slots whose offsets stay put (a client's own
+buffers): it keeps the ``itemgetter`` of each run of slots it cut, so a run cut again is
+one dictionary look-up and that call.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from itertools import repeat
 from operator import add, itemgetter
 from typing import Final
 
-__all__ = ["SliceTable"]
+__all__ = ["RunCuts", "SliceTable"]
 
 _UNUSED: Final = slice(0, 0)
 #: Lengths of equal cuts remembered at a time (more: all are forgotten, then remembered
 #: again as they come).
 _LENGTHS: Final = 8
+#: Rings' worth of slots that :class:`RunCuts` remembers getters for (more: all are
+#: forgotten, then remembered again as they come).
+_RUN_LAPS: Final = 4
 
 
 class SliceTable:
@@ -84,3 +90,55 @@ def _cut(view: memoryview, slices: list[slice], slot: int, end: int) -> tuple[me
         return (view[slices[slot]],)
     cut: tuple[memoryview, ...] = itemgetter(*slices[slot:end])(view)
     return cut
+
+
+class RunCuts:
+    """Per run of slots and size, the ``itemgetter`` that cuts the views of that run in one
+    call, for a ring whose slots keep their offsets (a client's own buffers): a run cut
+    again (batch after batch, lap after lap) costs one dictionary look-up and the views.
+
+    ``offsets`` is the owner's list of the slots' offsets, read when a run is first cut;
+    the owner calls :meth:`forget` whenever it changes one (forwarding moves buffers).
+    """
+
+    __slots__ = ("_getters", "_held", "_offsets", "_ring")
+
+    def __init__(self, offsets: list[int]) -> None:
+        self._offsets = offsets
+        self._ring = len(offsets)
+        self._getters: dict[tuple[int, int, int], itemgetter[slice]] = {}
+        self._held = 0  # slots named by the remembered getters
+
+    def forget(self) -> None:
+        """Drop every remembered getter (an offset changed)."""
+        self._getters.clear()
+        self._held = 0
+
+    def cut(self, view: memoryview, slot: int, count: int, size: int) -> tuple[memoryview, ...]:
+        """The views ``view[o : o + size]`` at the offsets of ``count`` slots from ring slot
+        ``slot``, wrapping past the ring's end (the caller keeps ``count`` within the ring
+        and every cut within ``view``).
+
+        Raises:
+            ValueError: ``view`` was released.
+        """
+        getter = self._getters.get((slot, count, size))
+        if getter is None:
+            if count == 1:
+                o = self._offsets[slot]
+                return (view[o : o + size],)
+            getter = self._remember(slot, count, size)
+        cut: tuple[memoryview, ...] = getter(view)
+        return cut
+
+    def _remember(self, slot: int, count: int, size: int) -> itemgetter[slice]:
+        offs = self._offsets
+        end = slot + count
+        run = offs[slot:end] if end <= self._ring else offs[slot:] + offs[: end - self._ring]
+        if self._held + count > _RUN_LAPS * self._ring:
+            self.forget()
+        getter = self._getters[slot, count, size] = itemgetter(
+            *map(slice, run, map(add, run, repeat(size)))
+        )
+        self._held += count
+        return getter

@@ -31,17 +31,18 @@ class TxReservation:
 
     __slots__ = ("empty", "segments", "size", "start", "used", "views")
 
-    def __init__(self, start: int, size: int) -> None:
+    def __init__(self, start: int, size: int, views: tuple[memoryview, ...] | None = None) -> None:
         self.start = start
         #: The reserved size of every packet.
         self.size = size
         #: One buffer per packet: the packets' writable views (then ``segments`` is empty).
-        self.views: tuple[memoryview, ...] | None = None
+        self.views = views
         #: Otherwise, per packet, the writable segment views (several for a chain).
         self.segments: list[list[memoryview]] = []
         #: Slots (relative to ``start``) the peer offered unusably: published empty.
         self.empty: list[int] = []
-        self.used = 0
+        #: Slots used (given: one per view; else the caller sets it).
+        self.used = 0 if views is None else len(views)
 
     @property
     def count(self) -> int:
@@ -305,6 +306,10 @@ class TxEndpoint:
         buffers' data offsets, where the ring needs them); then move the ring for the peer."""
         raise NotImplementedError
 
+    def _publish_same(self, size: int, n: int) -> None:
+        """:meth:`_publish` of ``n`` packets of ``size`` bytes each, no flags."""
+        self._publish(_uniform_column(size, n), None)
+
     def _write_one(self, packets: Sequence[Any], start: int, free: int) -> int:
         raise NotImplementedError
 
@@ -382,11 +387,15 @@ class TxEndpoint:
             raise LocalProtocolError("not the open reservation of this queue")
         views = res.views
         if views is not None and lengths is None:  # one buffer each, all of the reserved size
-            exported = release_views(views)  # the user's views die before the peer may read
-            if exported:
-                raise exported_error("buffer", exported, "nothing was sent")
+            try:  # the user's views die before the peer may read
+                for view in views:
+                    view.release()
+            except BufferError:  # one is exported: which ones (the rest are released too)
+                exported = release_views(views)
+                if exported:
+                    raise exported_error("buffer", exported, "nothing was sent") from None
             n = len(views)
-            self._publish(_uniform_column(res.size, n), None)
+            self._publish_same(res.size, n)
             self.reservation = None
             c = self.counters
             c.packets += n

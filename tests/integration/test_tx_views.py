@@ -5,6 +5,8 @@ leaves behind (only lengths are rewritten while the ring is clean).
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from support.links import ROLES, client_tx, ends, linked, payload, receive_count, server_tx
 
@@ -161,3 +163,28 @@ async def test_client_commit_after_a_chain_clears_its_flags(sock_path: str) -> N
             assert descriptors(tx, head, count) == [
                 (0, 50 - k, ep.data[(head + k) & mask]) for k in range(count)
             ]
+
+
+@pytest.mark.parametrize("sender", ROLES)
+async def test_alloc_waits_for_room_and_counts_the_wait_once(sock_path: str, sender: str) -> None:
+    """``await alloc()`` on a full ring retries until the receiver frees room; like
+    ``send_batch`` it counts one ring-full wait however many times it retried."""
+    async with linked(sock_path, InterfaceConfig(buffer_size=256, ring_size=16)) as (s, c):
+        tx, rx = ends(s, c, sender)
+        first = [payload(i, 100) for i in range(16)]
+        assert tx.send_batch_nowait(first) == 16
+        with pytest.raises(aiomemif.WouldBlockError):
+            tx.alloc_nowait(1, 100)
+        assert tx.counters.ring_full == 1
+        pending = asyncio.create_task(tx.alloc(4, 100))
+        for _ in range(8):  # it retries on every turn of the loop
+            await asyncio.sleep(0)
+        assert not pending.done()
+        assert await receive_count(rx, 16) == first
+        bufs = await asyncio.wait_for(pending, 5)
+        assert tx.counters.ring_full == 2
+        later = [payload(50 + i, 100) for i in range(4)]
+        for v, d in zip(bufs.views, later, strict=True):
+            v[:] = d
+        assert tx.commit(bufs) == 4
+        assert await receive_count(rx, 4) == later

@@ -1,6 +1,8 @@
 """Zero-copy reservations at ring level: views cut from remembered slices
-(:class:`~aiomemif._core.slices.SliceTable`), in both roles, across the ring's end, after
-the buffers behind the slots moved, and the commit that releases them.
+(:class:`~aiomemif._core.slices.SliceTable`) and, for a client's one-buffer packets, from
+remembered getters (:class:`~aiomemif._core.slices.RunCuts`), in both roles, across the
+ring's end, after the buffers behind the slots moved, and the commit that releases them
+(a client's clean commit stores remembered descriptor rows).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiomemif import LocalProtocolError
 from aiomemif._core.client_tx import ClientTx
 from aiomemif._core.rx import ClientRx, ServerRx
 from aiomemif._core.server_tx import ServerTx
-from aiomemif._core.slices import SliceTable
+from aiomemif._core.slices import RunCuts, SliceTable
 
 
 def test_slice_table_cuts_remembers_and_refreshes() -> None:
@@ -66,6 +68,41 @@ def test_slice_table_refuses_a_bad_cut(slot: int, offsets: list[int], lengths: l
         table.cut(view, slot, offsets, lengths)
     assert (table._offs, table._lens, table._slices) == before
     assert len(table._slices) == 8
+
+
+def test_run_cuts_remember_wrap_and_forget() -> None:
+    buf = mmap.mmap(-1, 4096)
+    view = memoryview(buf)
+    try:
+        buf[:] = bytes(range(256)) * 16
+        offsets = [100 * k for k in range(8)]
+        cuts = RunCuts(offsets)
+        run = cuts.cut(view, 6, 4, 10)  # slots 6, 7, 0, 1: across the ring's end
+        assert [bytes(v) for v in run] == [buf[o : o + 10] for o in (600, 700, 0, 100)]
+        getter = cuts._getters[6, 4, 10]
+        again = cuts.cut(view, 6, 4, 10)
+        assert cuts._getters[6, 4, 10] is getter and len(cuts._getters) == 1  # reused
+        assert [bytes(v) for v in again] == [bytes(v) for v in run]
+        shorter = cuts.cut(view, 6, 4, 3)  # another size: another getter
+        assert [bytes(v) for v in shorter] == [buf[o : o + 3] for o in (600, 700, 0, 100)]
+        assert len(cuts._getters) == 2
+        assert [bytes(v) for v in cuts.cut(view, 3, 1, 5)] == [buf[300:305]]  # one view
+        offsets[7] = 2000  # the owner moved a buffer and says so
+        cuts.forget()
+        assert not cuts._getters
+        assert [bytes(v) for v in cuts.cut(view, 6, 2, 4)] == [buf[600:604], buf[2000:2004]]
+        for slot in range(8):  # more runs than four rings' worth of slots: all forgotten
+            for count in range(2, 8):
+                cuts.cut(view, slot, count, 7)
+                assert cuts._held <= 4 * 8
+        assert sum(k for _, k, _ in cuts._getters) == cuts._held
+        for v in (*run, *again, *shorter):
+            v.release()
+    finally:
+        view.release()
+        buf.close()
+    with pytest.raises(ValueError, match="released"):
+        cuts.cut(view, 0, 3, 10)
 
 
 def endpoints(r: MmapRig, side: str) -> tuple[ClientTx | ServerTx, ServerRx | ClientRx]:
@@ -169,3 +206,49 @@ def test_commit_of_views_checks_its_reservation(rigs: Callable[..., MmapRig], si
     assert tx.commit(res) == 2
     with pytest.raises(LocalProtocolError):
         tx.commit(res)
+
+
+@pytest.mark.parametrize("headroom", [0, 8])
+def test_client_commit_rows_follow_buffers_moved_by_forwarding(
+    rigs: Callable[..., MmapRig], headroom: int
+) -> None:
+    """A client's commit in a clean ring stores remembered descriptor rows: they hold flags
+    0, the buffer region, the length and the slot's data offset (after its headroom), also
+    after forwarding moved a slot's buffer (the rows of the old buffer are forgotten)."""
+    r = rigs(start=MASK - 7, tx_headroom=headroom)
+    tx, rx = r.client_tx, r.server_rx
+
+    def lap(tag: int) -> None:  # 4 reservations of 2 packets: one lap of the 8-slot ring
+        for k in range(4):
+            first = tx.head
+            res = tx.reserve(2, 20)
+            assert res is not None and res.views is not None
+            data = [payload(tag + 2 * k + j, 20) for j in range(2)]
+            for v, d in zip(res.views, data, strict=True):
+                v[:] = d
+            assert tx.commit(res) == 2
+            assert [r.get_full(r.s2m_server, first + j) for j in range(2)] == [
+                (0, r.breg, 20, tx.data[(first + j) & r.mask], 0) for j in range(2)
+            ]
+            assert take(rx.poll(64).packets) == data
+            rx.release()
+
+    assert tx.data[0] == tx.buffers[0] + headroom
+    lap(0)  # the first lap writes every descriptor in full
+    assert tx.dirty <= 0 and not tx._rows
+    lap(10)  # clean: from rows
+    assert tx._rows
+    r.server_tx.write([payload(90, 20)])
+    run = rx_client = r.client_rx.poll(64)
+    assert tx.forward_from(r.client_rx, [(0, run.start, 1)]) == [0]
+    take(rx_client.packets)
+    r.client_rx.release()
+    moved = (tx.head - 1) & r.mask
+    assert tx.write([payload(91, 20)]) == 1  # back to reservations at even slots
+    assert take(rx.poll(64).packets) == [payload(90, 20), payload(91, 20)]
+    rx.release()
+    assert not tx._rows and not tx.run_cuts._getters and tx.dirty == 7
+    assert tx.buffers[moved] != r.tx_table[moved]
+    for tag in (20, 30, 40):  # dirty again, then clean from fresh rows
+        lap(tag)
+    assert tx._rows and tx.dirty <= 0
