@@ -51,7 +51,7 @@ import time
 import weakref
 from typing import Final
 
-__all__ = ["LOCK", "TICK", "Guarded", "stuck_rescues"]
+__all__ = ["LOCK", "TICK", "Guarded", "stuck_rescues", "ticks"]
 
 log = logging.getLogger("aiomemif")
 
@@ -75,6 +75,13 @@ _guarded: weakref.WeakSet[Guarded] = weakref.WeakSet()
 _thread: threading.Thread | None = None
 _state = threading.Lock()  # guards starting/stopping the thread
 _rescues = 0
+_ticks = 0
+
+
+def ticks() -> int:
+    """How many times the watchdog thread has woken in this process (for benchmarks: each
+    wake-up can preempt the loop thread on its CPU)."""
+    return _ticks
 
 
 def stuck_rescues() -> int:
@@ -127,9 +134,10 @@ class Guarded:
 
 
 def _watch() -> None:
-    global _thread
+    global _thread, _ticks
     while True:
         time.sleep(TICK)
+        _ticks += 1
         with _state:
             items = list(_guarded)
             if not items:

@@ -46,7 +46,7 @@ from support.stall import Shared, forked, heartbeat
 
 import aiomemif
 from aiomemif._os.eventfd import EventFd
-from aiomemif._os.watchdog import TICK, stuck_rescues
+from aiomemif._os.watchdog import TICK, stuck_rescues, ticks
 
 #: The longest the event loop may be held by any of these attacks (seconds). The
 #: watchdog finds a stuck syscall within one to two 10 ms ticks; the rest is the race
@@ -463,6 +463,18 @@ def test_watchdog_leaves_a_slow_honest_syscall_alone() -> None:
         time.sleep(3 * TICK)
         assert efd.tampered
         efd.ops += 1
+    finally:
+        efd.close()
+
+
+def test_watchdog_counts_its_ticks_while_eventfds_exist() -> None:
+    """``ticks()`` (what the benchmarks subtract their switches by) moves while an eventfd
+    is guarded (about once per TICK)."""
+    efd = EventFd()
+    try:
+        before = ticks()
+        time.sleep(10 * TICK)
+        assert ticks() - before >= 1
     finally:
         efd.close()
 
