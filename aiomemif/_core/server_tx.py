@@ -221,19 +221,28 @@ class ServerTx(TxEndpoint):
 
     def _gaps(self, offsets: list[int], cap: int) -> bytes:
         """:func:`~aiomemif._core.chains.offset_gaps` of the offered run from tail,
-        remembered per slot: a client offers the same buffers lap after lap."""
+        remembered per slot: a client offers the same buffers lap after lap.
+
+        ``_adjoin[j]`` says whether the remembered offers of slots ``j`` and ``j + 1``
+        adjoin, both known (``_adjoin_offsets``); a run of known offers reads its gaps
+        there, whatever runs they were remembered in."""
         s = self.tail & self.ring.mask
         e = s + len(offsets)
         if e > self.ring.size:  # (a run across the ring's end: afresh)
             return offset_gaps(offsets, cap)
-        if cap == self._adjoin_cap and self._adjoin_offsets[s:e] == offsets:
-            return bytes(self._adjoin[s : e - 1]) + b"\x00"  # (the last: not this run's)
+        known, adjoin = self._adjoin_offsets, self._adjoin
+        if cap == self._adjoin_cap and known[s:e] == offsets:
+            return bytes(adjoin[s : e - 1]) + b"\x00"  # (the last: not this run's)
         gaps = offset_gaps(offsets, cap)
         if cap != self._adjoin_cap:
-            self._adjoin_offsets = [-1] * self.ring.size
+            known[:] = [-1] * self.ring.size
             self._adjoin_cap = cap
-        self._adjoin_offsets[s:e] = offsets
-        self._adjoin[s:e] = gaps
+        known[s:e] = offsets
+        adjoin[s : e - 1] = gaps[:-1]
+        if e < len(known):  # the run's last offer against the one after it, if known
+            adjoin[e - 1] = known[e] == offsets[-1] + cap
+        if s:  # and the one before it against its first (if known: else it is set when
+            adjoin[s - 1] = known[s - 1] + cap == offsets[0]  # that offer is remembered)
         return gaps
 
     def _and_the_rest(self, seq: Sequence[Any], count: int, avail: int) -> int:
