@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import accumulate, repeat
 from operator import eq, itemgetter, sub
 from typing import Final, final
 
 from . import wire as w
 
-__all__ = ["ChainShapes", "RunShape", "RunShapes", "columns", "offset_gaps", "pick", "whole"]
+__all__ = [
+    "ChainShapes",
+    "RunPlan",
+    "RunShape",
+    "RunShapes",
+    "columns",
+    "offset_gaps",
+    "pick",
+    "whole",
+]
 
 _NEXT = w.DESC_FLAG_NEXT
 #: Sizes one :class:`ChainShapes` remembers (more: it forgets them all and starts again).
@@ -53,11 +62,24 @@ def offset_gaps(offsets: list[int], cap: int) -> bytes:
 class ChainShapes:
     """The :data:`Shape` of each packet size in buffers of ``cap`` bytes, remembered."""
 
-    __slots__ = ("_known", "cap")
+    __slots__ = ("_known", "_plans", "cap")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._known: dict[int, Shape] = {}
+        self._plans: dict[tuple[int, ...], RunPlan] = {}
+
+    def plan(self, lengths: Sequence[int]) -> RunPlan:
+        """The :class:`RunPlan` of packets of ``lengths`` (as for :meth:`of`), remembered
+        per run of sizes: a sender sends the same run of sizes again and again."""
+        key = tuple(lengths)
+        plans = self._plans
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= _RUN_SHAPES:
+                plans.clear()
+            plan = plans[key] = RunPlan(*self.of(key), key)
+        return plan
 
     def of(
         self, lengths: Sequence[int]
@@ -92,6 +114,52 @@ def columns(
 ) -> tuple[array[int], array[int]]:
     """The lengths and flags columns of the first ``count`` packets' shapes."""
     return array("I", b"".join(lens[:count])), array("H", b"".join(flags[:count]))
+
+
+@final
+class RunPlan:
+    """The descriptors of a run of whole packets (lengths ``sizes``, shapes from
+    :meth:`ChainShapes.of`), worked out once: packet ``i`` takes the slots up to
+    ``ends[i]`` from ``firsts[i]`` (``lasts[i]``, its last), ``slots`` in all; the
+    ``lengths`` and ``flags`` columns of every slot, ``chained`` packets over one buffer,
+    ``nbytes`` bytes, ``widest`` slots in the largest packet. Read only."""
+
+    __slots__ = (
+        "_shapes",
+        "chained",
+        "count",
+        "ends",
+        "firsts",
+        "flags",
+        "lasts",
+        "lengths",
+        "nbytes",
+        "slots",
+        "widest",
+    )
+
+    def __init__(
+        self,
+        lens: tuple[bytes, ...],
+        flags: tuple[bytes, ...],
+        ks: tuple[int, ...],
+        sizes: tuple[int, ...],
+    ) -> None:
+        self._shapes = (lens, flags, ks, sizes)
+        self.count = len(ks)
+        self.ends = list(accumulate(ks))
+        self.slots = self.ends[-1]
+        self.firsts = [0, *self.ends[:-1]]
+        self.lasts = list(map(sub, self.ends, repeat(1)))
+        self.lengths, self.flags = columns(lens, flags, len(ks))
+        self.chained = len(ks) - ks.count(1)
+        self.nbytes = sum(sizes)
+        self.widest = max(ks)
+
+    def part(self, count: int) -> RunPlan:
+        """The plan of the first ``count`` packets (1 or more), made afresh."""
+        lens, flags, ks, sizes = self._shapes
+        return RunPlan(lens[:count], flags[:count], ks[:count], sizes[:count])
 
 
 @final

@@ -283,3 +283,50 @@ def test_a_shape_of_fewer_packets_than_its_limit_is_not_kept() -> None:
         65,
         1,
     )
+
+
+# -- the sender's plans of mixed runs ----------------------------------------------------
+
+
+def naive_plan(sizes: list[int], cap: int) -> tuple[list[int], list[int], list[int], int]:
+    """(lengths, flags, first slot of each packet, chained) written slot by slot."""
+    lengths: list[int] = []
+    flags: list[int] = []
+    firsts: list[int] = []
+    for n in sizes:
+        k = -(-n // cap)
+        firsts.append(len(lengths))
+        lengths += [cap] * (k - 1) + [n - cap * (k - 1)]
+        flags += [NEXT] * (k - 1) + [0]
+    return lengths, flags, firsts, sum(-(-n // cap) > 1 for n in sizes)
+
+
+@pytest.mark.parametrize("sizes", [[1, 64, 65, 200, 3], [129, 129], [64, 1, 64], [300]])
+def test_a_run_plan_says_what_slot_by_slot_writing_says(sizes: list[int]) -> None:
+    shapes = chains.ChainShapes(64)
+    plan = shapes.plan(sizes)
+    assert shapes.plan(list(sizes)) is plan  # remembered
+    lengths, flags, firsts, chained = naive_plan(sizes, 64)
+    assert (plan.lengths.tolist(), plan.flags.tolist(), plan.firsts) == (lengths, flags, firsts)
+    ends = [*firsts[1:], len(lengths)]
+    assert (plan.ends, plan.lasts, plan.slots) == (ends, [e - 1 for e in ends], len(lengths))
+    assert (plan.count, plan.chained, plan.nbytes) == (len(sizes), chained, sum(sizes))
+    assert plan.widest == max(-(-n // 64) for n in sizes)
+    for count in range(1, len(sizes) + 1):
+        part, fresh = plan.part(count), chains.ChainShapes(64).plan(sizes[:count])
+        for name in ("lengths", "flags", "firsts", "ends", "lasts", "slots", "count"):
+            assert getattr(part, name) == getattr(fresh, name), name
+        assert (part.chained, part.nbytes, part.widest) == (
+            fresh.chained,
+            fresh.nbytes,
+            fresh.widest,
+        )
+
+
+def test_the_plans_are_bounded() -> None:
+    shapes = chains.ChainShapes(64)
+    first = shapes.plan([1, 2])
+    for n in range(3, chains._RUN_SHAPES + 3):
+        shapes.plan([1, n])
+    assert shapes.plan([1, 2]) is not first
+    assert shapes.plan([1, 2]).lengths.tolist() == [1, 2]
