@@ -67,6 +67,8 @@ GRACE = 15.0
 VALIDATION_NAMES = (
     "run_ok",
     "offered_run_ok",
+    "span_ok",
+    "offered_span_ok",
     "descriptor_ok",
     "offered_ok",
     "each_ok",
@@ -143,6 +145,8 @@ def _parse_run(
 _STAND_INS: dict[str, Callable[..., Any]] = {
     "run_ok": _accept,
     "offered_run_ok": _accept,
+    "span_ok": _accept,
+    "offered_span_ok": _accept,
     "descriptor_ok": _accept,
     "offered_ok": _accept,
     "each_ok": _accept_each,

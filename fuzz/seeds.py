@@ -188,6 +188,33 @@ def receive_seeds() -> dict[str, bytes]:
         body += bytes([fr.POKE, 1]) + struct.pack("<HHIII", 0, 0, 50, 7, 0) + poll_release
         body += bytes([fr.ADVANCE, 199, fr.POLL, 8])
         seeds[name] = head + body
+    seeds.update(_chain_lap_seeds())
+    return seeds
+
+
+def _chain_lap_seeds() -> dict[str, bytes]:
+    """Runs of chains lap after lap, each taken whole by a poll of as many packets, so
+    the shapes of chain runs are remembered and answer from the second lap on; then the
+    same shape with a bad offset poked in, and runs of two shapes (2 and 3 buffers)."""
+    seeds: dict[str, bytes] = {}
+    poll2 = bytes([fr.POLL_RELEASE, 2])
+    for name, client in (("server-8-chain-laps", False), ("client-8-chain-laps", True)):
+        if client:
+            head = bytes([0x01, 3]) + struct.pack("<HBHBBBB", 0xFFFD, 0, 127, 16, 5, 3, 0)
+            fields: tuple[tuple[str, int], ...] = (("H", 99),)
+            length, region = 100, 0  # 1 + 99 % (128 - 16)
+        else:
+            ring_len = 2 * 64 + 16 * 8
+            head = bytes([0x00, 3]) + struct.pack("<HBH", 0xFFFE, 0, 8192)
+            fields = (("B", 0), ("H", 98), ("H", ring_len))
+            length, region = 99, 0
+        head += b"\0"  # no initial image
+        two, three = (_rx_honest(k, 1, *fields) for k in (2, 3))
+        lap = _rx_honest(2, 2, *fields) + poll2
+        bad = bytes([fr.POKE, 0]) + struct.pack("<HHIII", 1, region, length, 0xFFFF_FFF0, 0)
+        body = lap * 4 + _rx_honest(2, 2, *fields) + bad + poll2
+        body += (two + three + poll2) * 3 + (three + two + poll2) * 2
+        seeds[name] = head + body
     return seeds
 
 

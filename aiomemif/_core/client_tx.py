@@ -10,14 +10,12 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate, repeat
-from operator import sub
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
-from .chains import ChainShapes, columns, pick, whole
+from .chains import ChainShapes, pick, whole
 from .ring import QueueCounters, Ring
 from .rx import ClientRx
 from .slices import RunCuts, SliceTable
@@ -205,28 +203,27 @@ class ClientTx(TxEndpoint):
         return _count_sent(self.counters, count, size * count)
 
     def _write_mixed(self, seq: Sequence[Any], lengths: list[int], free: int, cap: int) -> int:
-        lens, flags, ks = self.shapes.of(lengths)
-        if max(ks) > self.ring.size:
+        plan = self.shapes.plan(lengths)
+        if plan.widest > self.ring.size:
             return self._write_each(seq, 0, free)  # it reports the packet
-        ends = list(accumulate(ks))
-        count = bisect_right(ends, free)  # whole packets that fit
-        if not count:
-            return 0
-        ends = ends[:count]
-        used = ends[-1]
-        offsets = self._data_run(self.head, used)
-        gaps = self._gaps(self.head, used)
-        if whole(gaps, list(map(sub, ends, repeat(1)))):  # every packet in one piece
-            firsts = pick(offsets, [0, *ends[:-1]])
+        if plan.slots > free:
+            count = bisect_right(plan.ends, free)  # whole packets that fit
+            if not count:
+                return 0
+            plan = plan.part(count)
+        count, head = plan.count, self.head
+        offsets = self._data_run(head, plan.slots)
+        gaps = self._gaps(head, plan.slots)
+        if whole(gaps, plan.lasts):  # every packet in one piece
+            firsts = pick(offsets, plan.firsts)
             copied = _copy_run(self.sink, firsts, _run_of(seq, 0, count), lengths, 0)
         else:
-            copied = _copy_pieces(self.sink, offsets, seq, lengths, ends, cap, gaps)
+            copied = _copy_pieces(self.sink, offsets, seq, lengths, plan.ends, cap, gaps)
         if not copied:
             return self._write_each(seq, 0, free)
-        lengths_column, flags_column = columns(lens, flags, count)
-        self._publish_at(lengths_column, offsets, flags_column)
-        self.counters.chained += count - ks[:count].count(1)
-        return _count_sent(self.counters, count, sum(lengths[:count]))
+        self._publish_at(plan.lengths, offsets, plan.flags)
+        self.counters.chained += plan.chained
+        return _count_sent(self.counters, count, plan.nbytes)
 
     def _gaps(self, start: int, count: int) -> bytes:
         """:attr:`follows` of ``count`` slots from free-running index ``start`` (wrapping)."""

@@ -51,7 +51,9 @@ __all__ = [
     "each_ok",
     "offered_ok",
     "offered_run_ok",
+    "offered_span_ok",
     "run_ok",
+    "span_ok",
     "within_buffer",
 ]
 
@@ -104,6 +106,17 @@ def run_ok(
         return 0 < size <= limit and max(offsets) + size <= sizes[region]
     top = max(lengths)
     return min(lengths) > 0 and top <= limit and max(offsets) + top <= sizes[region]
+
+
+def span_ok(
+    region: int, low: int, high: int, offsets: list[int], sizes: Sequence[int], limit: int
+) -> bool:
+    """:func:`run_ok` of a run whose lengths are known only by their smallest ``low`` and
+    largest ``high``: the region exists, ``0 < low``, ``high <= limit`` and the largest
+    offset plus ``high`` ends inside the region."""
+    return (
+        region < len(sizes) and low > 0 and high <= limit and max(offsets) + high <= sizes[region]
+    )
 
 
 def within_buffer(
@@ -208,6 +221,26 @@ def offered_run_ok(
     if lengths.count(size) == len(lengths):
         return 0 < size <= cap
     return min(lengths) > 0 and max(lengths) <= cap
+
+
+def offered_span_ok(
+    region: int,
+    low: int,
+    high: int,
+    offsets: list[int],
+    slot: int,
+    offers: OfferedBuffers,
+    limit: int,
+) -> bool:
+    """:func:`offered_run_ok` of a run whose lengths are known only by their smallest
+    ``low`` and largest ``high``: every offset exactly the data offset offered in its slot,
+    ``0 < low`` and ``high <= min(capacity, limit)``."""
+    return (
+        region == offers.region
+        and low > 0
+        and high <= min(offers.capacity, limit)
+        and offsets == offers.data_run(slot, len(offsets))
+    )
 
 
 def _uniform(raw: bytes, count: int) -> bool:

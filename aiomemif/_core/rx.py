@@ -13,7 +13,7 @@ slots still returned.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import accumulate, islice, repeat
 from operator import add, sub
 from typing import cast
@@ -21,7 +21,7 @@ from typing import cast
 from ..errors import RemoteProtocolError
 from . import wire as w
 from .buffers import ChainedPacket, ChainRun, Packet
-from .chains import pick
+from .chains import RunShape, RunShapes, pick
 from .descriptors import (
     CheckedRuns,
     OfferedBuffers,
@@ -31,8 +31,8 @@ from .descriptors import (
     each_offered_ok,
     each_ok,
     offered_ok,
-    offered_run_ok,
-    run_ok,
+    offered_span_ok,
+    span_ok,
 )
 from .ring import QueueCounters, Ring, descriptor_table
 
@@ -84,6 +84,8 @@ class RxEndpoint:
         self.held = 0
         #: Runs that passed the checks (an identical run later needs one comparison).
         self.checked = CheckedRuns(ring.size)
+        #: Shapes of chain runs that passed the checks (a run seen before is looked up).
+        self.shapes = RunShapes()
 
     def _published(self) -> int:
         """Slots the peer has published from the oldest one we hold (role hook).
@@ -101,9 +103,10 @@ class RxEndpoint:
         """:meth:`_one_ok` of each of ``rows``, received from slot ``first`` (role hook)."""
         return each_ok(rows, self.sizes, self.max_frame)
 
-    def _run_ok(self, region: int, lengths: list[int], offsets: list[int], slot: int) -> bool:
-        """The bulk check of a run received from ring slot ``slot`` (role hook)."""
-        return run_ok(region, lengths, offsets, self.sizes, self.max_frame)
+    def _span_ok(self, region: int, low: int, high: int, offsets: list[int], slot: int) -> bool:
+        """The bulk check of a run received from ring slot ``slot``, its lengths between
+        ``low`` and ``high`` (role hook)."""
+        return span_ok(region, low, high, offsets, self.sizes, self.max_frame)
 
     def poll(self, limit: int) -> RxRun:
         """Return views of up to ``limit`` newly published packets (possibly none).
@@ -125,8 +128,11 @@ class RxEndpoint:
         if n == 1:
             return self._collect_one(start, count, limit)
         ring = self.ring
-        raw = ring.snapshot(start, n)  # the bulk path checks and uses only this copy
         slot = start & ring.mask
+        if ring.desc[16 * slot] & _NEXT:  # a chain first: not for the unchained check
+            chains = self._collect_chains(start, count, limit)
+            return self._collect_each(start, count, limit) if chains is None else chains
+        raw = ring.snapshot(start, n)  # the bulk path checks and uses only this copy
         memo = self.checked if slot + n <= ring.size else None
         run = check_run(raw, slot, self.sizes, memo, limit=self.max_frame, shadow=self.shadow)
         if run is not None:
@@ -152,80 +158,53 @@ class RxEndpoint:
         """:meth:`_collect` of a run of whole packets, chains among them (jumbo frames of
         one size or of many), all in one region with no flag but NEXT, or None for
         anything else: a bad descriptor, a chain over ``max_frame``, a chain cut off by
-        the published index, or a run the bulk check refuses. Up to ``limit`` packets."""
-        ring = self.ring
+        the published index, or a run the bulk check refuses. Up to ``limit`` packets.
+
+        A run whose flags, region and lengths were seen before (``shapes``) is looked up
+        instead of parsed: only its offsets are checked then."""
+        ring, shapes = self.ring, self.shapes
+        used = shapes.guess
+        if used and used <= count:
+            raw = ring.snapshot(start, used)  # the one copy that is checked and used
+            shape = shapes.recall(raw, limit)
+            if shape is not None:
+                return self._shaped(start, raw, shape)
         raw = ring.snapshot(start, count)  # the one copy that is checked and used
-        # The low flag bytes: 1 (NEXT) inside a chain, 0 at the end of each packet. What
-        # they say is trusted only once the whole flags/region column agrees below.
-        flags = raw[0::16]
-        k = flags.find(0) + 1  # the first packet's buffers
-        m = min(count // k, limit) if k else 0
-        same = m and flags[: m * k] == flags[:k] * m and (m == limit or m * k == count)
-        if same:  # packets of k buffers each (jumbo frames of one size)
-            ks = [k - 1] * m
-        else:
-            parts = flags.split(b"\x00", limit)
-            m = len(parts) - 1  # packets that end inside what was published (to limit)
-            ks = list(map(len, parts[:m]))  # per packet, its buffers but one
-        used = sum(ks) + m
-        if not m or (m < limit and used < count):
-            return None  # nothing whole, or something else follows: the general path
-        # Every flags word NEXT (or 0 at a packet's end, as found), one region: compared
-        # as byte columns, without making ints.
-        end = 16 * used
-        high, reg_lo, reg_hi = raw[1:end:16], raw[2:end:16], raw[3:end:16]
-        if (
-            flags.count(1, 0, used) != used - m
-            or high.count(0) != used
-            or reg_lo.count(reg_lo[0]) != used
-            or reg_hi.count(reg_hi[0]) != used
+        shape = _shape_of(raw, count, limit)
+        if shape is None:
+            return None
+        took = self._shaped(start, raw, shape)
+        if took is not None:
+            shapes.remember(raw[: 16 * shape.used], shape)
+        return took
+
+    def _shaped(self, start: int, raw: bytes, shape: RunShape) -> RxRun | None:
+        """The packets of the run ``raw`` (a snapshot from free-running index ``start``)
+        whose flags, region and lengths have the shape ``shape``, once its offsets and
+        lengths pass the bulk check; None if they do not."""
+        used = shape.used
+        offsets = memoryview(raw)[: 16 * used].cast("I")[2::4].tolist()
+        slot = start & self.ring.mask
+        if shape.top > self.max_frame or not self._span_ok(
+            shape.region, shape.low, shape.high, offsets, slot
         ):
             return None
-        region = reg_lo[0] | reg_hi[0] << 8
-        words = memoryview(raw)[:end].cast("I")
-        offsets = words[2::4].tolist()
-        slot = start & ring.mask
-        column = words[1::4]
-        if same and column.tobytes() == column[:k].tobytes() * m:
-            # Chains alike in every length (jumbo frames of one size): one chain's lengths
-            # stand for the run's in the bulk check, and give every total.
-            lengths = column[:k].tolist()
-            if not self._run_ok(region, lengths, offsets, slot) or sum(lengths) > self.max_frame:
-                return None
-            total = sum(lengths)
-            lengths *= m
-            firsts: Iterable[int] = range(0, used, k)
-            ends: Iterable[int] = range(k, used + k, k)
-            totals: Iterable[int] = repeat(total, m)
-            nbytes = total * m
-        else:
-            lengths = column.tolist()
-            if not self._run_ok(region, lengths, offsets, slot):
-                return None
-            ends = list(accumulate(map(add, ks, repeat(1))))
-            firsts = [0, *ends[:-1]]
-            prefix = [0, *accumulate(lengths)]
-            totals = list(map(sub, pick(prefix, ends), pick(prefix, firsts)))
-            if max(totals) > self.max_frame:
-                return None
-            nbytes = prefix[-1]
-        mv = self.regions[region]
-        run = ChainRun(mv, offsets, lengths)
-        spans = zip(firsts, ends)  # noqa: B905 (both have one item per packet)
-        chained = m - ks.count(0)
-        if chained == m:
-            run.packets = list(map(ChainedPacket._later, repeat(run), spans, totals))
+        mv = self.regions[shape.region]
+        run = ChainRun(mv, offsets, shape.lengths)
+        chained = shape.chained
+        if chained == len(shape.totals):
+            run.packets = list(map(ChainedPacket._later, repeat(run), shape.spans, shape.totals))
             pkts: list[Packet] = cast("list[Packet]", run.packets)  # (the same list)
         else:  # one-buffer packets among the chains: plain views, as everywhere
             pkts = [
                 ChainedPacket._later(run, (a, b), t)
                 if b - a > 1
                 else mv[offsets[a] : offsets[a] + t]
-                for (a, b), t in zip(spans, totals, strict=True)
+                for (a, b), t in zip(shape.spans, shape.totals, strict=True)
             ]
             run.packets = [p for p in pkts if isinstance(p, ChainedPacket)]
-        slots = list(map(add, firsts, repeat(start)))
-        return self._took(pkts, start, used, slots, nbytes, chained=chained)
+        slots = list(map(add, shape.firsts, repeat(start)))
+        return self._took(pkts, start, used, slots, shape.nbytes, chained=chained)
 
     def _collect_one(self, start: int, count: int, limit: int) -> RxRun:
         """:meth:`_collect` of a single unchained descriptor (else the general path)."""
@@ -350,6 +329,7 @@ class ServerRx(RxEndpoint):
         self.read = 0
         self.held = 0
         self.checked.clear()
+        self.shapes.clear()
 
     def _published(self) -> int:
         ring = self.ring
@@ -405,8 +385,8 @@ class ClientRx(RxEndpoint):
     def _each_ok(self, rows: Sequence[Row], first: int) -> list[bool]:
         return each_offered_ok(rows, first, self.shadow, self.max_frame)
 
-    def _run_ok(self, region: int, lengths: list[int], offsets: list[int], slot: int) -> bool:
-        return offered_run_ok(region, lengths, offsets, slot, self.shadow, self.max_frame)
+    def _span_ok(self, region: int, low: int, high: int, offsets: list[int], slot: int) -> bool:
+        return offered_span_ok(region, low, high, offsets, slot, self.shadow, self.max_frame)
 
     def set_headroom(self, headroom: int) -> None:
         """Offer buffers with ``headroom`` bytes kept free in front (from the next refill)."""
@@ -475,3 +455,50 @@ class ClientRx(RxEndpoint):
         if self.held:
             self.held = 0
             self.refill()
+
+
+def _shape_of(raw: bytes, count: int, limit: int) -> RunShape | None:
+    """The shape of the first ``limit`` packets of ``raw``, the snapshot of ``count``
+    published descriptors, if they are whole packets (or all that was published is), all
+    in one region with no flag but NEXT; else None. Offsets and limits are not looked at
+    (:meth:`RxEndpoint._shaped` checks them)."""
+    # The low flag bytes: 1 (NEXT) inside a chain, 0 at the end of each packet. What
+    # they say is trusted only once the whole flags/region column agrees below.
+    flags = raw[0::16]
+    k = flags.find(0) + 1  # the first packet's buffers
+    m = min(count // k, limit) if k else 0
+    same = m and flags[: m * k] == flags[:k] * m and (m == limit or m * k == count)
+    if same:  # packets of k buffers each (jumbo frames of one size)
+        ks = [k - 1] * m
+    else:
+        parts = flags.split(b"\x00", limit)
+        m = len(parts) - 1  # packets that end inside what was published (to limit)
+        ks = list(map(len, parts[:m]))  # per packet, its buffers but one
+    used = sum(ks) + m
+    if not m or (m < limit and used < count):
+        return None  # nothing whole, or something else follows: the general path
+    # Every flags word NEXT (or 0 at a packet's end, as found), one region: compared
+    # as byte columns, without making ints.
+    end = 16 * used
+    high, reg_lo, reg_hi = raw[1:end:16], raw[2:end:16], raw[3:end:16]
+    if (
+        flags.count(1, 0, used) != used - m
+        or high.count(0) != used
+        or reg_lo.count(reg_lo[0]) != used
+        or reg_hi.count(reg_hi[0]) != used
+    ):
+        return None
+    region = reg_lo[0] | reg_hi[0] << 8
+    column = memoryview(raw)[:end].cast("I")[1::4]
+    if same and column.tobytes() == column[:k].tobytes() * m:
+        # Chains alike in every length (jumbo frames of one size): one chain's lengths
+        # give every total and the bounds.
+        one = column[:k].tolist()
+        spans = range(0, used, k), range(k, used + k, k)
+        return RunShape(limit, region, one * m, *spans, [sum(one)] * m, min(one), max(one))
+    lengths = column.tolist()
+    ends = list(accumulate(map(add, ks, repeat(1))))
+    starts = [0, *ends[:-1]]
+    prefix = [0, *accumulate(lengths)]
+    totals = list(map(sub, pick(prefix, ends), pick(prefix, starts)))
+    return RunShape(limit, region, lengths, starts, ends, totals, min(lengths), max(lengths))

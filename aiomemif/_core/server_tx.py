@@ -10,14 +10,12 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
-from itertools import accumulate, repeat
-from operator import sub
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import wire as w
 from .buffers import as_wire_buffer
-from .chains import ChainShapes, columns, offset_gaps, pick, whole
+from .chains import ChainShapes, offset_gaps, pick, whole
 from .descriptors import CheckedRuns, check_run, descriptor_ok, each_ok
 from .ring import QueueCounters, Ring
 from .slices import SliceTable
@@ -195,45 +193,55 @@ class ServerTx(TxEndpoint):
         shapes = self.shapes.get(cap)
         if shapes is None:
             shapes = self.shapes[cap] = ChainShapes(cap)
-        lens, flags, ks = shapes.of(lengths)
-        ends = list(accumulate(ks))
-        count = bisect_right(ends, avail)  # whole packets that fit, if every offer is cap
-        run = self._offered_run(ends[count - 1]) if count else None
+        plan = shapes.plan(lengths)
+        # Whole packets that fit, if every offer is cap.
+        count = plan.count if plan.slots <= avail else bisect_right(plan.ends, avail)
+        run = self._offered_run(plan.ends[count - 1]) if count else None
         if run is None:
             return self._write_each(seq, 0, avail)
-        ends = ends[:count]
+        if count < plan.count:
+            plan = plan.part(count)
         region, offsets, caps = run
         if caps.count(cap) != len(caps):
             return self._write_each(seq, 0, avail)  # uneven offers: fit each packet alone
         sink = self.sinks[region]
         gaps = self._gaps(offsets, cap)
-        if whole(gaps, list(map(sub, ends, repeat(1)))):  # every packet in one piece
-            firsts = pick(offsets, [0, *ends[:-1]])
+        if whole(gaps, plan.lasts):  # every packet in one piece
+            firsts = pick(offsets, plan.firsts)
             copied = _copy_run(sink, firsts, _run_of(seq, 0, count), lengths, 0)
         else:
-            copied = _copy_pieces(sink, offsets, seq, lengths, ends, cap, gaps)
+            copied = _copy_pieces(sink, offsets, seq, lengths, plan.ends, cap, gaps)
         if not copied:
             return self._write_each(seq, 0, avail)
-        self._publish(*columns(lens, flags, count))
-        self.counters.chained += count - ks[:count].count(1)
-        _count_sent(self.counters, count, sum(lengths[:count]))
-        return self._and_the_rest(seq, count, avail - ends[-1])
+        self._publish(plan.lengths, plan.flags)
+        self.counters.chained += plan.chained
+        _count_sent(self.counters, count, plan.nbytes)
+        return self._and_the_rest(seq, count, avail - plan.slots)
 
     def _gaps(self, offsets: list[int], cap: int) -> bytes:
         """:func:`~aiomemif._core.chains.offset_gaps` of the offered run from tail,
-        remembered per slot: a client offers the same buffers lap after lap."""
+        remembered per slot: a client offers the same buffers lap after lap.
+
+        ``_adjoin[j]`` says whether the remembered offers of slots ``j`` and ``j + 1``
+        adjoin, both known (``_adjoin_offsets``); a run of known offers reads its gaps
+        there, whatever runs they were remembered in."""
         s = self.tail & self.ring.mask
         e = s + len(offsets)
         if e > self.ring.size:  # (a run across the ring's end: afresh)
             return offset_gaps(offsets, cap)
-        if cap == self._adjoin_cap and self._adjoin_offsets[s:e] == offsets:
-            return bytes(self._adjoin[s : e - 1]) + b"\x00"  # (the last: not this run's)
+        known, adjoin = self._adjoin_offsets, self._adjoin
+        if cap == self._adjoin_cap and known[s:e] == offsets:
+            return bytes(adjoin[s : e - 1]) + b"\x00"  # (the last: not this run's)
         gaps = offset_gaps(offsets, cap)
         if cap != self._adjoin_cap:
-            self._adjoin_offsets = [-1] * self.ring.size
+            known[:] = [-1] * self.ring.size
             self._adjoin_cap = cap
-        self._adjoin_offsets[s:e] = offsets
-        self._adjoin[s:e] = gaps
+        known[s:e] = offsets
+        adjoin[s : e - 1] = gaps[:-1]
+        if e < len(known):  # the run's last offer against the one after it, if known
+            adjoin[e - 1] = known[e] == offsets[-1] + cap
+        if s:  # and the one before it against its first (if known: else it is set when
+            adjoin[s - 1] = known[s - 1] + cap == offsets[0]  # that offer is remembered)
         return gaps
 
     def _and_the_rest(self, seq: Sequence[Any], count: int, avail: int) -> int:

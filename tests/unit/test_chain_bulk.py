@@ -9,6 +9,7 @@ and every bad descriptor must be counted exactly.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
@@ -30,6 +31,7 @@ from support.rig import (
 import aiomemif._core.client_tx
 import aiomemif._core.server_tx
 from aiomemif import ChainedPacket, PacketTooLargeError
+from aiomemif._core.chains import offset_gaps
 from aiomemif._core.client_tx import ClientTx
 from aiomemif._core.ring import Ring
 from aiomemif._core.rx import ClientRx, ServerRx
@@ -219,6 +221,52 @@ def test_server_mixed_chains_into_uneven_or_scattered_offers(
     assert r.read(r.breg, swapped[0], 64) + r.read(r.breg, swapped[1], 64) == packets[0]
     assert r.read(r.breg, got[2][3], 10) == packets[1]
     assert (len(fallback), len(pieces)) == (1, 1)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["equal", "mixed"])
+def test_server_knows_which_offers_adjoin_across_runs(
+    rigs: Callable[..., MmapRig], monkeypatch: pytest.MonkeyPatch, mixed: bool
+) -> None:
+    """Server transmit lap after lap, the client offering the same buffers: runs start
+    inside runs remembered before, and a chain whose offered buffers adjoin is still one
+    copy; only a chain over the ring's end goes buffer by buffer."""
+    r = rigs(log2=LOG2, start=SLOT0)
+    tx, rx = r.server_tx, r.client_rx
+    sizes = [3 * r.bsize - 5, r.bsize + 1] if mixed else [3 * r.bsize - 5] * 2
+    chains = [(0, 3), (3, 5)] if mixed else [(0, 3), (3, 6)]  # each packet's slots
+    by_buffer = spy(
+        monkeypatch, aiomemif._core.server_tx, "_copy_pieces" if mixed else "_copy_chains"
+    )
+    for lap in range(12):
+        first = tx.tail
+        packets = [payload(10 * lap + j, n) for j, n in enumerate(sizes)]
+        before = len(by_buffer)
+        assert tx.write(packets) == 2
+        assert take(rx.poll(64).packets) == packets
+        rx.release()
+        at = first & r.mask
+        straddles = any(at + a < r.size < at + b for a, b in chains)  # a chain over the end
+        assert (len(by_buffer) > before) == straddles, f"lap {lap}"
+
+
+def test_server_remembered_gaps_match_the_offers(rigs: Callable[..., MmapRig]) -> None:
+    """What the server remembers of which offers adjoin always says what the offers of a
+    run say, whatever runs it was remembered from: runs from any slot, offers swapped
+    between runs (as forwarding does), a capacity that changes."""
+    r = rigs(log2=LOG2, start=SLOT0)
+    tx = r.server_tx
+    rng = random.Random(16)
+    offers = list(r.rx_table)
+    for step in range(3000):
+        if rng.random() < 0.1:
+            i, j = rng.randrange(r.size), rng.randrange(r.size)
+            offers[i], offers[j] = offers[j], offers[i]
+        cap = 32 if step % 500 > 450 else r.bsize
+        s = rng.randrange(r.size)
+        n = rng.randrange(1, r.size - s + 1) if rng.random() < 0.9 else rng.randrange(1, 17)
+        offsets = [offers[(s + j) & r.mask] for j in range(n)]
+        tx.tail = (SLOT0 + s) & MASK
+        assert tx._gaps(offsets, cap) == offset_gaps(offsets, cap), f"step {step}"
 
 
 @pytest.mark.parametrize("side", ROLES)
