@@ -252,6 +252,11 @@ class QueueBase:
         if self._error is not None:
             raise fresh(self._error)
 
+    async def _fair_yield(self) -> None:
+        """Let the loop run once: the debt reached FAIR_SHARE (the caller compares)."""
+        self._owed = 0
+        await asyncio.sleep(0)
+
     def _protocol_failure(self, exc: RemoteProtocolError) -> MemifError:
         self._on_protocol_error(exc)
         if self._error is None:  # the link was already down (a queue still draining)
@@ -426,9 +431,8 @@ class RxQueue(QueueBase):
             raise BusyResourceError(f"rx queue {self.qid} already has a receiver")
         self._busy = True
         try:
-            if self._owed >= FAIR_SHARE:  # packets kept coming: let the loop run once
-                await asyncio.sleep(0)
-                self._owed = 0
+            if self._owed >= FAIR_SHARE:  # packets kept coming
+                await self._fair_yield()
             while True:
                 run = self._poll(max_packets)
                 if run is not None:

@@ -33,7 +33,7 @@ from ..errors import (
     WouldBlockError,
 )
 from .batch import Batch
-from .rx_queue import FAIR_CALL, FAIR_SHARE, ProtocolErrorHandler, QueueBase, RxQueue, fresh
+from .rx_queue import FAIR_CALL, FAIR_SHARE, ProtocolErrorHandler, QueueBase, RxQueue
 
 if TYPE_CHECKING:
     from typing import SupportsBytes, TypeAlias
@@ -211,11 +211,8 @@ class TxQueue(QueueBase):
         self._check()
         ep = self._endpoint
         if ep.reservation is not None:
-            raise self._busy()
+            raise BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
         return ep
-
-    def _busy(self) -> BusyResourceError:
-        return BusyResourceError(f"tx queue {self.qid} has uncommitted alloc() buffers")
 
     def _write(self, packets: Sequence[object], start: int) -> int:
         ep = self._free_endpoint()
@@ -273,9 +270,8 @@ class TxQueue(QueueBase):
         Raises:
             As :meth:`send_batch_nowait`, except that a full ring is waited for.
         """
-        if self._owed >= FAIR_SHARE:  # the ring always had room: let the loop run once
-            self._owed = 0
-            await asyncio.sleep(0)
+        if self._owed >= FAIR_SHARE:  # the ring always had room
+            await self._fair_yield()
         seq = packets if isinstance(packets, list | tuple) else list(packets)
         total = len(seq)
         sent = self._write(seq, 0)
@@ -327,9 +323,8 @@ class TxQueue(QueueBase):
         Raises:
             As :meth:`alloc_nowait`, except that a full ring is waited for.
         """
-        if self._owed >= FAIR_SHARE:  # the ring always had room: let the loop run once
-            self._owed = 0
-            await asyncio.sleep(0)
+        if self._owed >= FAIR_SHARE:  # the ring always had room
+            await self._fair_yield()
         res = self._reserve(count, size)
         if res is None:
             self.counters.ring_full += 1
@@ -349,11 +344,7 @@ class TxQueue(QueueBase):
         """
         if count < 1:
             raise ConfigurationError(f"count must be at least 1, got {count}")
-        if self._error is not None:  # (_free_endpoint(), inline)
-            raise fresh(self._error)
-        ep = self._endpoint
-        if ep.reservation is not None:
-            raise self._busy()
+        ep = self._free_endpoint()
         try:
             return ep.reserve(count, size)
         except RemoteProtocolError as exc:
@@ -376,8 +367,7 @@ class TxQueue(QueueBase):
             ClosedResourceError / DisconnectedError / RemoteProtocolError: the link is
                 down (closed here, by the peer, or over a protocol violation).
         """
-        if self._error is not None:  # (_check(), inline)
-            raise fresh(self._error)
+        self._check()
         res = buffers._reservation
         if res is None or buffers._queue is not self:
             raise LocalProtocolError("these buffers were already committed or cancelled")

@@ -387,13 +387,9 @@ class TxEndpoint:
             raise LocalProtocolError("not the open reservation of this queue")
         views = res.views
         if views is not None and lengths is None:  # one buffer each, all of the reserved size
-            try:  # the user's views die before the peer may read
-                for view in views:
-                    view.release()
-            except BufferError:  # one is exported: which ones (the rest are released too)
-                exported = release_views(views)
-                if exported:
-                    raise exported_error("buffer", exported, "nothing was sent") from None
+            exported = release_views(views)  # the user's views die before the peer may read
+            if exported:
+                raise exported_error("buffer", exported, "nothing was sent")
             n = len(views)
             self._publish_same(res.size, n)
             self.reservation = None
