@@ -99,13 +99,16 @@ def run_ok(
     ``lengths`` is the run's lengths, or a single length that all of them share. A run
     that fails goes through a per-descriptor path, which checks and counts each
     descriptor."""
-    if region >= len(sizes):
-        return False
+    low, high = _bounds(lengths)
+    return span_ok(region, low, high, offsets, sizes, limit)
+
+
+def _bounds(lengths: list[int]) -> tuple[int, int]:
+    """The smallest and largest of ``lengths`` (one comparison pass when all are equal)."""
     size = lengths[0]
     if lengths.count(size) == len(lengths):
-        return 0 < size <= limit and max(offsets) + size <= sizes[region]
-    top = max(lengths)
-    return min(lengths) > 0 and top <= limit and max(offsets) + top <= sizes[region]
+        return size, size
+    return min(lengths), max(lengths)
 
 
 def span_ok(
@@ -214,13 +217,8 @@ def offered_run_ok(
     that all of them share. Anything else (a moved offset, a smaller headroom offered
     before :meth:`OfferedBuffers.set_headroom`) is False here and goes through the
     per-descriptor path, where :func:`offered_ok` decides."""
-    if region != offers.region or offsets != offers.data_run(slot, len(offsets)):
-        return False
-    cap = min(offers.capacity, limit)
-    size = lengths[0]
-    if lengths.count(size) == len(lengths):
-        return 0 < size <= cap
-    return min(lengths) > 0 and max(lengths) <= cap
+    low, high = _bounds(lengths)
+    return offered_span_ok(region, low, high, offsets, slot, offers, limit)
 
 
 def offered_span_ok(
