@@ -204,7 +204,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # (it exists: another user's)
     return True
 
 
